@@ -1,0 +1,157 @@
+"""The `envwatch` command line. Each command is a thin shell over a package's public function."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from config import ConfigError, Settings, load
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="envwatch: remote supervision of emission sources")
+config_app = typer.Typer(no_args_is_help=True, help="Configuration files")
+services_app = typer.Typer(no_args_is_help=True, help="Local Mosquitto and InfluxDB for demo and tests")
+deadletters_app = typer.Typer(no_args_is_help=True, help="Payloads that were rejected, with their reasons")
+app.add_typer(config_app, name="config")
+app.add_typer(services_app, name="services")
+app.add_typer(deadletters_app, name="deadletters")
+
+err = Console(stderr=True)
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (or $ENVWATCH_CONFIG)")]
+
+
+def settings_or_exit(path: Path | None) -> Settings:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        err.print(f"[red]configuration invalid[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@config_app.command("check")
+def config_check(file: Path) -> None:
+    """Validate FILE and list every problem with its key path."""
+    try:
+        s = load(file)
+    except ConfigError as exc:
+        err.print(f"[red]{exc.source}: {len(exc.problems)} problem(s)[/red]")
+        for p in exc.problems:
+            err.print(f"  [bold]{p.path}[/bold]: {p.message}")
+        raise typer.Exit(1) from exc
+    stations = sum(len(o.stations) for e in s.registry.enterprises for o in e.outlets)
+    Console().print(f"[green]ok[/green] {file}: {len(s.registry.enterprises)} enterprises, {stations} stations, "
+                    f"{len(s.registry.devices)} mobile devices")
+
+
+@app.command()
+def decode(
+    file: Annotated[str, typer.Argument(help="file of raw payloads, one per line, or - for stdin")] = "-",
+    config: ConfigOpt = None,
+) -> None:
+    """Decode raw payloads (HJ 212 or JSON), one per line, to one JSON object per line."""
+    from ingest.decode import run_cli
+
+    settings = settings_or_exit(config) if config else None
+    src = sys.stdin.buffer if file == "-" else open(file, "rb")
+    with src:
+        run_cli(src, sys.stdout, settings)
+
+
+@app.command()
+def ingest(config: ConfigOpt = None) -> None:
+    """Consume readings from MQTT and write them to InfluxDB until interrupted."""
+    from ingest.consumer import run
+
+    run(settings_or_exit(config))
+
+
+@app.command()
+def simulate(
+    config: ConfigOpt = None,
+    speedup: Annotated[float, typer.Option(help="simulated seconds per real second")] = 60.0,
+    duration: Annotated[Optional[float], typer.Option(help="simulated seconds to run (default: forever)")] = None,
+    start: Annotated[Optional[str], typer.Option(help="simulated start time, ISO-8601 (default: now)")] = None,
+    mobile: Annotated[bool, typer.Option(help="also publish drone/vehicle tracks")] = True,
+    scenario: Annotated[Optional[Path], typer.Option(help="YAML of injected events")] = None,
+    truth: Annotated[Optional[Path], typer.Option(help="write the injected events' ground truth (JSONL) here")] = None,
+    seed: int = 1,
+) -> None:
+    """Publish a configured city's station packets (HJ 212-2017) and mobile tracks (JSON)."""
+    from center.simulate import run
+
+    run(settings_or_exit(config), speedup=speedup, duration=duration, start=start, mobile=mobile,
+        scenario=scenario, truth=truth, seed=seed)
+
+
+@app.command()
+def replay(
+    file: Path,
+    config: ConfigOpt = None,
+    rate: Annotated[float, typer.Option(help="messages per second, 0 = as fast as possible")] = 0.0,
+) -> None:
+    """Publish a file of raw packets (one per line) to the stations' topics."""
+    from center.simulate import replay as do_replay
+
+    n = do_replay(settings_or_exit(config), file, rate=rate)
+    Console().print(f"published {n} payloads")
+
+
+@services_app.command("up")
+def services_up(
+    state_dir: Annotated[Path, typer.Option(help="where the services keep their data")] = Path(".state"),
+    mqtt_port: int = 1883,
+    influx_port: int = 8086,
+) -> None:
+    """Start local Mosquitto and InfluxDB on loopback (reuses running ones)."""
+    from center.devservices import ensure_up
+
+    for line in ensure_up(state_dir, mqtt_port=mqtt_port, influx_port=influx_port):
+        Console().print(line)
+
+
+@services_app.command("down")
+def services_down(state_dir: Annotated[Path, typer.Option()] = Path(".state")) -> None:
+    """Stop the local services started by `services up`."""
+    from center.devservices import ensure_down
+
+    for line in ensure_down(state_dir):
+        Console().print(line)
+
+
+@deadletters_app.command("list")
+def deadletters_list(
+    config: ConfigOpt = None,
+    reason: Annotated[Optional[str], typer.Option(help="only this reason")] = None,
+    limit: int = 20,
+) -> None:
+    """Show the newest dead letters (reason, detail, topic, raw payload)."""
+    from ingest.deadletter import cli_list
+
+    cli_list(settings_or_exit(config), reason=reason, limit=limit)
+
+
+@deadletters_app.command("count")
+def deadletters_count(config: ConfigOpt = None) -> None:
+    """Count dead letters by reason."""
+    from ingest.deadletter import cli_count
+
+    cli_count(settings_or_exit(config))
+
+
+@app.command()
+def demo(
+    config: ConfigOpt = Path("config/examples/demo-city.yaml"),
+    speedup: float = 60.0,
+    seconds: Annotated[Optional[float], typer.Option(help="stop after this many real seconds")] = None,
+) -> None:
+    """Start local services, the ingest and the simulator, and show live counts."""
+    from center.demo import run
+
+    run(settings_or_exit(config), speedup=speedup, seconds=seconds)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,220 @@
+"""Typed settings of one envwatch deployment: services, ingest tuning and the registry.
+
+The registry (enterprises -> outlets -> stations, plus mobile devices) is what every other
+package looks things up in; it is validated once here so that the rest can trust it.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from config.tables import pollutant_codes
+
+Medium = Literal["gas", "water"]
+Grade = Literal["A", "B", "C", "D", "leading"]
+Protocol = Literal["hj212", "json"]
+
+
+class _Model(BaseModel):
+    # Unknown keys are errors: a typo in a limit must not silently disable it.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSSettings(_Model):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+class BrokerSettings(_Model):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str = "envwatch"
+    keepalive: Annotated[int, Field(ge=5)] = 30
+    tls: TLSSettings | None = None
+    # Topic layout; {mn} / {device} / {enterprise} are filled in per station, device, enterprise.
+    topic_prefix: str = "envwatch"
+    # Shared-subscription group: workers with the same group split the stream between them.
+    shared_group: str | None = "envwatch-ingest"
+
+
+class InfluxSettings(_Model):
+    url: str = "http://127.0.0.1:8086"
+    # auto: ask the server (/ping X-Influxdb-Version); v1 writes via /write, v2/v3 via /api/v2/write.
+    api: Literal["auto", "v1", "v2", "v3"] = "auto"
+    database: str = "envwatch"  # bucket name on 2.x/3.x (DBRP: bucket = database, rp autogen)
+    retention_policy: str = "autogen"
+    org: str | None = None
+    token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+
+class IngestSettings(_Model):
+    state_dir: str = ".state"
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    batch_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    buffer_max_bytes: Annotated[int, Field(ge=1 << 20)] = 1 << 30
+    max_payload_bytes: Annotated[int, Field(ge=256)] = 64 * 1024
+    # Readings stamped further in the future than this, or before `earliest`, are dead-lettered.
+    future_tolerance_s: Annotated[int, Field(ge=0)] = 600
+    earliest: datetime = datetime(2000, 1, 1)
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 1000
+    accept_unknown_stations: bool = False
+
+
+class Limit(_Model):
+    """A permit limit for one pollutant at one outlet (O2-corrected for flue gas)."""
+
+    hourly: Annotated[float, Field(gt=0)] | None = None
+    daily: Annotated[float, Field(gt=0)] | None = None
+    unit: str = "mg/m3"
+    standard: str = Field(min_length=1, description="Standard the limit comes from, e.g. GB 13223-2011")
+
+    @model_validator(mode="after")
+    def _one_value(self) -> "Limit":
+        if self.hourly is None and self.daily is None:
+            raise ValueError("a limit needs `hourly`, `daily` or both")
+        return self
+
+
+class Station(_Model):
+    mn: str = Field(min_length=1, max_length=64, description="HJ 212 MN of the data logger")
+    protocol: Protocol = "hj212"
+    pollutants: list[str] = Field(default_factory=list)
+    # Per-station unit overrides, e.g. {a00000: m3/h} for loggers that send flow per hour.
+    units: dict[str, str] = Field(default_factory=dict)
+    # HJ 212-2025 stations encrypt CP with SM4-ECB; the 128-bit key as 32 hex digits.
+    sm4_key: SecretStr | None = None
+    password: SecretStr | None = None
+
+    @field_validator("pollutants")
+    @classmethod
+    def _known_pollutants(cls, v: list[str]) -> list[str]:
+        unknown = [c for c in v if c not in pollutant_codes()]
+        if unknown:
+            raise ValueError(f"unknown pollutant code(s) {unknown}; see config/tables/pollutants.yaml")
+        return v
+
+    @field_validator("sm4_key")
+    @classmethod
+    def _key_is_128_bit_hex(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not re.fullmatch(r"[0-9A-Fa-f]{32}", v.get_secret_value()):
+            raise ValueError("sm4_key must be 32 hex digits (128 bits)")
+        return v
+
+
+class Outlet(_Model):
+    id: str = Field(min_length=1)
+    name: str = ""
+    medium: Medium
+    # Reference O2 (%) of the applicable standard; flue gas only.
+    reference_o2: Annotated[float, Field(ge=0, lt=21)] | None = None
+    limits: dict[str, Limit] = Field(default_factory=dict)
+    stations: list[Station] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Outlet":
+        problems = [f"limits.{c}: unknown pollutant code" for c in self.limits if c not in pollutant_codes()]
+        if self.medium == "water" and self.reference_o2 is not None:
+            problems.append("reference_o2: only flue-gas outlets have a reference O2")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class Enterprise(_Model):
+    id: str = Field(min_length=1)
+    name: str
+    industry: str = ""
+    positive_list: bool = False
+    emergency_grade: Grade = "C"
+    lat: Annotated[float, Field(ge=-90, le=90)] | None = None
+    lon: Annotated[float, Field(ge=-180, le=180)] | None = None
+    outlets: list[Outlet] = Field(default_factory=list)
+
+
+class Device(_Model):
+    """A drone or mobile survey vehicle that publishes JSON tracks."""
+
+    id: str = Field(min_length=1)
+    kind: Literal["drone", "vehicle"]
+    name: str = ""
+
+
+class Registry(_Model):
+    enterprises: list[Enterprise] = Field(default_factory=list)
+    devices: list[Device] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "Registry":
+        problems: list[str] = []
+        problems += _duplicates("enterprises", [e.id for e in self.enterprises])
+        problems += _duplicates("devices", [d.id for d in self.devices])
+        for i, e in enumerate(self.enterprises):
+            problems += _duplicates(f"enterprises.{i}.outlets", [o.id for o in e.outlets])
+        mns = [s.mn for e in self.enterprises for o in e.outlets for s in o.stations]
+        problems += _duplicates("station mn", mns)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _duplicates(where: str, ids: list[str]) -> list[str]:
+    seen: set[str] = set()
+    dups = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+    return [f"{where}: duplicate id {d!r}" for d in dups]
+
+
+class DetectorSettings(_Model):
+    """Per-kind detector configuration: constructor parameters of the detector class."""
+
+    enabled: bool = True
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DetectOverride(_Model):
+    """Parameters for a narrower scope; the most specific matching override wins, key by key."""
+
+    kind: str | None = None
+    enterprise: str | None = None
+    outlet: str | None = None
+    pollutant: str | None = None
+    params: dict[str, Any]
+
+
+class DetectSettings(_Model):
+    detectors: dict[str, DetectorSettings] = Field(default_factory=dict)
+    overrides: list[DetectOverride] = Field(default_factory=list)
+    # Seconds after a window closes before it is first evaluated (lets late minutes arrive).
+    settle_s: Annotated[int, Field(ge=0)] = 300
+    # Windows this far back are re-evaluated on every run, so late data updates their alerts.
+    reevaluate_s: Annotated[int, Field(ge=0)] = 6 * 3600
+
+
+class StoreSettings(_Model):
+    """The case store (alerts, watermarks, cases). Default: SQLite under ingest.state_dir."""
+
+    url: SecretStr | None = None
+
+
+class Settings(_Model):
+    broker: BrokerSettings = BrokerSettings()
+    influxdb: InfluxSettings = InfluxSettings()
+    ingest: IngestSettings = IngestSettings()
+    store: StoreSettings = StoreSettings()
+    detect: DetectSettings = DetectSettings()
+    registry: Registry = Registry()
+
+    def store_url(self) -> str:
+        if self.store.url is not None:
+            return self.store.url.get_secret_value()
+        return f"sqlite:///{self.ingest.state_dir}/envwatch.sqlite"
