@@ -131,6 +131,16 @@ class Outlet(_Model):
         return self
 
 
+class Contact(_Model):
+    """How an enterprise receives notices. MQTT always works: {prefix}/enterprise/{id}/notice."""
+
+    email: str | None = None
+    webhook_url: str | None = None
+    # HMAC-SHA256 key signing webhook bodies; set it here or via the environment.
+    webhook_secret: SecretStr | None = None
+    language: Literal["zh-CN", "en"] = "zh-CN"
+
+
 class Enterprise(_Model):
     id: str = Field(min_length=1)
     name: str
@@ -139,6 +149,7 @@ class Enterprise(_Model):
     emergency_grade: Grade = "C"
     lat: Annotated[float, Field(ge=-90, le=90)] | None = None
     lon: Annotated[float, Field(ge=-180, le=180)] | None = None
+    contact: Contact = Contact()
     outlets: list[Outlet] = Field(default_factory=list)
 
 
@@ -200,6 +211,50 @@ class DetectSettings(_Model):
     reevaluate_s: Annotated[int, Field(ge=0)] = 6 * 3600
 
 
+class Officer(_Model):
+    """An enforcement officer who receives escalation tickets."""
+
+    id: str = Field(min_length=1)
+    name: str
+    email: str | None = None
+
+
+class SMTPSettings(_Model):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 25
+    username: str | None = None
+    password: SecretStr | None = None
+    starttls: bool = False
+    sender: str = "envwatch@localhost"
+
+
+class EscalationSettings(_Model):
+    """The bureau's escalation rules; all evaluated on event time."""
+
+    repeat_count: Annotated[int, Field(ge=2)] = 3  # same problem N times ...
+    repeat_days: Annotated[int, Field(ge=1)] = 30  # ... within D days
+    severe_factor: Annotated[float, Field(gt=1)] = 2.0  # exceedance by this factor: immediate
+    # Falsification patterns escalate at once: they are not something to "rectify".
+    immediate_kinds: list[str] = Field(
+        default_factory=lambda: ["constant_value", "zero_while_operating", "o2_anomaly", "flag_abuse"])
+    recurrence_escalates: bool = True
+
+
+class NotifySettings(_Model):
+    # Hours an enterprise has to rectify, by problem type (alert kind); `default` for the rest.
+    deadline_hours: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: {"default": 72, "exceedance": 24, "offline": 12})
+    # Hours an enterprise has to acknowledge a notice before the case is overdue.
+    acknowledge_hours: Annotated[float, Field(gt=0)] = 4
+    # A reported rectification is verified when the problem does not recur for this long.
+    verify_hours: Annotated[float, Field(gt=0)] = 72
+    escalation: EscalationSettings = EscalationSettings()
+    language: Literal["zh-CN", "en"] = "zh-CN"
+    smtp: SMTPSettings | None = None
+    officers: list[Officer] = Field(default_factory=list)
+    webhook_max_attempts: Annotated[int, Field(ge=1)] = 20
+
+
 class StoreSettings(_Model):
     """The case store (alerts, watermarks, cases). Default: SQLite under ingest.state_dir."""
 
@@ -212,6 +267,7 @@ class Settings(_Model):
     ingest: IngestSettings = IngestSettings()
     store: StoreSettings = StoreSettings()
     detect: DetectSettings = DetectSettings()
+    notify: NotifySettings = NotifySettings()
     registry: Registry = Registry()
 
     def store_url(self) -> str:
