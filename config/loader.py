@@ -75,7 +75,49 @@ def from_mapping(raw: dict[str, Any], source: str = "(mapping)", env: Any = None
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [_problem(e) for e in exc.errors()]) from exc
+        # pydantic skips the registry's cross-checks when anything inside it is invalid, so the
+        # duplicate checks also run on the raw mapping, where they can name exact key paths.
+        problems = [_problem(e) for e in exc.errors() if "duplicate id" not in e["msg"]]
+        raise ConfigError(source, problems + duplicate_problems(data.get("registry"))) from exc
+
+
+def duplicate_problems(registry: Any) -> list[Problem]:
+    """Duplicate enterprise, outlet, device ids and station MNs in a raw registry mapping."""
+    if not isinstance(registry, dict):
+        return []
+    found: list[Problem] = []
+    seen_mn: dict[str, str] = {}
+    enterprises = _items(registry.get("enterprises"))
+    found += _dups("registry.enterprises", enterprises)
+    found += _dups("registry.devices", _items(registry.get("devices")))
+    for i, ent in enterprises:
+        outlets = _items(ent.get("outlets"))
+        found += _dups(f"registry.enterprises.{i}.outlets", outlets)
+        for j, outlet in outlets:
+            for k, station in _items(outlet.get("stations")):
+                path = f"registry.enterprises.{i}.outlets.{j}.stations.{k}.mn"
+                mn = station.get("mn")
+                if isinstance(mn, str) and mn in seen_mn:
+                    found.append(Problem(path, f"duplicate station MN {mn!r} (also at {seen_mn[mn]})"))
+                elif isinstance(mn, str):
+                    seen_mn[mn] = path
+    return found
+
+
+def _items(v: Any) -> list[tuple[int, dict[str, Any]]]:
+    return [(i, x) for i, x in enumerate(v) if isinstance(x, dict)] if isinstance(v, list) else []
+
+
+def _dups(where: str, items: list[tuple[int, dict[str, Any]]]) -> list[Problem]:
+    first: dict[Any, int] = {}
+    out = []
+    for i, x in items:
+        key = x.get("id")
+        if key in first and isinstance(key, str):
+            out.append(Problem(f"{where}.{i}.id", f"duplicate id {key!r} (also at {where}.{first[key]})"))
+        else:
+            first.setdefault(key, i)
+    return out
 
 
 def _overlay_env(raw: dict[str, Any], env: Any) -> dict[str, Any]:
