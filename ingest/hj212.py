@@ -314,7 +314,8 @@ def _parse_cp(cp: str, p: Packet) -> None:
     dt = extra.pop("DataTime", None)
     if dt is not None:
         p.data_time = parse_data_time(dt)
-    elif p.cn in INTERVALS:
+    elif p.cn in INTERVALS and not p.split:
+        # A split packet may carry DataTime in one part only; the merged packet is checked.
         raise _bad(f"CN {p.cn} carries readings but no DataTime")
 
 

@@ -1,0 +1,145 @@
+"""The ingest's disk buffer: line-protocol lines that are durable but not yet in InfluxDB.
+
+Why it exists: an MQTT message is acknowledged only once its lines are safe on disk here, so the
+broker may forget it; InfluxDB can then be slow, restarted or down for hours without the ingest
+losing a reading or holding thousands of unacknowledged messages at the broker.
+
+Storage is SQLite in WAL mode; each row is one *chunk* (the lines of one group commit), so an
+append is a single INSERT and a commit, whatever the number of lines.
+
+Durability of `append` once it returns:
+    synchronous="NORMAL" (default): survives a crash or `kill -9` of the process (the WAL frame is
+        written to the OS before the commit returns); the last commits may be lost on power loss
+        or a kernel crash.
+    synchronous="FULL": also survives power loss (fsync of the WAL on every commit), at the cost of
+        one fsync per group commit.
+
+One file per worker process: two workers must not drain the same rows, so the file name carries
+the MQTT client id (see `buffer_path`). A worker restarted with the same client id finds its
+predecessor's rows and writes them first.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Literal
+
+Synchronous = Literal["NORMAL", "FULL"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunk (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    n_lines INTEGER NOT NULL,
+    body    TEXT    NOT NULL   -- the lines joined by \\n
+)
+"""
+
+
+def buffer_path(state_dir: str | Path, client_id: str) -> Path:
+    """Where the worker with MQTT `client_id` keeps its buffer (client id made file-name safe)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", client_id)
+    return Path(state_dir) / f"buffer-{safe}.sqlite"
+
+
+class DiskBuffer:
+    """A durable FIFO of line-protocol lines, read in batches and removed once written.
+
+    Thread-safe: the consumer's commit thread appends while the writer thread peeks and removes.
+    `size_bytes` is the size of the lines held (what `max_bytes` bounds), not of the file, which
+    SQLite reuses but does not shrink.
+    """
+
+    def __init__(self, path: str | Path, max_bytes: int, synchronous: Synchronous = "NORMAL") -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a commit is exactly one append.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.execute(_SCHEMA)
+        row = self._db.execute("SELECT COALESCE(SUM(n_lines), 0), COALESCE(SUM(length(CAST(body AS BLOB))), 0) "
+                               "FROM chunk").fetchone()
+        # Kept in memory: one process owns the file, and SUM() over the table per call would cost.
+        self._depth, self._size = int(row[0]), int(row[1])
+
+    def append(self, lines: list[str]) -> None:
+        """Store `lines` as one chunk; durable (see module doc) once this returns.
+
+        Lines must not contain a newline (line protocol cannot carry one either): ValueError.
+        """
+        if not lines:
+            return
+        body = "\n".join(lines)
+        if body.count("\n") != len(lines) - 1:
+            raise ValueError("a line-protocol line contains a newline")
+        size = len(body.encode())
+        with self._lock:
+            self._db.execute("INSERT INTO chunk (n_lines, body) VALUES (?, ?)", (len(lines), body))
+            self._depth += len(lines)
+            self._size += size
+
+    def peek(self, max_lines: int) -> tuple[list[int], list[str]]:
+        """The oldest chunks, whole, up to `max_lines` lines (at least one chunk if any): (ids, lines)."""
+        ids: list[int] = []
+        lines: list[str] = []
+        with self._lock:
+            cur = self._db.execute("SELECT id, n_lines, body FROM chunk ORDER BY id")
+            for cid, n, body in cur:
+                if ids and len(lines) + n > max_lines:
+                    break
+                ids.append(cid)
+                lines.extend(body.split("\n"))
+            cur.close()
+        return ids, lines
+
+    def remove(self, ids: list[int]) -> None:
+        """Delete chunks (after InfluxDB accepted their lines). Unknown ids are ignored."""
+        if not ids:
+            return
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                n, size = self._db.execute(
+                    f"SELECT COALESCE(SUM(n_lines), 0), COALESCE(SUM(length(CAST(body AS BLOB))), 0) "
+                    f"FROM chunk WHERE id IN ({marks})", ids).fetchone()
+                self._db.execute(f"DELETE FROM chunk WHERE id IN ({marks})", ids)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._depth -= int(n)
+            self._size -= int(size)
+
+    @property
+    def depth(self) -> int:
+        """Lines held."""
+        return self._depth
+
+    @property
+    def size_bytes(self) -> int:
+        """UTF-8 bytes of the lines held."""
+        return self._size
+
+    @property
+    def full(self) -> bool:
+        """Whether the consumer must stop taking messages until the writer drains (backpressure)."""
+        return self._size >= self.max_bytes
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "DiskBuffer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,616 @@
+"""The ingest: MQTT messages in, InfluxDB points out, every rejected payload kept as a dead letter.
+
+Threads and the path of one message (at-least-once, group commit):
+
+    paho network thread   on_message: stamp and queue the message (no decoding: that thread also
+                          sends our acks and keep-alives, and must not fall behind)
+    commit thread         collect messages for up to batch_interval_s or batch_size lines; decode
+                          and validate each (`Pipeline`); then ONE durable step: append all lines to
+                          the DiskBuffer and all rejections to DeadLetters; only then ack them all
+    writer thread         drain the DiskBuffer into InfluxDB in batches of batch_size lines and
+                          delete a chunk only after InfluxDB accepted it
+
+So a message is acked only when its outcome is on disk, and a line leaves the disk only when it
+is in InfluxDB. A crash anywhere re-delivers (persistent MQTT session: clean_start=False plus a
+session expiry) or re-writes (buffer); both are harmless because a point is identified by
+measurement, tags and timestamp, so writing it twice leaves one point.
+
+Failure handling:
+    InfluxDB unavailable   the writer retries forever with capped exponential back-off; the
+                           consumer keeps acking into the buffer.
+    InfluxDB rejects data  the writer bisects the batch: good lines land, each refused line becomes
+                           a dead letter (topic "influxdb", reason bad_field, detail = server text).
+    buffer over max bytes  backpressure: the commit thread stops taking messages, nothing is acked,
+                           so the broker holds at most receive_maximum in flight and queues the rest
+                           until the writer has drained the buffer.
+
+Topics: stations publish to {prefix}/up/station/{mn}, drones and vehicles to
+{prefix}/up/mobile/{device}. Payloads are self-describing; the topic is a cross-check only, so a
+station cannot publish for another (broker ACLs are per topic) -> bad_field.
+Several workers split the stream through the shared subscription $share/{group}/{prefix}/up/#;
+each needs its own client_id (its session and its buffer file are keyed by it).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from config.lookup import Lookup
+from config.schema import Settings
+from ingest import hj212
+from ingest.buffer import DiskBuffer, Synchronous, buffer_path
+from ingest.deadletter import DeadLetter, DeadLetters, deadletter_path
+from ingest.decode import decode_payload, key_lookup
+from ingest.influx import Influx, InfluxRejected, InfluxUnavailable
+from ingest.model import Kind, MobileFix, Packet, Reason, Rejected
+from ingest.schema import event_line, mobile_line, station_lines
+
+log = logging.getLogger("envwatch.ingest")
+
+SESSION_EXPIRY_S = 24 * 3600  # the broker keeps our session (and queues for us) a day after we vanish
+SPLIT_TIMEOUT_S = 60.0  # parts of a split packet (Flag D) older than this are dead-lettered
+BACKOFF_FIRST_S = 0.2
+BACKOFF_MAX_S = 10.0
+STATUS_EVERY_S = 10.0
+INFLUX_TOPIC = "influxdb"  # the dead-letter topic of lines InfluxDB refused
+# HTTP statuses of a write that InfluxDB refused because of the lines themselves (parse error,
+# field type conflict, body too large): only these are bisected and dead-lettered.
+DATA_REFUSED = frozenset({400, 413, 422})
+
+
+# --------------------------------------------------------------------------------------------
+# counters
+
+
+class Counters:
+    """Thread-safe running counts of the ingest; `snapshot()` is what the status line and the demo show."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._n: Counter[str] = Counter()
+        self._dead: Counter[str] = Counter()
+        self._events: Counter[str] = Counter()
+        self.buffer_depth = 0
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._n[name] += n
+
+    def dead(self, reasons: list[str]) -> None:
+        with self._lock:
+            self._dead.update(reasons)
+
+    def events(self, kinds: Counter[str]) -> None:
+        with self._lock:
+            self._events.update(kinds)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counts as plain ints and dicts:
+
+        messages_in       MQTT messages received (re-deliveries included)
+        acked             messages committed (lines buffered or dead-lettered) and acknowledged
+        lines_buffered    line-protocol lines appended to the disk buffer
+        readings_written  lines InfluxDB accepted (a batch retried after an outage counts again)
+        influx_retries    failed write attempts (InfluxDB down or refusing the request)
+        buffer_depth      lines waiting in the disk buffer
+        dead_letters      {reason: n} for payloads and refused lines kept as dead letters
+        events            {kind: n}: heartbeat, status, alarm, restart, answer, other, and mobile fixes
+        """
+        with self._lock:
+            out: dict[str, Any] = {k: self._n[k] for k in
+                                   ("messages_in", "acked", "lines_buffered", "readings_written", "influx_retries")}
+            out["buffer_depth"] = self.buffer_depth
+            out["dead_letters"] = dict(self._dead)
+            out["events"] = dict(self._events)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# validation: one message -> lines, a dead letter, or "held" (a part of a split packet)
+
+
+@dataclass(slots=True)
+class Message:
+    """One MQTT message as received: what is acked and, if rejected, what is kept byte-exact."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    received: datetime  # UTC, when on_message ran
+
+
+@dataclass(slots=True)
+class Batch:
+    """The outcome of a group of messages, committed together and then acked together."""
+
+    lines: list[str] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    done: list[Message] = field(default_factory=list)  # to ack once lines and dead are durable
+    events: Counter[str] = field(default_factory=Counter)
+
+    def reject(self, msgs: list[Message], reason: Reason, detail: str) -> None:
+        self.dead += [DeadLetter(m.topic, reason, detail, m.payload, m.received) for m in msgs]
+        self.done += msgs
+
+
+class Pipeline:
+    """Decode, validate and convert messages to line protocol. Single-threaded (commit thread).
+
+    Pure apart from the Reassembler's memory of split-packet parts, whose messages it holds back
+    (not acked) until the merged packet is in a batch, or until the group times out and all its
+    parts become one dead letter each (incomplete_split).
+    """
+
+    def __init__(self, settings: Settings, lookup: Lookup, split_timeout_s: float = SPLIT_TIMEOUT_S) -> None:
+        self.settings = settings
+        self.lookup = lookup
+        prefix = settings.broker.topic_prefix
+        self._station_topic = f"{prefix}/up/station/"
+        self._mobile_topic = f"{prefix}/up/mobile/"
+        self._reassembler = hj212.Reassembler(split_timeout_s)
+        self._key_for = key_lookup(settings)  # MN -> SM4 key of HJ 212-2025 stations
+        self._held: dict[tuple[str, str | None, str], list[Message]] = {}
+        ing = settings.ingest
+        self._future = timedelta(seconds=ing.future_tolerance_s)
+        earliest = ing.earliest
+        # A naive `earliest` in the config means UTC, like every other time inside the ingest.
+        self._earliest = earliest if earliest.tzinfo else earliest.replace(tzinfo=timezone.utc)
+
+    def feed(self, msg: Message, batch: Batch) -> None:
+        """Add the outcome of `msg` to `batch` (or hold it, if it is one part of a split packet)."""
+        try:
+            decoded = self._decode(msg)
+            if isinstance(decoded, MobileFix):
+                batch.lines.append(self._check_line(mobile_line(decoded)))
+                batch.events["mobile"] += 1
+                batch.done.append(msg)
+            elif decoded.split:
+                self._feed_part(decoded, msg, batch)
+            else:
+                self._add_packet(decoded, msg.received, batch)
+                batch.done.append(msg)
+        except Rejected as exc:
+            batch.reject([msg], exc.reason, exc.detail)
+        except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the ingest or lose the payload
+            log.exception("internal error on a payload from %s; kept as a dead letter", msg.topic)
+            batch.reject([msg], Reason.BAD_FIELD, f"internal error {type(exc).__name__}: {exc}")
+
+    def expire(self, batch: Batch, now: float | None = None) -> None:
+        """Dead-letter every part of the split packets that did not complete within the timeout.
+
+        `now` is a time.monotonic() value (the Reassembler's clock); default: now.
+        """
+        for group in self._reassembler.expire(now):
+            msgs = self._held.pop(group.key, [])
+            mn, qn, cn = group.key
+            batch.reject(msgs, Reason.INCOMPLETE_SPLIT,
+                         f"only parts {sorted(group.parts)} of {group.pnum} of split packet MN={mn} QN={qn} "
+                         f"CN={cn} arrived within {self._reassembler.timeout_s:g}s")
+
+    def _decode(self, msg: Message) -> Packet | MobileFix:
+        decoded = decode_payload(msg.payload, key_for=self._key_for,
+                                 max_bytes=self.settings.ingest.max_payload_bytes)
+        if isinstance(decoded, MobileFix):
+            self._check_topic(msg.topic, self._mobile_topic, decoded.device, "device")
+            if decoded.device not in self.lookup.devices:
+                raise Rejected(Reason.UNKNOWN_DEVICE, f"device {decoded.device!r} is not in the registry")
+            self._check_time(decoded.time)
+            return decoded
+        self._check_topic(msg.topic, self._station_topic, decoded.mn, "MN")
+        if self.lookup.station(decoded.mn) is None and not self.settings.ingest.accept_unknown_stations:
+            raise Rejected(Reason.UNKNOWN_STATION, f"MN {decoded.mn!r} is not in the registry")
+        if decoded.data_time is not None:
+            self._check_time(decoded.data_time)
+        return decoded
+
+    def _check_topic(self, topic: str, expected_prefix: str, ident: str, what: str) -> None:
+        if not topic.startswith(expected_prefix) or "/" in topic[len(expected_prefix):]:
+            raise Rejected(Reason.BAD_FIELD, f"{what} {ident!r} published on topic {topic!r}; "
+                                             f"expected {expected_prefix}{ident}")
+        if topic[len(expected_prefix):] != ident:
+            raise Rejected(Reason.BAD_FIELD, f"payload {what} {ident!r} does not match topic {topic!r}")
+
+    def _check_time(self, t: datetime) -> None:
+        now = datetime.now(timezone.utc)
+        if t > now + self._future:
+            raise Rejected(Reason.BAD_TIME, f"time {t.isoformat()} is more than "
+                                            f"{self._future.total_seconds():g}s ahead of now ({now:%Y-%m-%dT%H:%M:%SZ})")
+        if t < self._earliest:
+            raise Rejected(Reason.BAD_TIME, f"time {t.isoformat()} is before ingest.earliest "
+                                            f"{self._earliest.isoformat()}")
+
+    def _feed_part(self, part: Packet, msg: Message, batch: Batch) -> None:
+        self._held.setdefault(_group_key(part), []).append(msg)
+        merged = self._reassembler.add(part)
+        if merged is not None:
+            msgs = self._held.pop(_group_key(part), [])
+            try:
+                self._add_packet(merged, msg.received, batch)
+            except Rejected as exc:
+                batch.reject(msgs, exc.reason, exc.detail)
+                return
+            batch.done += msgs
+
+    def _add_packet(self, packet: Packet, received: datetime, batch: Batch) -> None:
+        ref = self.lookup.station(packet.mn)
+        if packet.kind is Kind.READINGS:
+            if packet.data_time is None:  # checked here, not per part: one part of a split may carry it
+                raise Rejected(Reason.BAD_TIME, f"readings packet CN={packet.cn} without DataTime")
+            lines = station_lines(packet, ref)
+            if not lines:
+                raise Rejected(Reason.BAD_FIELD, f"readings packet CN={packet.cn} holds no pollutant values")
+            batch.lines += [self._check_line(x) for x in lines]
+        else:
+            batch.lines.append(self._check_line(event_line(packet, ref, received)))
+            batch.events[packet.kind.value] += 1
+
+    @staticmethod
+    def _check_line(line: str) -> str:
+        # A newline inside a value would split the point in two; refuse the payload here, where
+        # the raw bytes are still at hand, rather than have InfluxDB refuse half-lines later.
+        if "\n" in line:
+            raise Rejected(Reason.BAD_FIELD, "a value contains a line break")
+        return line
+
+
+def _group_key(p: Packet) -> tuple[str, str | None, str]:
+    return (p.mn, p.qn, p.cn)  # the Reassembler's grouping (hj212.SplitGroup.key)
+
+
+# --------------------------------------------------------------------------------------------
+# the ingest
+
+
+class Ingest:
+    """One ingest worker: MQTT consumer, commit loop and InfluxDB writer. Started once.
+
+        ing = Ingest(settings); ing.start(); ...; ing.stop()     # or ing.run() until SIGINT/SIGTERM
+        with Ingest(settings) as ing: ...                        # start() / stop()
+
+    `buffer_synchronous="FULL"` makes each group commit survive power loss, not only a crash of
+    the process (see ingest.buffer), for one fsync per batch.
+    """
+
+    def __init__(self, settings: Settings, lookup: Lookup | None = None, *,
+                 split_timeout_s: float = SPLIT_TIMEOUT_S, backoff_max_s: float = BACKOFF_MAX_S,
+                 buffer_synchronous: Synchronous = "NORMAL") -> None:
+        self.settings = settings
+        self.backoff_max_s = backoff_max_s  # longest wait between InfluxDB retries
+        self.buffer_synchronous = buffer_synchronous
+        self.lookup = lookup or Lookup(settings.registry)
+        self._counters = Counters()
+        self._pipeline = Pipeline(settings, self.lookup, split_timeout_s)
+        self._queue: queue.Queue[Message] = queue.Queue()
+        self._stopping = threading.Event()  # no more batches; flush and leave
+        self._writer_stop = threading.Event()  # writer: leave once the buffer is empty or at the deadline
+        self._pending = threading.Event()  # the buffer got lines
+        self._drained = threading.Event()  # the buffer went below max_bytes
+        self._subscribed = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._client: mqtt.Client | None = None
+        self.buffer: DiskBuffer | None = None
+        self.deadletters: DeadLetters | None = None
+        self.influx: Influx | None = None
+        self._database_ready = False  # ensure_database() done (writer thread only)
+
+    # -- public surface ------------------------------------------------------------------------
+
+    @property
+    def topic_filter(self) -> str:
+        b = self.settings.broker
+        topic = f"{b.topic_prefix}/up/#"
+        return f"$share/{b.shared_group}/{topic}" if b.shared_group else topic
+
+    def start(self) -> None:
+        """Open the buffer and dead-letter store, connect (in the background) and start the threads."""
+        state = Path(self.settings.ingest.state_dir)
+        self.buffer = DiskBuffer(buffer_path(state, self.settings.broker.client_id),
+                                 self.settings.ingest.buffer_max_bytes, self.buffer_synchronous)
+        self.deadletters = DeadLetters(deadletter_path(state))
+        self.influx = Influx(self.settings.influxdb)
+        self._counters.buffer_depth = self.buffer.depth
+        self._threads = [threading.Thread(target=self._commit_loop, name="ingest-commit", daemon=True),
+                         threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)]
+        for t in self._threads:
+            t.start()
+        self._client = self._connect()
+
+    def wait_subscribed(self, timeout: float = 10.0) -> bool:
+        """Block until the broker has granted our subscription (first connect), or timeout."""
+        return self._subscribed.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Commit and ack what was received, disconnect, and write what InfluxDB takes within `timeout`.
+
+        Anything not written in time stays in the disk buffer for the next start; messages received
+        after the last commit are not acked, so the broker delivers them again next time.
+        """
+        deadline = time.monotonic() + timeout
+        self._stopping.set()
+        self._drained.set()  # wake a commit loop waiting on backpressure
+        commit, writer = self._threads or (None, None)
+        if commit is not None:
+            commit.join(max(0.1, deadline - time.monotonic()))
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+        self._writer_stop.set()
+        self._pending.set()
+        if writer is not None:
+            writer.join(max(0.1, deadline - time.monotonic()))
+        self._close()
+        self._threads = []
+
+    def __enter__(self) -> "Ingest":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def counters(self) -> dict[str, Any]:
+        """A snapshot of the running counts (see Counters.snapshot)."""
+        if self.buffer is not None:
+            self._counters.buffer_depth = self.buffer.depth
+        return self._counters.snapshot()
+
+    def run(self, status_every_s: float = STATUS_EVERY_S) -> None:
+        """Run until SIGINT or SIGTERM, printing a one-line status every `status_every_s`."""
+        from rich.console import Console
+
+        console = Console()
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        self.start()
+        console.print(f"ingest {self.settings.broker.client_id}: consuming {self.topic_filter} on "
+                      f"{self.settings.broker.host}:{self.settings.broker.port}, writing to "
+                      f"{self.settings.influxdb.url} database {self.settings.influxdb.database}")
+        if self.wait_subscribed(30):
+            console.print(f"subscribed to {self.topic_filter}", highlight=False)
+        else:  # keeps trying in the background; say so rather than sit silent
+            log.warning("not subscribed after 30s: is the broker at %s:%s up and accepting client %r?",
+                        self.settings.broker.host, self.settings.broker.port, self.settings.broker.client_id)
+        while not done.wait(status_every_s):
+            console.print(status_line(self.counters()), highlight=False)
+        console.print("stopping: committing and writing what is pending ...")
+        self.stop(timeout=30)
+        console.print(status_line(self.counters()), highlight=False)
+
+    # -- MQTT ------------------------------------------------------------------------------------
+
+    def _connect(self) -> mqtt.Client:
+        b = self.settings.broker
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=b.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
+        if b.username:
+            c.username_pw_set(b.username, b.password.get_secret_value() if b.password else None)
+        if b.tls is not None:
+            c.tls_set(ca_certs=b.tls.ca_file, certfile=b.tls.cert_file, keyfile=b.tls.key_file)
+            c.tls_insecure_set(b.tls.insecure)
+        c.on_connect = self._on_connect
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
+        c.on_disconnect = self._on_disconnect
+        c.reconnect_delay_set(0.2, 5)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        # Unacked QoS 1 messages the broker may have in flight to us: what lets a batch fill up
+        # while the previous one is being committed.
+        props.ReceiveMaximum = self.settings.ingest.receive_maximum
+        # connect_async + loop_start: a broker that is down at start is retried, not fatal.
+        c.connect_async(b.host, b.port, b.keepalive, clean_start=False, properties=props)
+        c.loop_start()
+        return c
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            log.error("MQTT connect to %s:%s refused: %s", self.settings.broker.host, self.settings.broker.port, rc)
+            return
+        log.info("MQTT connected (session present: %s)", flags.session_present)
+        # Re-subscribing on a resumed session is harmless and covers a broker that lost it.
+        client.subscribe(self.topic_filter, options=SubscribeOptions(qos=1))
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+        if any(c.is_failure for c in codes):
+            log.error("subscription to %s refused: %s", self.topic_filter, codes)
+            return
+        self._subscribed.set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if not self._stopping.is_set():
+            log.warning("MQTT disconnected (%s); reconnecting", rc)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
+        self._queue.put(Message(m.topic, bytes(m.payload), m.mid, m.qos, datetime.now(timezone.utc)))
+        self._counters.add("messages_in")
+
+    # -- commit loop -----------------------------------------------------------------------------
+
+    def _commit_loop(self) -> None:
+        while not self._stopping.is_set():
+            if self.buffer is not None and self.buffer.full:
+                # Backpressure: take nothing and ack nothing until the writer drains.
+                self._drained.clear()
+                self._drained.wait(0.5)
+                continue
+            batch = self._collect()
+            while not self._commit(batch):  # disk full, I/O error: keep the batch, retry
+                if self._stopping.wait(1.0):
+                    return  # not acked: the broker delivers these again next time
+        if self.buffer is not None and not self.buffer.full:
+            self._commit(self._collect(block=False))
+
+    def _collect(self, block: bool = True) -> Batch:
+        """Messages for up to batch_interval_s after the first, until batch_size lines, or until
+        receive_maximum messages: the broker sends no more before we ack, so waiting is useless."""
+        ing = self.settings.ingest
+        batch = Batch()
+        self._pipeline.expire(batch)
+        for n, msg in enumerate(self._take(block, ing.batch_interval_s), 1):
+            self._pipeline.feed(msg, batch)
+            if len(batch.lines) >= ing.batch_size or n >= ing.receive_maximum:
+                break
+        return batch
+
+    def _take(self, block: bool, window_s: float) -> Iterator[Message]:
+        try:
+            # Short first wait so that stop() and split-packet expiry are noticed promptly.
+            yield self._queue.get(timeout=0.2) if block else self._queue.get_nowait()
+        except queue.Empty:
+            return
+        deadline = time.monotonic() + window_s
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                yield self._queue.get(timeout=left) if block and left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _commit(self, batch: Batch) -> bool:
+        """The one durable step of a batch, then its acks. False if the disk refused (retry)."""
+        if not batch.done:
+            return True
+        assert self.buffer is not None and self.deadletters is not None
+        try:
+            self.buffer.append(batch.lines)
+            self.deadletters.add_many(batch.dead)
+        except (sqlite3.Error, OSError):
+            # A retry may append the lines twice: harmless, they are the same points.
+            log.exception("cannot commit a batch of %d messages to %s; retrying", len(batch.done),
+                          self.settings.ingest.state_dir)
+            return False
+        client = self._client
+        for m in batch.done:
+            if client is not None and m.qos > 0:
+                client.ack(m.mid, m.qos)
+        c = self._counters
+        c.add("lines_buffered", len(batch.lines))
+        c.add("acked", len(batch.done))
+        c.dead([str(d.reason) for d in batch.dead])
+        c.events(batch.events)
+        c.buffer_depth = self.buffer.depth
+        if batch.lines:
+            self._pending.set()
+        return True
+
+    # -- writer ----------------------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        assert self.buffer is not None
+        backoff = BACKOFF_FIRST_S
+        while True:
+            ids, lines = self.buffer.peek(self.settings.ingest.batch_size)
+            if not ids:
+                if self._writer_stop.is_set():
+                    return
+                self._pending.wait(0.5)
+                self._pending.clear()
+                continue
+            problem = self._try_write(lines)
+            if problem is None:
+                backoff = BACKOFF_FIRST_S
+                self.buffer.remove(ids)
+                self._counters.buffer_depth = self.buffer.depth
+                if not self.buffer.full:
+                    self._drained.set()
+                continue
+            self._counters.add("influx_retries")
+            log.warning("%s; retrying in %.1fs (%d lines waiting in the buffer)", problem, backoff, self.buffer.depth)
+            if self._writer_stop.wait(backoff):
+                return  # stopping: what is not written stays in the buffer for next time
+            backoff = min(backoff * 2, self.backoff_max_s)
+
+    def _try_write(self, lines: list[str]) -> str | None:
+        """Write `lines`, bisecting out refused ones; None when done, else why to retry later."""
+        assert self.influx is not None
+        try:
+            if not self._database_ready:
+                self.influx.ensure_database()
+                self._database_ready = True
+            self._write_bisect(lines)
+        except InfluxUnavailable as exc:
+            return f"InfluxDB unavailable ({exc})"
+        except InfluxRejected as exc:
+            # Not the data's fault (authentication, a missing database or bucket): nothing to
+            # dead-letter; keep the lines and retry, so that fixing the server is enough.
+            self._database_ready = False
+            return f"InfluxDB refused the request ({exc}); check the influxdb settings"
+        except Exception:  # noqa: BLE001 - the writer must outlive a surprise; the lines stay buffered
+            log.exception("unexpected error while writing to InfluxDB")
+            return "unexpected error"
+        return None
+
+    def _write_bisect(self, lines: list[str]) -> None:
+        """Write `lines`; where InfluxDB refuses some as bad data, halve until each is isolated.
+
+        Costs about 2*k*log2(n) writes for k bad lines among n; rewriting the good ones is harmless
+        (same points), including after an InfluxDB 1.x "partial write" that already stored them.
+        Refusals that are not about the data (401, 403, 404) propagate: see _try_write.
+        """
+        assert self.influx is not None and self.deadletters is not None
+        try:
+            self.influx.write(lines)
+        except InfluxRejected as exc:
+            if exc.status not in DATA_REFUSED:
+                raise
+            if len(lines) == 1:
+                self.deadletters.add(DeadLetter(INFLUX_TOPIC, Reason.BAD_FIELD, exc.server_message,
+                                                lines[0].encode()))
+                self._counters.dead([Reason.BAD_FIELD.value])
+                return
+            half = len(lines) // 2
+            self._write_bisect(lines[:half])
+            self._write_bisect(lines[half:])
+            return
+        self._counters.add("readings_written", len(lines))
+
+    def _close(self) -> None:
+        if any(t.is_alive() for t in self._threads):
+            # A thread still busy (a slow InfluxDB request) keeps its resources; it is a daemon,
+            # and whatever it has not finished is still in the buffer or at the broker.
+            log.warning("ingest threads still busy at stop; leaving them to exit with the process")
+            return
+        for res in (self.buffer, self.deadletters, self.influx):
+            if res is not None:
+                res.close()
+        self.buffer = self.deadletters = self.influx = None
+
+
+def status_line(c: dict[str, Any]) -> str:
+    """One line of counts for the terminal."""
+    dead = ", ".join(f"{k} {v}" for k, v in sorted(c["dead_letters"].items())) or "0"
+    events = ", ".join(f"{k} {v}" for k, v in sorted(c["events"].items())) or "0"
+    return (f"in {c['messages_in']}  acked {c['acked']}  written {c['readings_written']}  "
+            f"buffer {c['buffer_depth']}  retries {c['influx_retries']}  dead [{dead}]  events [{events}]")
+
+
+def run(settings: Settings) -> None:
+    """`envwatch ingest`: run one worker until SIGINT/SIGTERM."""
+    if not logging.getLogger().handlers:
+        from rich.logging import RichHandler
+
+        # Warnings from libraries; our own progress at INFO (httpx would log every write at INFO).
+        logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[RichHandler(show_path=False)])
+        for name in ("envwatch", "ingest"):
+            logging.getLogger(name).setLevel(logging.INFO)
+    Ingest(settings).run()
+

@@ -1,0 +1,287 @@
+"""The ingest end to end, against the real Mosquitto and influxd of the test session.
+
+HJ 212 packets and JSON mobile fixes are published to the broker; the test then polls InfluxDB
+(and the ingest's counters) with a deadline until the expected state is reached, and asserts it
+exactly: every reading once, every bad payload a dead letter with its reason and its raw bytes.
+The helpers here are shared with test_ingest_faults.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+
+from config import Lookup
+from config.schema import Settings
+from ingest import hj212
+from ingest.consumer import Batch, Ingest, Message, Pipeline, status_line
+from ingest.deadletter import DeadLetters, deadletter_path
+from ingest.influx import Influx
+from ingest.model import CHINA_TZ, Reason
+
+MN_GAS, MN_WATER, MN_OTHER = "37990001010001", "37990001020001", "37990002010001"
+DRONE = "UAV01"
+REGISTRY: dict[str, Any] = {
+    "enterprises": [
+        {"id": "plant-a", "name": "Plant A", "outlets": [
+            {"id": "DA001", "medium": "gas", "reference_o2": 6.0,
+             "stations": [{"mn": MN_GAS, "pollutants": ["a21026", "a21002", "a19001"]}]},
+            {"id": "DW001", "medium": "water", "stations": [{"mn": MN_WATER, "pollutants": ["w01018"]}]},
+        ]},
+        {"id": "plant-b", "name": "Plant B", "outlets": [
+            {"id": "DA001", "medium": "gas", "stations": [{"mn": MN_OTHER}]},
+        ]},
+    ],
+    "devices": [{"id": DRONE, "kind": "drone"}],
+}
+# Whole minutes in China time, three days ago: minute packets T0 + i stay in the past for i < 4000.
+T0 = (datetime.now(timezone.utc) - timedelta(days=3)).replace(second=0, microsecond=0).astimezone(CHINA_TZ)
+DEADLINE_S = 30.0
+
+
+# --------------------------------------------------------------------------------------------
+# helpers (also used by test_ingest_faults.py)
+
+
+def minute_packet(mn: str, i: int, *, gas: bool = True, cn: str = "2051") -> bytes:
+    """A valid HJ 212-2017 minute packet of station `mn`, minute `i` after T0: two pollutants."""
+    values: dict[str, dict[str, float | str]] = (
+        {"a21026": {"avg": 10.0 + i, "zs_avg": 12.0 + i, "flag": "N"}, "a19001": {"avg": 8.5, "flag": "N"}}
+        if gas else {"w01018": {"avg": 20.0 + i, "flag": "N"}, "w00000": {"avg": 0.5, "cou": 30.0}})
+    seg = hj212.build_segment(mn=mn, cn=cn, st="31" if gas else "32", flag=4,
+                              qn=(T0 + timedelta(minutes=i)).strftime("%Y%m%d%H%M%S") + "000",
+                              data_time=T0 + timedelta(minutes=i), values=values)
+    return hj212.encode(seg)
+
+
+def mobile_fix(i: int, device: str = DRONE) -> bytes:
+    t = (T0 + timedelta(seconds=10 * i)).isoformat()
+    return json.dumps({"device": device, "kind": "drone", "time": t, "lat": 36.65 + i * 1e-4, "lon": 117.0,
+                       "alt": 120.0, "species": {"voc": 0.3 + i, "pm25": 35.0}}).encode()
+
+
+def station_topic(settings: Settings, mn: str) -> str:
+    return f"{settings.broker.topic_prefix}/up/station/{mn}"
+
+
+def mobile_topic(settings: Settings, device: str) -> str:
+    return f"{settings.broker.topic_prefix}/up/mobile/{device}"
+
+
+def publish_all(client: mqtt.Client, messages: list[tuple[str, bytes]]) -> None:
+    """Publish at QoS 1 and return once the broker has acknowledged every message."""
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+    for info in infos:
+        info.wait_for_publish(DEADLINE_S)
+        assert info.is_published()
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float = DEADLINE_S) -> None:
+    """Poll `check` until it is true; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def count_points(settings: Settings, measurement: str, field: str = "avg") -> int:
+    """Points of `measurement` that have `field` (every point we write for it has)."""
+    with Influx(settings.influxdb) as influx:
+        series = influx.query(f'SELECT count("{field}") FROM "{measurement}"')
+    return int(series[0].values[0][1]) if series else 0
+
+
+def drained(ing: Ingest, acked: int) -> Callable[[], bool]:
+    """True once `acked` messages are acked and the disk buffer is empty."""
+    def check() -> bool:
+        c = ing.counters()
+        return c["acked"] >= acked and c["buffer_depth"] == 0
+    return check
+
+
+def dead_letters(settings: Settings) -> list[Any]:
+    with DeadLetters(deadletter_path(settings.ingest.state_dir)) as dl:
+        return dl.list(limit=10_000)
+
+
+# --------------------------------------------------------------------------------------------
+# tests
+
+
+def test_readings_events_and_mobile_land_once(settings_factory: Callable[..., Settings],
+                                              mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
+    settings = settings_factory(REGISTRY, ingest={"batch_size": 50, "batch_interval_s": 0.1})
+    gas = [(station_topic(settings, MN_GAS), minute_packet(MN_GAS, i)) for i in range(30)]
+    water = [(station_topic(settings, MN_WATER), minute_packet(MN_WATER, i, gas=False)) for i in range(30)]
+    heartbeat = hj212.encode(hj212.build_segment(mn=MN_GAS, cn="8013", st="31", flag=4,
+                                                 data_time=T0, values={}))
+    fixes = [(mobile_topic(settings, DRONE), mobile_fix(i)) for i in range(10)]
+    messages = gas + water + [(station_topic(settings, MN_GAS), heartbeat)] + fixes
+    pub = mqtt_client_factory()
+    with Ingest(settings) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, messages)
+        wait_until("all messages written", drained(ing, len(messages)))
+        # 60 packets x 2 pollutants; 10 mobile fixes; 1 heartbeat
+        assert count_points(settings, "station_minute") == 120
+        assert count_points(settings, "mobile", "lat") == 10
+        assert count_points(settings, "station_event", "seen") == 1
+
+        publish_all(pub, messages)  # re-delivery, a replay, a logger re-sending: same points
+        wait_until("the repeat written", drained(ing, 2 * len(messages)))
+        assert count_points(settings, "station_minute") == 120
+        assert count_points(settings, "mobile", "lat") == 10
+        c = ing.counters()
+    assert c["messages_in"] == c["acked"] == 2 * len(messages)
+    assert c["readings_written"] == 2 * (120 + 10 + 1)
+    assert c["events"] == {"heartbeat": 2, "mobile": 20}
+    assert c["dead_letters"] == {}
+    assert "acked 142" in status_line(c)
+    with Influx(settings.influxdb) as influx:
+        rows = influx.query(f"SELECT avg, zs_avg, flag FROM station_minute WHERE mn = '{MN_GAS}' "
+                            "AND pollutant = 'a21026' ORDER BY time LIMIT 1")
+    assert rows[0].values[0][1:] == [10.0, 12.0, "N"]
+    assert rows[0].values[0][0] == int(T0.timestamp())
+
+
+BAD_CASES = ["crc", "unknown_station", "future", "too_large", "garbage", "topic_mismatch",
+             "unknown_device", "bad_json"]
+
+
+def _bad_payloads(settings: Settings) -> dict[str, tuple[str, bytes, Reason]]:
+    good = minute_packet(MN_GAS, 0)
+    bad_crc = good[:-6] + (b"0000" if good[-6:-2] != b"0000" else b"1111") + b"\r\n"
+    future = hj212.encode(hj212.build_segment(
+        mn=MN_GAS, cn="2051", st="31", flag=4, data_time=datetime.now(timezone.utc) + timedelta(days=30),
+        values={"a21026": {"avg": 1.0}}))
+    huge = hj212.encode(hj212.build_segment(
+        mn=MN_GAS, cn="2051", st="31", flag=4, data_time=T0,
+        values={f"a{i:05d}": {"avg": 1.0} for i in range(40)}))
+    assert len(huge) > settings.ingest.max_payload_bytes
+    return {
+        "crc": (station_topic(settings, MN_GAS), bad_crc, Reason.CRC_MISMATCH),
+        "unknown_station": (station_topic(settings, "99990000000001"), minute_packet("99990000000001", 1),
+                            Reason.UNKNOWN_STATION),
+        "future": (station_topic(settings, MN_GAS), future, Reason.BAD_TIME),
+        "too_large": (station_topic(settings, MN_GAS), huge, Reason.TOO_LARGE),
+        "garbage": (station_topic(settings, MN_GAS), b"\x00\xff garbage \r\n", Reason.NO_HEADER),
+        # A station may only publish for itself: plant B's logger sending plant A's MN.
+        "topic_mismatch": (station_topic(settings, MN_OTHER), minute_packet(MN_GAS, 2), Reason.BAD_FIELD),
+        "unknown_device": (mobile_topic(settings, "UAV99"), mobile_fix(1, "UAV99"), Reason.UNKNOWN_DEVICE),
+        "bad_json": (mobile_topic(settings, DRONE), b'{"device": "UAV01", ', Reason.BAD_JSON),
+    }
+
+
+def test_bad_payloads_become_dead_letters_byte_exact(settings_factory: Callable[..., Settings],
+                                                     mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
+    settings = settings_factory(REGISTRY, ingest={"max_payload_bytes": 512, "batch_interval_s": 0.1})
+    bad = _bad_payloads(settings)
+    good = [(station_topic(settings, MN_GAS), minute_packet(MN_GAS, i)) for i in range(3)]
+    pub = mqtt_client_factory()
+    with Ingest(settings) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, [(t, p) for t, p, _ in bad.values()] + good)
+        wait_until("every payload committed", drained(ing, len(bad) + len(good)))
+        c = ing.counters()
+    assert count_points(settings, "station_minute") == 6  # only the good ones, 2 pollutants each
+    assert sum(c["dead_letters"].values()) == len(bad)
+    stored = {(d.topic, d.raw): d for d in dead_letters(settings)}
+    assert len(stored) == len(bad)
+    for case, (topic, raw, reason) in bad.items():
+        d = stored[(topic, raw)]  # the raw payload, byte for byte, on its topic
+        assert d.reason == reason, (case, d.detail)
+        assert d.detail
+    assert "does not match topic" in stored[(bad["topic_mismatch"][0], bad["topic_mismatch"][1])].detail
+
+
+def test_split_packet_reassembled_and_incomplete_one_dead_lettered(
+        settings_factory: Callable[..., Settings], mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
+    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1})
+
+    def part(qn: str, pno: int, values: dict[str, dict[str, float | str]]) -> bytes:
+        return hj212.encode(hj212.build_segment(mn=MN_GAS, cn="2061", st="31", qn=qn, pnum=2, pno=pno,
+                                                data_time=T0, values=values))
+
+    whole = [part("20260101000000001", 1, {"a21026": {"avg": 1.0}}),
+             part("20260101000000001", 2, {"a21002": {"avg": 2.0}})]
+    orphan = part("20260101000000002", 1, {"a19001": {"avg": 9.0}})
+    topic = station_topic(settings, MN_GAS)
+    pub = mqtt_client_factory()
+    with Ingest(settings, split_timeout_s=0.5) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, [(topic, whole[0]), (topic, orphan), (topic, whole[1])])
+        # The orphan's ack is held until its group expires; then it is a dead letter and acked.
+        wait_until("all three parts acked", drained(ing, 3))
+    assert count_points(settings, "station_hour") == 2
+    [d] = dead_letters(settings)
+    assert (d.reason, d.raw, d.topic) == (Reason.INCOMPLETE_SPLIT, orphan, topic)
+    assert "of 2" in d.detail
+
+
+def test_pipeline_validation_without_broker(settings_factory: Callable[..., Settings]) -> None:
+    """Pipeline alone: accept_unknown_stations, earliest, and events counted by kind."""
+    settings = settings_factory(REGISTRY, ingest={"accept_unknown_stations": True,
+                                                  "earliest": "2020-01-01T00:00:00"})
+    p = Pipeline(settings, Lookup(settings.registry))
+    now = datetime.now(timezone.utc)
+
+    def msg(mn: str, payload: bytes) -> Message:
+        return Message(station_topic(settings, mn), payload, 1, 1, now)
+
+    old = hj212.encode(hj212.build_segment(mn=MN_GAS, cn="2051", st="31", flag=4,
+                                           data_time=datetime(2015, 6, 1, tzinfo=CHINA_TZ),
+                                           values={"a21026": {"avg": 1.0}}))
+    restart = hj212.encode(hj212.build_segment(mn=MN_GAS, cn="2081", st="31", flag=4, values={}))
+    batch = Batch()
+    for m in (msg("X1", minute_packet("X1", 0)), msg(MN_GAS, old), msg(MN_GAS, restart)):
+        p.feed(m, batch)
+    assert len(batch.done) == 3
+    assert [d.reason for d in batch.dead] == [Reason.BAD_TIME]
+    assert "earliest" in batch.dead[0].detail
+    assert sum(1 for x in batch.lines if x.startswith("station_minute,mn=X1,enterprise=_unknown")) == 2
+    assert batch.events == {"restart": 1}
+
+
+def test_dead_letter_cli_reads_the_ingest_store(settings_factory: Callable[..., Settings],
+                                                mqtt_client_factory: Callable[..., mqtt.Client],
+                                                tmp_path: Path) -> None:
+    """`envwatch deadletters list` reads what the ingest stored (same state_dir)."""
+    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1})
+    pub = mqtt_client_factory()
+    with Ingest(settings) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, [(station_topic(settings, MN_GAS), b"##garbage")])
+        wait_until("garbage committed", drained(ing, 1))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    envwatch = Path(sys.executable).with_name("envwatch")
+    out = subprocess.run([str(envwatch), "deadletters", "list", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60, env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert "bad_length" in out.stdout and "##garbage" in out.stdout
+
+
+def test_pipeline_decrypts_hj212_2025_with_the_registry_key(settings_factory: Callable[..., Settings]) -> None:
+    """An SM4-encrypted CP (HJ 212-2025) is read with the station's key from the registry."""
+    mn, key = "0123456789ABCDEF01234567", "00112233445566778899AABBCCDDEEFF"
+    registry = {"enterprises": [{"id": "p", "name": "P", "outlets": [
+        {"id": "DA001", "medium": "gas", "stations": [{"mn": mn, "sm4_key": key}]}]}]}
+    settings = settings_factory(registry)
+    payload = hj212.encode(hj212.build_segment(mn=mn, cn="2051", st="31", data_time=T0,
+                                               values={"a21026": {"avg": 3.5}}, sm4_key=bytes.fromhex(key)))
+    batch = Batch()
+    Pipeline(settings, Lookup(settings.registry)).feed(
+        Message(station_topic(settings, mn), payload, 1, 1, datetime.now(timezone.utc)), batch)
+    assert batch.dead == [] and len(batch.lines) == 1
+    assert f"mn={mn}" in batch.lines[0] and "avg=3.5" in batch.lines[0]
