@@ -376,3 +376,23 @@ def test_split_groups_are_keyed_by_qn_and_expire() -> None:
 def test_unknown_header_keys_are_kept_escaped() -> None:
     p = decode(encode("ST=32;CN=9015;PW=\x01;MN=M1;Vendor=a\x00b;CP=&&&&"))
     assert p.pw is None and p.extra == {"PW_raw": "\\x01", "Vendor": "a\\x00b"}
+
+
+def test_split_part_without_datatime_decodes_and_merges_with_the_part_that_has_it() -> None:
+    """Loggers may put DataTime in the first part only: the merged packet carries it."""
+    head = "QN=20260101000000000;ST=31;CN=2051;PW=123456;MN=ABC;Flag=7;PNUM=2;"
+    p1 = hj212.decode(hj212.encode(head + "PNO=1;CP=&&DataTime=20260101000000;a21026-Avg=1.0&&"))
+    p2 = hj212.decode(hj212.encode(head + "PNO=2;CP=&&a21002-Avg=2.0&&"))
+    assert p2.data_time is None
+    r = hj212.Reassembler()
+    assert r.add(p1) is None
+    merged = r.add(p2)
+    assert merged is not None and merged.data_time is not None
+    assert merged.values == {"a21026": {"avg": 1.0}, "a21002": {"avg": 2.0}}
+
+
+def test_unsplit_readings_without_datatime_are_still_rejected() -> None:
+    seg = "QN=20260101000000000;ST=31;CN=2051;PW=123456;MN=ABC;Flag=4;CP=&&a21026-Avg=1.0&&"
+    with pytest.raises(Rejected) as info:
+        hj212.decode(hj212.encode(seg))
+    assert info.value.reason is Reason.BAD_FIELD
