@@ -139,6 +139,8 @@ class Contact(_Model):
     # HMAC-SHA256 key signing webhook bodies; set it here or via the environment.
     webhook_secret: SecretStr | None = None
     language: Literal["zh-CN", "en"] = "zh-CN"
+    # The enterprise's MQTT account (username = enterprise id) for reading notices and answering.
+    mqtt_password: SecretStr | None = None
 
 
 class Enterprise(_Model):
@@ -255,6 +257,40 @@ class NotifySettings(_Model):
     webhook_max_attempts: Annotated[int, Field(ge=1)] = 20
 
 
+class User(_Model):
+    """An API / board user. Give `token` (kept secret) or only its SHA-256 as `token_sha256`."""
+
+    name: str = Field(min_length=1)
+    role: Literal["operator", "enterprise", "officer"]
+    token: SecretStr | None = None
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    enterprise_id: str | None = None  # role enterprise: whose cases and notices this user sees
+    officer_id: str | None = None  # role officer
+
+    @model_validator(mode="after")
+    def _scoped(self) -> "User":
+        if self.token is None and self.token_sha256 is None:
+            raise ValueError("a user needs `token` or `token_sha256`")
+        if self.role == "enterprise" and not self.enterprise_id:
+            raise ValueError("an enterprise user needs `enterprise_id`")
+        if self.role == "officer" and not self.officer_id:
+            raise ValueError("an officer user needs `officer_id`")
+        return self
+
+
+class CenterSettings(_Model):
+    """The monitoring center's service: HTTP API, board, logging, leadership between instances."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    users: list[User] = Field(default_factory=list)
+    language: Literal["zh-CN", "en"] = "zh-CN"
+    log_json: bool = False
+    # Only one instance runs scheduled detection and the outbox: it holds a lease renewed this often.
+    lease_ttl_s: Annotated[int, Field(ge=3, le=300)] = 15
+    instance_id: str | None = None
+
+
 class StoreSettings(_Model):
     """The case store (alerts, watermarks, cases). Default: SQLite under ingest.state_dir."""
 
@@ -268,6 +304,7 @@ class Settings(_Model):
     store: StoreSettings = StoreSettings()
     detect: DetectSettings = DetectSettings()
     notify: NotifySettings = NotifySettings()
+    center: CenterSettings = CenterSettings()
     registry: Registry = Registry()
 
     def store_url(self) -> str:
