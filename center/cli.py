@@ -15,6 +15,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="envwatch: re
 config_app = typer.Typer(no_args_is_help=True, help="Configuration files")
 services_app = typer.Typer(no_args_is_help=True, help="Local Mosquitto and InfluxDB for demo and tests")
 deadletters_app = typer.Typer(no_args_is_help=True, help="Payloads that were rejected, with their reasons")
+alerts_app = typer.Typer(no_args_is_help=True, help="Alerts raised by the detectors")
+app.add_typer(alerts_app, name="alerts")
 app.add_typer(config_app, name="config")
 app.add_typer(services_app, name="services")
 app.add_typer(deadletters_app, name="deadletters")
@@ -97,6 +99,40 @@ def replay(
 
     n = do_replay(settings_or_exit(config), file, rate=rate)
     Console().print(f"published {n} payloads")
+
+
+TimeOpt = Annotated[str, typer.Option(help="ISO-8601; without an offset, China time (UTC+08:00)")]
+
+
+@app.command()
+def detect(
+    from_: Annotated[str, typer.Option("--from", help="start, ISO-8601 (China time without offset)")],
+    to: TimeOpt,
+    kind: Annotated[Optional[list[str]], typer.Option("--kind", "-k", help="only these detector kinds")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Evaluate detectors over a past range [FROM, TO); alerts are stored and published, never duplicated."""
+    from detect.cli import detect_range, parse_time, summary
+
+    reports = detect_range(settings_or_exit(config), parse_time(from_), parse_time(to), kinds=kind or None)
+    Console().print(summary(reports))
+
+
+@alerts_app.command("export")
+def alerts_export(
+    from_: Annotated[str, typer.Option("--from", help="start, ISO-8601 (China time without offset)")],
+    to: TimeOpt,
+    out: Annotated[str, typer.Option(help="file to write, - for stdout")] = "-",
+    kind: Annotated[Optional[list[str]], typer.Option("--kind", "-k")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write alerts whose window overlaps [FROM, TO) as JSON Lines."""
+    from detect.cli import export_alerts, parse_time
+
+    settings = settings_or_exit(config)
+    target = sys.stdout if out == "-" else out
+    n = export_alerts(settings, parse_time(from_), parse_time(to), target, kinds=kind or None)
+    err.print(f"{n} alerts")
 
 
 @services_app.command("up")

@@ -1,0 +1,194 @@
+"""Exceedance of permit limits and insufficient valid data (HJ 75/76-2017), on detect/hourly.py's means.
+
+- `exceedance`: an hour with >= `min_valid_minutes` valid minutes whose valid (O2-corrected /
+  flow-weighted) mean is above the outlet's hourly limit.
+- `daily_exceedance`: a China day (00:00-24:00 UTC+08:00, i.e. 16:00Z..16:00Z) with >= `min_valid_hours`
+  valid hours whose daily mean is above the daily limit. Flue gas: the mean of the valid hourly
+  means; wastewater: flow-weighted over the valid hours (sum(mean_h * Q_h) / sum(Q_h)).
+- `insufficient_valid_data`: an hour with fewer valid minutes than `min_valid_minutes` whose
+  shortfall the source's reported stop does not explain (valid + stopped < min_valid_minutes,
+  where stopped = minutes flagged F); and, in the window that owns the day's end, a day with
+  fewer valid hours than `min_valid_hours` likewise (stopped hour: short but explained by F).
+  A station silent for a whole hour raises nothing here (that is `offline`); a day on which the
+  station sent nothing at all neither.
+
+Severity of exceedances: value / limit >= `critical_factor` critical, >= `major_factor` major,
+else minor. Every parameter can be overridden per enterprise, outlet and pollutant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from config.lookup import Lookup
+from detect.base import Alert, Detector, Window
+from detect.frames import china_days_ending_in, iso, r, to_dt
+from detect.hourly import hourly_table
+from detect.params import Scoped
+from detect.source import ReadingSource
+
+DAY = pd.Timedelta(days=1)
+HOUR = pd.Timedelta(hours=1)
+CHINA = "Asia/Shanghai"
+
+
+class _HourlyBased(Scoped, Detector):
+    """Shared constructor: the validity and computation parameters of detect/hourly.py."""
+
+    def __init__(self, min_valid_minutes: int = 45, min_valid_hours: int = 20, o2_max: float = 20.9,
+                 minute_interval_s: int | None = None, major_factor: float = 1.5, critical_factor: float = 2.0,
+                 overrides: tuple = ()) -> None:
+        self.min_valid_minutes = min_valid_minutes
+        self.min_valid_hours = min_valid_hours
+        self.o2_max = o2_max
+        self.minute_interval_s = minute_interval_s
+        self.major_factor = major_factor
+        self.critical_factor = critical_factor
+        self.overrides = overrides
+
+    def _alert(self, row: Any, start: pd.Timestamp, end: pd.Timestamp, severity: str, value: float | None,
+               limit: float | None, unit: str, evidence: dict[str, Any]) -> Alert:
+        return Alert(kind=self.kind, severity=severity, enterprise_id=row.enterprise, outlet_id=row.outlet,
+                     station_mn=row.mn, pollutant=row.pollutant, window_start=to_dt(start), window_end=to_dt(end),
+                     detector=type(self).__name__, value=value, limit=limit, unit=unit, evidence=evidence)
+
+    def _severity(self, value: float, limit: float, p: dict[str, Any]) -> str:
+        factor = value / limit
+        if factor >= p["critical_factor"]:
+            return "critical"
+        return "major" if factor >= p["major_factor"] else "minor"
+
+
+def _hour_evidence(row: Any, p: dict[str, Any]) -> dict[str, Any]:
+    return {"basis": row.basis, "valid_minutes": r(row.valid_minutes, 1), "min_valid_minutes": p["min_valid_minutes"],
+            "stopped_minutes": r(row.stopped_minutes, 1), "readings": int(row.points), "interval_s": int(row.interval_s),
+            "local_hour": pd.Timestamp(row.time).tz_convert(CHINA).strftime("%Y-%m-%dT%H:00+08:00")}
+
+
+class Exceedance(_HourlyBased):
+    """Hourly valid mean above the outlet's hourly limit."""
+
+    kind = "exceedance"
+    period_s = 3600
+
+    def detect(self, window: Window, source: ReadingSource, lookup: Lookup) -> list[Alert]:
+        table = hourly_table(source, lookup, window, self.params_for, only=_codes(lookup, "hourly"))
+        alerts = []
+        for row in table.itertuples(index=False):
+            limit = lookup.outlets[(row.enterprise, row.outlet)].limits[row.pollutant]
+            p = self.params_for(row.enterprise, row.outlet, row.pollutant)
+            if limit.hourly is None or row.valid_minutes < p["min_valid_minutes"] or not np.isfinite(row.mean):
+                continue
+            if row.mean > limit.hourly:
+                ev = _hour_evidence(row, p) | {"standard": limit.standard, "factor": r(row.mean / limit.hourly, 3)}
+                alerts.append(self._alert(row, row.time, row.time + HOUR, self._severity(row.mean, limit.hourly, p),
+                                          r(row.mean), limit.hourly, limit.unit, ev))
+        return one_per_outlet(alerts)
+
+
+class DailyExceedance(_HourlyBased):
+    """Daily mean (of valid hours) above the outlet's daily limit, per China calendar day."""
+
+    kind = "daily_exceedance"
+    period_s = 86400
+
+    def detect(self, window: Window, source: ReadingSource, lookup: Lookup) -> list[Alert]:
+        alerts = []
+        for day in china_days_ending_in(window.start, window.end):
+            table = hourly_table(source, lookup, Window(to_dt(day), to_dt(day + DAY)), self.params_for,
+                                 only=_codes(lookup, "daily"))
+            for (mn, pollutant), rows in table.groupby(["mn", "pollutant"], sort=True):
+                alert = self._judge_day(day, rows, lookup)
+                if alert is not None:
+                    alerts.append(alert)
+        return one_per_outlet(alerts)
+
+    def _judge_day(self, day: pd.Timestamp, rows: pd.DataFrame, lookup: Lookup) -> Alert | None:
+        first = next(rows.itertuples(index=False))
+        limit = lookup.outlets[(first.enterprise, first.outlet)].limits[first.pollutant]
+        p = self.params_for(first.enterprise, first.outlet, first.pollutant)
+        valid = rows[(rows["valid_minutes"] >= p["min_valid_minutes"]) & np.isfinite(rows["mean"].astype(float))]
+        if limit.daily is None or len(valid) < p["min_valid_hours"]:
+            return None
+        weights = valid["weight"].astype(float)
+        if weights.notna().all() and weights.sum() > 0:
+            mean, basis = float((valid["mean"] * weights).sum() / weights.sum()), "flow_weighted_hours"
+        else:
+            mean, basis = float(valid["mean"].mean()), "mean_of_valid_hours"
+        if mean <= limit.daily:
+            return None
+        ev = {"basis": basis, "valid_hours": len(valid), "min_valid_hours": p["min_valid_hours"],
+              "hourly_basis": sorted(set(valid["basis"])), "max_hourly_mean": r(valid["mean"].max()),
+              "local_day": (day + pd.Timedelta(hours=8)).strftime("%Y-%m-%d"), "standard": limit.standard,
+              "factor": r(mean / limit.daily, 3)}
+        return self._alert(first, day, day + DAY, self._severity(mean, limit.daily, p), r(mean), limit.daily,
+                           limit.unit, ev)
+
+
+class InsufficientValidData(_HourlyBased):
+    """Hours (and China days) without enough valid data to judge, not explained by a reported stop."""
+
+    kind = "insufficient_valid_data"
+    period_s = 3600
+
+    def detect(self, window: Window, source: ReadingSource, lookup: Lookup) -> list[Alert]:
+        alerts = []
+        table = hourly_table(source, lookup, window, self.params_for)
+        for row in table.itertuples(index=False):
+            p = self.params_for(row.enterprise, row.outlet, row.pollutant)
+            need = p["min_valid_minutes"]
+            if row.valid_minutes < need and row.valid_minutes + row.stopped_minutes < need:
+                ev = _hour_evidence(row, p)
+                alerts.append(self._alert(row, row.time, row.time + HOUR, "minor", r(row.valid_minutes, 1), float(need),
+                                          "min", ev))
+        for day in china_days_ending_in(window.start, window.end):
+            day_table = hourly_table(source, lookup, Window(to_dt(day), to_dt(day + DAY)), self.params_for)
+            for _, rows in day_table.groupby(["mn", "pollutant"], sort=True):
+                alert = self._judge_day(day, rows)
+                if alert is not None:
+                    alerts.append(alert)
+        return one_per_outlet(alerts, worst="min")
+
+    def _judge_day(self, day: pd.Timestamp, rows: pd.DataFrame) -> Alert | None:
+        first = next(rows.itertuples(index=False))
+        p = self.params_for(first.enterprise, first.outlet, first.pollutant)
+        valid = rows["valid_minutes"] >= p["min_valid_minutes"]
+        stopped = ~valid & (rows["valid_minutes"] + rows["stopped_minutes"] >= p["min_valid_minutes"])
+        n_valid, n_stopped = int(valid.sum()), int(stopped.sum())
+        if n_valid >= p["min_valid_hours"] or n_valid + n_stopped >= p["min_valid_hours"]:
+            return None
+        ev = {"valid_hours": n_valid, "stopped_hours": n_stopped, "hours_with_data": len(rows),
+              "min_valid_hours": p["min_valid_hours"], "local_day": (day + pd.Timedelta(hours=8)).strftime("%Y-%m-%d"),
+              "first_hour": iso(rows["time"].min())}
+        return self._alert(first, day, day + DAY, "minor", float(n_valid), float(p["min_valid_hours"]), "h", ev)
+
+
+def one_per_outlet(alerts: list[Alert], worst: str = "max") -> list[Alert]:
+    """Keep one alert per id (kind, enterprise, outlet, pollutant, window).
+
+    An outlet may have two stations measuring the same pollutant (duplicate analysers); the id
+    does not include the station, so the worst finding stands for the outlet (highest value, or
+    lowest for `worst="min"`) and the other stations are listed in its evidence.
+    """
+    by_id: dict[str, list[Alert]] = {}
+    for a in alerts:
+        by_id.setdefault(a.id, []).append(a)
+    out = []
+    for group in by_id.values():
+        sign = 1.0 if worst == "max" else -1.0
+        best = max(group, key=lambda a: (sign * (a.value if a.value is not None else -np.inf), a.station_mn))
+        if len(group) > 1:
+            best.evidence["other_stations"] = {a.station_mn: a.value for a in group if a is not best}
+        out.append(best)
+    return out
+
+
+def _codes(lookup: Lookup, which: str) -> set[str]:
+    """Pollutants with an hourly (or daily) limit somewhere: the only ones worth reading."""
+    return {code for o in lookup.outlets.values() for code, lim in o.limits.items() if getattr(lim, which) is not None}
+
+
+__all__ = ["DailyExceedance", "Exceedance", "InsufficientValidData"]

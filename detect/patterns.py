@@ -1,0 +1,495 @@
+"""Falsification and fault patterns on stations' minute data (DOMAIN.md, "Patterns that enforcement
+looks for"): constant value, zero or negative concentration while operating, O2 anomalies, flag abuse.
+
+Each detector owns the hours (or China days) whose END lies in its window, and reads what it needs
+before that (the stuck span, trailing flow). So any partition of time into windows - hourly runs,
+one backfill over a day, a re-run - raises the same alerts with the same ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from config.tables import pollutants
+from detect import frames as fr
+from detect.base import Alert, Detector, Window
+
+if TYPE_CHECKING:
+    from config.lookup import Lookup
+    from detect.source import ReadingSource
+
+HOUR = fr.HOUR
+
+
+@cache
+def unit_of(code: str) -> str:
+    p = pollutants().get(code)
+    return p.unit if p is not None else ""
+
+
+def fetch_minutes(source: "ReadingSource", start: pd.Timestamp, end: datetime,
+                  codes: list[str] | None = None) -> pd.DataFrame:
+    """Minute rows of all stations in [start, end), normalized (see frames.normalize_long)."""
+    window = Window(fr.to_dt(pd.Timestamp(start)), end)
+    return fr.normalize_long(source.minutes(window, pollutants=codes))
+
+
+@dataclass(slots=True)
+class Station:
+    """One station's minutes, wide, with the per-minute operating verdict."""
+
+    mn: str
+    enterprise: str
+    outlet: str
+    values: pd.DataFrame
+    flags: pd.DataFrame
+    operating: pd.Series
+    decided_by: str
+
+    def usable(self, code: str, instrument_flags: str) -> pd.Series:
+        """Minutes with a value that is not under an instrument flag (calibration, fault...)."""
+        flag = self.flags[code] if code in self.flags.columns else pd.Series("", index=self.values.index)
+        bad = flag.reindex(self.values.index).fillna("").isin(list(instrument_flags))
+        return self.values[code].notna() & ~bad
+
+
+class PatternDetector(Detector):
+    """Shared plumbing: loading stations and the operating rule from the subclass's parameters.
+
+    Subclasses declare flow_frac, flow_min, o2_operating_max, temp_operating_min and
+    instrument_flags as constructor parameters (sklearn reads parameters from __init__).
+    """
+
+    flow_frac: float
+    flow_min: float
+    o2_operating_max: float
+    temp_operating_min: float
+    instrument_flags: str
+    # Hours of trailing flow used for the reference (running) flow of the operating rule.
+    flow_reference_hours: int = 24
+
+    def _rule(self) -> fr.OperatingRule:
+        return fr.OperatingRule(self.flow_frac, self.flow_min, self.o2_operating_max, self.temp_operating_min)
+
+    def _reference_flows(self, source: "ReadingSource", end: datetime) -> dict[str, float]:
+        """A running flow per station from trailing flow only (cheap: one or two channels)."""
+        start = fr.hour_start(end) - self.flow_reference_hours * HOUR
+        long = fetch_minutes(source, start, end, list(fr.FLOW_CODES))
+        if long.empty:
+            return {}
+        return {str(mn): fr.reference_flow(rows["value"]) for mn, rows in long.groupby("mn")}
+
+    def _stations(self, source: "ReadingSource", start: pd.Timestamp, end: datetime,
+                  codes: list[str] | None = None) -> Iterator[Station]:
+        long = fetch_minutes(source, start, end, codes)
+        if long.empty:
+            return
+        refs = self._reference_flows(source, end)
+        rule = self._rule()
+        for mn, ent, out, rows in fr.by_station(long):
+            values = fr.pivot(rows)
+            flags = fr.pivot_flags(rows).reindex(index=values.index).fillna("")
+            operating, by = rule.evaluate(values, flags, refs.get(mn))
+            yield Station(mn, ent, out, values, flags, operating, by)
+
+
+def _alert(kind: str, severity: str, st: Station, code: str, start: pd.Timestamp, end: pd.Timestamp,
+           detector: str, value: float | None, unit: str, evidence: dict[str, Any]) -> Alert:
+    return Alert(kind=kind, severity=severity, enterprise_id=st.enterprise, outlet_id=st.outlet,
+                 station_mn=st.mn, pollutant=code, window_start=fr.to_dt(start), window_end=fr.to_dt(end),
+                 detector=detector, value=fr.r(value), unit=unit, evidence=evidence)
+
+
+# --------------------------------------------------------------------------------------------
+# constant_value
+
+
+@dataclass(slots=True)
+class _Span:
+    first: pd.Timestamp
+    last: pd.Timestamp
+    lo: float
+    hi: float
+    minutes: int
+
+    @property
+    def hours(self) -> int:
+        return int((self.last - self.first) / HOUR) + 1
+
+
+class ConstantValue(PatternDetector):
+    """A channel whose minute values do not move (max - min <= tolerance) for >= min_hours whole
+    hours in a row while the source operates (恒值).
+
+    An hour counts when it has >= min_minutes usable operating minutes, all within tolerance of
+    each other and of the preceding hours of the span. The alert window is the first min_hours of
+    the span, [start, start + min_hours h): fixed as soon as the pattern is proven, so a span that
+    goes on does not produce a new alert every hour; evidence.stuck_until says how long it lasted
+    as far as the run could see. Zero concentrations and O2 pinned near 21 % are left to
+    zero_while_operating and o2_anomaly (skip_zero, o2_pinned), so one fault is one alert.
+    """
+
+    kind = "constant_value"
+    lookback_s = 4 * 3600
+    period_s = 3600
+
+    def __init__(self, min_hours: int = 3, tolerance: float = 1e-6, min_minutes: int = 45,
+                 process_channels: tuple[str, ...] = ("a19001", "a00000", "w00000"),
+                 skip_zero: bool = True, zero_eps: float = 1e-3, o2_pinned: float = 20.5,
+                 flow_frac: float = 0.1, flow_min: float = 0.0, o2_operating_max: float = 19.5,
+                 temp_operating_min: float = 45.0, instrument_flags: str = fr.INSTRUMENT_FLAGS) -> None:
+        self.min_hours = min_hours
+        self.tolerance = tolerance
+        self.min_minutes = min_minutes
+        self.process_channels = process_channels
+        self.skip_zero = skip_zero
+        self.zero_eps = zero_eps
+        self.o2_pinned = o2_pinned
+        self.flow_frac = flow_frac
+        self.flow_min = flow_min
+        self.o2_operating_max = o2_operating_max
+        self.temp_operating_min = temp_operating_min
+        self.instrument_flags = instrument_flags
+
+    def detect(self, window: Window, source: "ReadingSource", lookup: "Lookup") -> list[Alert]:
+        # One hour more than the span needs, to see whether the span began even earlier.
+        start = fr.hour_start(window.start) - (self.min_hours + 1) * HOUR
+        alerts = []
+        for st in self._stations(source, start, window.end):
+            for code in sorted(st.values.columns):
+                if not (fr.is_concentration(code) or code in self.process_channels):
+                    continue
+                for span in self._spans(st, code):
+                    proven = span.first + self.min_hours * HOUR
+                    if window.start < proven <= window.end and not self._explained(code, span):
+                        alerts.append(self._to_alert(st, code, span, proven))
+        return alerts
+
+    def _spans(self, st: Station, code: str) -> list[_Span]:
+        v = st.values[code].where(st.usable(code, self.instrument_flags) & st.operating).dropna()
+        hourly = v.groupby(v.index.floor("h")).agg(["count", "min", "max"])
+        spans: list[_Span] = []
+        cur: _Span | None = None
+        for h, row in hourly.iterrows():
+            if row["count"] < self.min_minutes or row["max"] - row["min"] > self.tolerance:
+                cur = None
+                continue
+            joinable = cur is not None and h == cur.last + HOUR and \
+                max(cur.hi, row["max"]) - min(cur.lo, row["min"]) <= self.tolerance
+            if joinable:
+                cur.last, cur.lo, cur.hi = h, min(cur.lo, row["min"]), max(cur.hi, row["max"])
+                cur.minutes += int(row["count"])
+            else:
+                cur = _Span(h, h, float(row["min"]), float(row["max"]), int(row["count"]))
+                spans.append(cur)
+        return [s for s in spans if s.hours >= self.min_hours]
+
+    def _explained(self, code: str, span: _Span) -> bool:
+        value = (span.lo + span.hi) / 2
+        if self.skip_zero and fr.is_concentration(code) and abs(value) <= self.zero_eps:
+            return True
+        return code == fr.O2 and value >= self.o2_pinned
+
+    def _to_alert(self, st: Station, code: str, span: _Span, proven: pd.Timestamp) -> Alert:
+        value = (span.lo + span.hi) / 2
+        evidence = {
+            "value": fr.r(value), "spread": fr.r(span.hi - span.lo, 9), "tolerance": self.tolerance,
+            "stuck_from": fr.iso(span.first), "stuck_until": fr.iso(span.last + HOUR),
+            "hours_seen": span.hours, "minutes": span.minutes, "min_hours": self.min_hours,
+            "operating_by": st.decided_by, "field": "avg (rtd where no avg)",
+        }
+        return _alert(self.kind, "major", st, code, span.first, proven, type(self).__name__, value,
+                      unit_of(code), evidence)
+
+
+# --------------------------------------------------------------------------------------------
+# zero_while_operating / negative_value
+
+
+class _HourlyMinuteCount(PatternDetector):
+    """Per owned hour and concentration channel: count operating, usable minutes that match."""
+
+    severity = "major"
+
+    min_minutes: int
+
+    def _matches(self, v: pd.Series) -> pd.Series:
+        raise NotImplementedError
+
+    def detect(self, window: Window, source: "ReadingSource", lookup: "Lookup") -> list[Alert]:
+        hours = fr.hours_ending_in(window.start, window.end)
+        if not hours:
+            return []
+        alerts = []
+        for st in self._stations(source, hours[0], hours[-1] + HOUR):
+            for code in sorted(c for c in st.values.columns if fr.is_concentration(c)):
+                v = st.values[code]
+                hit = self._matches(v) & st.usable(code, self.instrument_flags) & st.operating
+                for h in hours:
+                    in_hour = hit[(hit.index >= h) & (hit.index < h + HOUR)]
+                    if int(in_hour.sum()) >= self.min_minutes:
+                        alerts.append(self._to_alert(st, code, h, v[in_hour[in_hour].index]))
+        return alerts
+
+    def _to_alert(self, st: Station, code: str, h: pd.Timestamp, hits: pd.Series) -> Alert:
+        evidence = {
+            "minutes": int(len(hits)), "min_minutes": self.min_minutes, "min": fr.r(hits.min()),
+            "max": fr.r(hits.max()), "first": fr.iso(hits.index.min()), "last": fr.iso(hits.index.max()),
+            "operating_by": st.decided_by, "field": "avg (rtd where no avg)",
+        }
+        evidence.update(self._operating_evidence(st, h))
+        return _alert(self.kind, self.severity, st, code, h, h + HOUR, type(self).__name__,
+                      float(hits.min()), unit_of(code), evidence)
+
+    @staticmethod
+    def _operating_evidence(st: Station, h: pd.Timestamp) -> dict[str, Any]:
+        """Hourly means of the process channels that show the source running."""
+        rows = st.values[(st.values.index >= h) & (st.values.index < h + HOUR)]
+        out = {}
+        for code in (*fr.FLOW_CODES, fr.O2, fr.TEMP):
+            if code in rows.columns and rows[code].notna().any():
+                out[f"{code}_mean"] = fr.r(rows[code].mean())
+        return out
+
+
+class ZeroWhileOperating(_HourlyMinuteCount):
+    """A concentration at zero (|c| <= zero_eps) for >= min_minutes of an hour while the source
+    operates (flow, else O2/temperature, else the flag; see frames.OperatingRule). Minutes under
+    an instrument flag (calibration gas reads zero on purpose) do not count."""
+
+    kind = "zero_while_operating"
+    lookback_s = 0
+
+    def __init__(self, min_minutes: int = 30, zero_eps: float = 1e-3, flow_frac: float = 0.1,
+                 flow_min: float = 0.0, o2_operating_max: float = 19.5, temp_operating_min: float = 45.0,
+                 instrument_flags: str = fr.INSTRUMENT_FLAGS) -> None:
+        self.min_minutes = min_minutes
+        self.zero_eps = zero_eps
+        self.flow_frac = flow_frac
+        self.flow_min = flow_min
+        self.o2_operating_max = o2_operating_max
+        self.temp_operating_min = temp_operating_min
+        self.instrument_flags = instrument_flags
+
+    def _matches(self, v: pd.Series) -> pd.Series:
+        return v.abs() <= self.zero_eps
+
+
+class NegativeValue(_HourlyMinuteCount):
+    """A concentration below -negative_eps for >= min_minutes of an hour while the source operates.
+    Process parameters are excluded: flue-gas pressure (a01013) is legitimately negative."""
+
+    kind = "negative_value"
+    severity = "minor"
+    lookback_s = 0
+
+    def __init__(self, min_minutes: int = 30, negative_eps: float = 1e-3, flow_frac: float = 0.1,
+                 flow_min: float = 0.0, o2_operating_max: float = 19.5, temp_operating_min: float = 45.0,
+                 instrument_flags: str = fr.INSTRUMENT_FLAGS) -> None:
+        self.min_minutes = min_minutes
+        self.negative_eps = negative_eps
+        self.flow_frac = flow_frac
+        self.flow_min = flow_min
+        self.o2_operating_max = o2_operating_max
+        self.temp_operating_min = temp_operating_min
+        self.instrument_flags = instrument_flags
+
+    def _matches(self, v: pd.Series) -> pd.Series:
+        return v < -self.negative_eps
+
+
+# --------------------------------------------------------------------------------------------
+# o2_anomaly
+
+
+class O2Anomaly(PatternDetector):
+    """Two O2 patterns, per owned hour:
+
+    - pinned: O2 >= o2_pinned (air, not flue gas) for >= min_minutes while flow is high, i.e. above
+      high_flow_frac x the station's typical (median positive) flow over the trailing
+      flow_reference_hours. Alert pollutant a19001. Needs a flow channel.
+    - Zs inconsistent: for a concentration with reported Zs, |zs - c*(21-ref)/(21-O2)| relative to
+      the expected value > zs_tolerance for >= zs_min_minutes, using the outlet's reference_o2 (O2
+      clamped at o2_clamp; minutes with c < min_conc skipped, the ratio is noise there). Alert
+      pollutant = the concentration's code.
+    """
+
+    kind = "o2_anomaly"
+    lookback_s = 24 * 3600
+    period_s = 3600
+
+    def __init__(self, o2_pinned: float = 20.5, high_flow_frac: float = 0.5, min_minutes: int = 30,
+                 zs_tolerance: float = 0.1, zs_min_minutes: int = 30, min_conc: float = 1.0,
+                 o2_clamp: float = 20.9, flow_frac: float = 0.1, flow_min: float = 0.0,
+                 o2_operating_max: float = 19.5, temp_operating_min: float = 45.0,
+                 instrument_flags: str = fr.INSTRUMENT_FLAGS) -> None:
+        self.o2_pinned = o2_pinned
+        self.high_flow_frac = high_flow_frac
+        self.min_minutes = min_minutes
+        self.zs_tolerance = zs_tolerance
+        self.zs_min_minutes = zs_min_minutes
+        self.min_conc = min_conc
+        self.o2_clamp = o2_clamp
+        self.flow_frac = flow_frac
+        self.flow_min = flow_min
+        self.o2_operating_max = o2_operating_max
+        self.temp_operating_min = temp_operating_min
+        self.instrument_flags = instrument_flags
+
+    def detect(self, window: Window, source: "ReadingSource", lookup: "Lookup") -> list[Alert]:
+        hours = fr.hours_ending_in(window.start, window.end)
+        if not hours:
+            return []
+        start, end = hours[0], fr.to_dt(hours[-1] + HOUR)
+        typical = self._typical_flows(source, end)
+        long = fetch_minutes(source, start, end)
+        alerts = []
+        for mn, ent, out, rows in fr.by_station(long):
+            values, flags = fr.pivot(rows), fr.pivot_flags(rows)
+            flags = flags.reindex(values.index).fillna("")
+            st = Station(mn, ent, out, values, flags, pd.Series(True, index=values.index), "flow")
+            alerts += self._pinned(st, hours, typical.get(mn, 0.0))
+            ref = lookup.stations[mn].outlet.reference_o2 if mn in lookup.stations else None
+            if ref is not None:
+                alerts += self._zs(st, hours, ref, fr.pivot(rows, "zs_avg") if "zs_avg" in rows else None)
+        return alerts
+
+    def _typical_flows(self, source: "ReadingSource", end: datetime) -> dict[str, float]:
+        start = fr.hour_start(end) - self.flow_reference_hours * HOUR
+        long = fetch_minutes(source, start, end, list(fr.FLOW_CODES))
+        return {str(mn): fr.reference_flow(rows["value"], 0.5) for mn, rows in long.groupby("mn")} \
+            if not long.empty else {}
+
+    def _pinned(self, st: Station, hours: list[pd.Timestamp], typical: float) -> list[Alert]:
+        fcol = fr.flow_column(st.values)
+        if fcol is None or fr.O2 not in st.values.columns or typical <= 0:
+            return []
+        floor = max(self.flow_min, self.high_flow_frac * typical)
+        o2 = st.values[fr.O2]
+        hit = (o2 >= self.o2_pinned) & (st.values[fcol] > floor) & st.usable(fr.O2, self.instrument_flags)
+        out = []
+        for h in hours:
+            sel = hit[(hit.index >= h) & (hit.index < h + HOUR)]
+            sel = sel[sel]
+            if len(sel) >= self.min_minutes:
+                ev = {"pattern": "o2_pinned", "minutes": len(sel), "min_minutes": self.min_minutes,
+                      "o2_mean": fr.r(o2[sel.index].mean()), "o2_pinned": self.o2_pinned,
+                      "flow_channel": fcol, "flow_mean": fr.r(st.values[fcol][sel.index].mean()),
+                      "typical_flow": fr.r(typical), "high_flow_floor": fr.r(floor)}
+                out.append(_alert(self.kind, "major", st, fr.O2, h, h + HOUR, type(self).__name__,
+                                  float(o2[sel.index].mean()), "%", ev))
+        return out
+
+    def _zs(self, st: Station, hours: list[pd.Timestamp], ref: float, zs: pd.DataFrame | None) -> list[Alert]:
+        if zs is None or fr.O2 not in st.values.columns:
+            return []
+        o2 = st.values[fr.O2].clip(upper=self.o2_clamp)
+        o2_ok = st.usable(fr.O2, self.instrument_flags)
+        out = []
+        for code in sorted(c for c in zs.columns if fr.is_concentration(c) and c in st.values.columns):
+            c = st.values[code]
+            expected = c * (21 - ref) / (21 - o2)
+            rel = (zs[code].reindex(c.index) - expected).abs() / expected
+            valid = (c >= self.min_conc) & o2_ok & st.usable(code, self.instrument_flags) & rel.notna()
+            for h in hours:
+                m = valid & (c.index >= h) & (c.index < h + HOUR)
+                bad = m & (rel > self.zs_tolerance)
+                if int(bad.sum()) >= self.zs_min_minutes:
+                    out.append(self._zs_alert(st, code, h, ref, c[bad], zs[code].reindex(c.index)[bad],
+                                              expected[bad], o2[bad], int(m.sum())))
+        return out
+
+    def _zs_alert(self, st: Station, code: str, h: pd.Timestamp, ref: float, c: pd.Series, zs: pd.Series,
+                  expected: pd.Series, o2: pd.Series, checked: int) -> Alert:
+        ratio = float((zs / expected).median())
+        ev = {"pattern": "zs_inconsistent", "minutes": int(len(c)), "minutes_checked": checked,
+              "min_minutes": self.zs_min_minutes, "reference_o2": ref, "tolerance": self.zs_tolerance,
+              "median_measured": fr.r(c.median()), "median_o2": fr.r(o2.median()),
+              "median_zs_reported": fr.r(zs.median()), "median_zs_expected": fr.r(expected.median()),
+              "formula": "zs = c * (21 - reference_o2) / (21 - o2)"}
+        return _alert(self.kind, "major", st, code, h, h + HOUR, type(self).__name__, ratio, "ratio", ev)
+
+
+# --------------------------------------------------------------------------------------------
+# flag_abuse
+
+
+class FlagAbuse(PatternDetector):
+    """Per station and China day (16:00Z..16:00Z): too many hours under marks, or marked stopped
+    while running.
+
+    An hour is marked X when >= hour_share of its minute readings (all channels) carry a flag in
+    `marks` (M maintenance, D fault, F stopped, C calibration; X = the most frequent). An F hour
+    whose process data says the source ran (>= hour_share of its minutes, frames.OperatingRule;
+    needs a flow, O2 or temperature channel) is "F while operating". An F hour the process data
+    confirms, or cannot check, is a legitimate stop and does not count. Alert when counted marked
+    hours / hours with data > max_marked_share, or F-while-operating hours >= min_f_operating_hours.
+    One alert per (station, day), pollutant "".
+    """
+
+    kind = "flag_abuse"
+    lookback_s = 24 * 3600
+    period_s = 3600
+
+    def __init__(self, marks: str = "MDFC", hour_share: float = 0.5, max_marked_share: float = 0.25,
+                 min_f_operating_hours: int = 1, flow_frac: float = 0.1, flow_min: float = 0.0,
+                 o2_operating_max: float = 19.5, temp_operating_min: float = 45.0,
+                 instrument_flags: str = fr.INSTRUMENT_FLAGS) -> None:
+        self.marks = marks
+        self.hour_share = hour_share
+        self.max_marked_share = max_marked_share
+        self.min_f_operating_hours = min_f_operating_hours
+        self.flow_frac = flow_frac
+        self.flow_min = flow_min
+        self.o2_operating_max = o2_operating_max
+        self.temp_operating_min = temp_operating_min
+        self.instrument_flags = instrument_flags
+
+    def detect(self, window: Window, source: "ReadingSource", lookup: "Lookup") -> list[Alert]:
+        alerts = []
+        for day in fr.china_days_ending_in(window.start, window.end):
+            for st in self._stations(source, day, fr.to_dt(day + pd.Timedelta(days=1))):
+                alert = self._judge(st, day)
+                if alert is not None:
+                    alerts.append(alert)
+        return alerts
+
+    def _hour_marks(self, st: Station) -> pd.DataFrame:
+        """Per hour: the mark (or ""), whether the process says running, readings."""
+        flags = st.flags.stack()
+        flags = flags[flags.index.get_level_values(0).isin(st.values.index)]
+        hour_of = flags.index.get_level_values(0).floor("h")
+        marked = flags.isin(list(self.marks))
+        share = marked.groupby(hour_of).mean()
+        top = flags[marked].groupby(hour_of[marked.to_numpy()]).agg(lambda s: s.value_counts().index[0])
+        process = st.decided_by != "flag"
+        running = st.operating.groupby(st.operating.index.floor("h")).mean() >= self.hour_share
+        out = pd.DataFrame({"share": share})
+        out["mark"] = np.where(out["share"] >= self.hour_share, top.reindex(out.index).fillna(""), "")
+        out["running"] = running.reindex(out.index).fillna(False) & process
+        return out
+
+    def _judge(self, st: Station, day: pd.Timestamp) -> Alert | None:
+        hours = self._hour_marks(st)
+        if hours.empty:
+            return None
+        f_running = hours.index[(hours["mark"] == "F") & hours["running"]]
+        counted = hours.index[hours["mark"].isin([m for m in self.marks if m != "F"])].union(f_running)
+        share = len(counted) / len(hours)
+        if share <= self.max_marked_share and len(f_running) < self.min_f_operating_hours:
+            return None
+        by_mark = {m: int((hours["mark"] == m).sum()) for m in self.marks if (hours["mark"] == m).any()}
+        ev = {"china_day": fr.iso(day + pd.Timedelta(fr.CHINA_OFFSET))[:10], "hours_with_data": len(hours),
+              "hours_by_mark": by_mark, "counted_hours": [fr.iso(h) for h in counted],
+              "marked_share": fr.r(share), "max_marked_share": self.max_marked_share,
+              "f_while_operating_hours": [fr.iso(h) for h in f_running], "operating_by": st.decided_by,
+              "hour_share": self.hour_share}
+        severity = "major" if len(f_running) else "minor"
+        return _alert(self.kind, severity, st, "", day, day + pd.Timedelta(days=1), type(self).__name__,
+                      share, "share", ev)

@@ -1,0 +1,188 @@
+"""Running detectors over windows: on demand over a range, and on a schedule with watermarks.
+
+Windows are a detector's `period_s`, aligned to China local time (UTC+08:00): hours are whole
+UTC hours, days run 16:00Z..16:00Z. Evaluating a window means: detect, upsert the alerts
+(new / updated / unchanged), resolve the open alerts of that kind the window owns (window_end
+in (start, end]) that it no longer produces, and publish what changed. Evaluating the same
+window twice therefore changes nothing; evaluating it after late data updates it.
+
+Scheduled job (one per detector, APScheduler BackgroundScheduler, every `tick_s`):
+    horizon   = now - max(detect.settle_s, detector.settle_s if it has one)   (offline: its grace)
+    due       = windows ending in (watermark, horizon]                 (first run: the last reevaluate_s)
+    re-run    = windows ending in (horizon - reevaluate_s, watermark]  when something is due, or
+                at least every `reevaluate_every_s`, so late data updates recent alerts
+    watermark = end of the last window evaluated (stored: a restart resumes there)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from config.lookup import Lookup
+from config.schema import Settings
+from detect.base import Detector, Window
+from detect.registry import build_detectors
+from detect.source import ReadingSource
+from detect.store import AlertStore, Change
+from ingest.influx import Influx
+
+log = logging.getLogger(__name__)
+CHINA_OFFSET = timedelta(hours=8)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+Publish = Callable[[list[dict[str, Any]]], None]
+Clock = Callable[[], datetime]
+
+
+def align_down(t: datetime, period_s: int) -> datetime:
+    """The start of the period containing t, periods aligned to China local midnight (UTC+08:00)."""
+    local = (t.astimezone(timezone.utc) - EPOCH + CHINA_OFFSET).total_seconds()
+    return EPOCH + timedelta(seconds=(local // period_s) * period_s) - CHINA_OFFSET
+
+
+def windows(start: datetime, end: datetime, period_s: int) -> list[Window]:
+    """The aligned windows covering [start, end): the first starts at or before start."""
+    t = align_down(start, period_s)
+    out = []
+    while t < end:
+        out.append(Window(t, t + timedelta(seconds=period_s)))
+        t += timedelta(seconds=period_s)
+    return out
+
+
+def job_name(detector: Detector) -> str:
+    return f"detect:{detector.kind}"
+
+
+@dataclass(slots=True)
+class Report:
+    """What one run of one detector did."""
+
+    kind: str
+    windows: int = 0
+    alerts: int = 0
+    changes: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: "Report") -> None:
+        self.windows += other.windows
+        self.alerts += other.alerts
+        self.changes.update(other.changes)
+
+
+class Runner:
+    """Evaluates detectors and keeps alerts and watermarks; shared by the scheduler and `envwatch detect`."""
+
+    def __init__(self, settings: Settings, *, influx: Influx | None = None, store: AlertStore | None = None,
+                 detectors: Sequence[Detector] | None = None, publish: Publish | None = None,
+                 clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.lookup = Lookup(settings.registry)
+        self.influx = influx or Influx(settings.influxdb)
+        self.source = ReadingSource(self.influx)
+        self.store = store or AlertStore(settings.store_url()).create()
+        self.detectors = list(detectors) if detectors is not None else build_detectors(settings)
+        self.publish = publish
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self._last_rerun: dict[str, datetime] = {}
+        self._locks: dict[str, threading.Lock] = {job_name(d): threading.Lock() for d in self.detectors}
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def evaluate(self, detector: Detector, window: Window) -> Report:
+        """Detect in one window, store, resolve what disappeared, publish the changes."""
+        alerts = detector.detect(window, self.source, self.lookup)
+        now = self.clock()
+        changes = self.store.upsert_alerts(alerts, now=now)
+        resolved = self.store.resolve_missing(detector.kind, window.start, window.end, [a.id for a in alerts], now=now)
+        report = Report(detector.kind, windows=1, alerts=len({a.id for a in alerts}))
+        report.changes.update(c.value for _, c in changes)
+        if resolved:
+            report.changes[Change.RESOLVED.value] += len(resolved)
+        if self.publish is not None:
+            payload = [a.to_json() | {"status": "open", "change": c.value} for a, c in changes if c != Change.UNCHANGED]
+            payload += [s.to_json() | {"change": Change.RESOLVED.value} for s in resolved]
+            if payload:
+                self.publish(payload)
+        return report
+
+    def evaluate_range(self, start: datetime, end: datetime, kinds: Sequence[str] | None = None,
+                       on_window: Callable[[Detector, Window], None] | None = None) -> list[Report]:
+        """Every selected detector over the aligned windows covering [start, end). Watermarks untouched."""
+        reports = []
+        for det in self._selected(kinds):
+            report = Report(det.kind)
+            for w in windows(start, end, det.period_s):
+                report.add(self.evaluate(det, w))
+                if on_window is not None:
+                    on_window(det, w)
+            reports.append(report)
+        return reports
+
+    def plan(self, start: datetime, end: datetime, kinds: Sequence[str] | None = None) -> int:
+        """How many windows evaluate_range would evaluate (for progress bars)."""
+        return sum(len(windows(start, end, d.period_s)) for d in self._selected(kinds))
+
+    def _selected(self, kinds: Sequence[str] | None) -> list[Detector]:
+        return [d for d in self.detectors if kinds is None or d.kind in kinds]
+
+    # -- scheduled jobs -----------------------------------------------------------------------
+
+    def horizon(self, detector: Detector, now: datetime) -> datetime:
+        settle = max(self.settings.detect.settle_s, int(getattr(detector, "settle_s", 0) or 0))
+        return now - timedelta(seconds=settle)
+
+    def run_job(self, detector: Detector, reevaluate_every_s: int = 3600) -> Report:
+        """One scheduled run of one detector: due windows, then the recent ones again (see module doc)."""
+        job = job_name(detector)
+        with self._locks.setdefault(job, threading.Lock()):
+            now = self.clock()
+            period = timedelta(seconds=detector.period_s)
+            last_end = align_down(self.horizon(detector, now), detector.period_s)
+            reeval = timedelta(seconds=self.settings.detect.reevaluate_s)
+            mark = self.store.watermark(job)
+            if mark is None:
+                mark = align_down(last_end - max(reeval, period), detector.period_s)
+            due_from = min(mark, last_end)
+            rerun_from = align_down(last_end - reeval, detector.period_s)
+            covered = due_from <= rerun_from  # the due windows include all the recent ones (first run, catch-up)
+            rerun = not covered and (last_end > mark or
+                                     now - self._last_rerun.get(job, EPOCH) >= timedelta(seconds=reevaluate_every_s))
+            report = Report(detector.kind)
+            for w in windows(rerun_from if rerun else due_from, last_end, detector.period_s):
+                report.add(self.evaluate(detector, w))
+            if rerun or covered:
+                self._last_rerun[job] = now
+            if last_end > mark:
+                self.store.set_watermark(job, last_end)
+            return report
+
+    def run_all(self) -> list[Report]:
+        """One scheduled run of every detector (what each scheduler tick does, all at once)."""
+        return [self.run_job(d) for d in self.detectors]
+
+    def scheduler(self, tick_s: int = 300) -> Any:
+        """A not-yet-started APScheduler BackgroundScheduler with one job per detector."""
+        from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        sched = BackgroundScheduler(timezone=timezone.utc)
+        for det in self.detectors:
+            sched.add_job(self._safe_run, IntervalTrigger(seconds=tick_s, timezone=timezone.utc), args=[det],
+                          id=job_name(det), name=job_name(det), coalesce=True, max_instances=1,
+                          misfire_grace_time=tick_s, next_run_time=datetime.now(timezone.utc))
+        return sched
+
+    def _safe_run(self, detector: Detector) -> None:
+        # A failing run (InfluxDB down, bad data) must not kill the job: the watermark stays, the next tick retries.
+        try:
+            report = self.run_job(detector)
+            if report.windows:
+                log.info("%s: %d windows, changes %s", job_name(detector), report.windows, dict(report.changes))
+        except Exception:
+            log.exception("%s failed; will retry at the next tick", job_name(detector))
