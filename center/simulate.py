@@ -71,6 +71,7 @@ from config.lookup import Lookup, StationRef
 from config.schema import Device, Enterprise, Outlet, Settings
 from ingest import hj212
 from ingest.model import CHINA_TZ
+from ingest.mqtt import make_client
 
 Emitted = tuple[str, bytes, datetime]
 MINUTE = timedelta(minutes=1)
@@ -867,17 +868,9 @@ class _Publisher:
     def __init__(self, settings: Settings, role: str) -> None:
         import os
 
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
 
         b = settings.broker
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{b.client_id}-{role}-{os.getpid()}",
-                                  protocol=mqtt.MQTTv5)
-        if b.username:
-            self.client.username_pw_set(b.username, b.password.get_secret_value() if b.password else None)
-        if b.tls is not None:
-            self.client.tls_set(ca_certs=b.tls.ca_file, certfile=b.tls.cert_file, keyfile=b.tls.key_file)
-            self.client.tls_insecure_set(b.tls.insecure)
+        self.client = make_client(b, f"{b.client_id}-{role}-{os.getpid()}")
         self.client.max_inflight_messages_set(1000)
         self.sent = self.acked = 0
         self.cond = threading.Condition()

@@ -17,10 +17,9 @@ import logging
 import threading
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from config.schema import BrokerSettings
+from ingest.mqtt import make_client
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +36,7 @@ class AlertPublisher:
         self.topic = alerts_topic(broker)
         self.timeout_s = timeout_s
         self._connected = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"{broker.client_id}-detect",
-                                  protocol=mqtt.MQTTv5)
-        if broker.username:
-            self.client.username_pw_set(broker.username,
-                                        broker.password.get_secret_value() if broker.password else None)
-        if broker.tls is not None:
-            self.client.tls_set(ca_certs=broker.tls.ca_file, certfile=broker.tls.cert_file, keyfile=broker.tls.key_file)
-            self.client.tls_insecure_set(broker.tls.insecure)
+        self.client = make_client(broker, client_id or f"{broker.client_id}-detect")
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
 

@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -61,6 +60,7 @@ from ingest.decode import decode_payload, key_lookup
 from ingest.influx import Influx, InfluxRejected, InfluxUnavailable
 from ingest.model import Kind, MobileFix, Packet, Reason, Rejected
 from ingest.schema import event_line, mobile_line, station_lines
+from ingest.mqtt import make_client
 
 log = logging.getLogger("envwatch.ingest")
 
@@ -391,21 +391,16 @@ class Ingest:
             log.warning("not subscribed after 30s: is the broker at %s:%s up and accepting client %r?",
                         self.settings.broker.host, self.settings.broker.port, self.settings.broker.client_id)
         while not done.wait(status_every_s):
-            console.print(status_line(self.counters()), highlight=False)
+            console.print(status_line(self.counters()), highlight=False, markup=False)
         console.print("stopping: committing and writing what is pending ...")
         self.stop(timeout=30)
-        console.print(status_line(self.counters()), highlight=False)
+        console.print(status_line(self.counters()), highlight=False, markup=False)
 
     # -- MQTT ------------------------------------------------------------------------------------
 
     def _connect(self) -> mqtt.Client:
         b = self.settings.broker
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=b.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
-        if b.username:
-            c.username_pw_set(b.username, b.password.get_secret_value() if b.password else None)
-        if b.tls is not None:
-            c.tls_set(ca_certs=b.tls.ca_file, certfile=b.tls.cert_file, keyfile=b.tls.key_file)
-            c.tls_insecure_set(b.tls.insecure)
+        c = make_client(b, b.client_id, manual_ack=True)
         c.on_connect = self._on_connect
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message

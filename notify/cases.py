@@ -1,0 +1,413 @@
+"""The case state machine: alerts open or join cases; people and rules move them along.
+
+    open ──notify──> notified
+    notified | reopened ──acknowledge──> acknowledged
+    notified | acknowledged | reopened ──contest (自证, an answer with evidence)──> acknowledged
+    notified | acknowledged | reopened ──report_rectification──> rectification_reported
+    rectification_reported ──verify (window passed, no recurrence)──> verified (closed)
+    rectification_reported ──reopen (recurrence within the window)──> reopened
+    open | notified | acknowledged | rectification_reported | reopened ──escalate──> escalated
+    open | notified | acknowledged | rectification_reported | reopened ──dismiss(reason)──> dismissed
+    escalated ──close_enforcement(outcome)──> verified, or dismissed when outcome = no_violation
+    assign: any state but verified/dismissed, state unchanged
+
+Every change appends a chained event (notify.events) and bumps the row's `version`, so a writer
+that raced another one fails instead of overwriting it. All times are event times handed in by the
+caller; nothing here reads the clock (the event's recorded_at aside).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from config.schema import Settings
+from detect.base import Alert
+from notify import rules
+from notify.events import append_event, events_of, jsonable
+from notify.store import as_utc, utc
+from notify.tables import CLOSED_STATES, case_alerts, cases
+
+ACTIVE = ("open", "notified", "acknowledged", "rectification_reported", "reopened")
+# action -> (states it is allowed from, state it leads to; None keeps the state)
+TRANSITIONS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "notify": (("open",), "notified"),
+    "acknowledge": (("notified", "reopened"), "acknowledged"),
+    "contest": (("notified", "acknowledged", "reopened"), "acknowledged"),  # an answer, with evidence
+    "report_rectification": (("notified", "acknowledged", "reopened"), "rectification_reported"),
+    "verify": (("rectification_reported",), "verified"),
+    "reopen": (("rectification_reported",), "reopened"),
+    "escalate": (ACTIVE, "escalated"),
+    "dismiss": (ACTIVE, "dismissed"),
+    "assign": ((*ACTIVE, "escalated"), None),
+    "close_enforcement": (("escalated",), None),  # to verified or dismissed, by the ticket's outcome
+}
+EVENT_TYPES = {"notify": "notified", "acknowledge": "acknowledged", "contest": "contested",
+               "report_rectification": "rectification_reported", "verify": "verified", "reopen": "reopened",
+               "escalate": "escalated", "dismiss": "dismissed", "assign": "assigned",
+               "close_enforcement": "enforcement_closed"}
+SYSTEM = "system"
+
+
+class TransitionError(ValueError):
+    """An action not allowed in the case's current state (or a case that does not exist)."""
+
+
+class ConcurrentUpdate(RuntimeError):
+    """The case changed under us (another writer); reload and retry."""
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+_TIMES = ("opened_at", "updated_at", "closed_at", "deadline_at", "ack_due_at", "verify_until")
+
+
+def _row(m: Mapping[str, Any]) -> dict[str, Any]:
+    d = dict(m)
+    for k in _TIMES:
+        d[k] = as_utc(d[k])
+    return d
+
+
+def load_case(conn: Connection, case_id: str) -> dict[str, Any]:
+    """The case row as a dict (times aware UTC); TransitionError when there is no such case."""
+    m = conn.execute(select(cases).where(cases.c.id == case_id)).mappings().first()
+    if m is None:
+        raise TransitionError(f"no case {case_id!r}")
+    return _row(m)
+
+
+def open_case_for(conn: Connection, enterprise_id: str, outlet_id: str, problem: str) -> dict[str, Any] | None:
+    """The one case of (enterprise, outlet, problem) not yet closed, if any."""
+    m = conn.execute(select(cases).where(cases.c.enterprise_id == enterprise_id, cases.c.outlet_id == outlet_id,
+                                         cases.c.problem == problem, cases.c.state.not_in(CLOSED_STATES))
+                     ).mappings().first()
+    return _row(m) if m else None
+
+
+def alerts_of(conn: Connection, case_id: str) -> list[dict[str, Any]]:
+    """The alerts attached to a case, as frozen at attach time, oldest window first."""
+    rows = conn.execute(select(case_alerts.c.alert).where(case_alerts.c.case_id == case_id)).scalars().all()
+    return sorted((dict(a) for a in rows), key=lambda a: (a.get("window_end", ""), a.get("id", "")))
+
+
+# -- transitions ----------------------------------------------------------------------------------
+
+def transition(conn: Connection, case_id: str, action: str, at: datetime, actor: str,
+               data: Mapping[str, Any] | None = None, to: str | None = None,
+               **updates: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Apply `action` at event time `at`: validate, update the row, append the event.
+
+    Returns (case after, event). `updates` are further columns to set (deadlines, reason, ...).
+    """
+    if action not in TRANSITIONS:
+        raise TransitionError(f"unknown action {action!r}; known: {', '.join(TRANSITIONS)}")
+    case = load_case(conn, case_id)
+    allowed, target = TRANSITIONS[action]
+    if case["state"] not in allowed:
+        raise TransitionError(f"case {case_id}: cannot {action} a case that is {case['state']} "
+                              f"(allowed from: {', '.join(allowed)})")
+    new_state = to or target or case["state"]
+    values: dict[str, Any] = {"state": new_state, "updated_at": max(utc(at), case["updated_at"]),
+                              "version": case["version"] + 1, **updates}
+    if new_state in CLOSED_STATES:
+        values["closed_at"] = utc(at)
+    res = conn.execute(update(cases).where(cases.c.id == case_id, cases.c.version == case["version"])
+                       .values(**values))
+    if res.rowcount != 1:
+        raise ConcurrentUpdate(f"case {case_id} changed while {action} was applied")
+    ev = append_event(conn, case_id, at, actor, EVENT_TYPES[action],
+                      {"from": case["state"], "to": new_state, **(data or {})})
+    return {**case, **values}, ev
+
+
+def acknowledge(conn: Connection, case_id: str, at: datetime, actor: str, text: str = "") -> dict[str, Any]:
+    """The enterprise has read the notice."""
+    return transition(conn, case_id, "acknowledge", at, actor, {"text": text})[0]
+
+
+def contest(conn: Connection, case_id: str, at: datetime, actor: str, text: str,
+            attachments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The enterprise contests with evidence (自证); the center decides: dismiss, or let it run."""
+    return transition(conn, case_id, "contest", at, actor, {"text": text, "attachments": attachments or []})[0]
+
+
+def report_rectification(conn: Connection, settings: Settings, case_id: str, at: datetime, actor: str,
+                         text: str = "", attachments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The enterprise says it fixed the problem; it holds if it does not recur for verify_hours."""
+    until = utc(at) + timedelta(hours=settings.notify.verify_hours)
+    return transition(conn, case_id, "report_rectification", at, actor,
+                      {"text": text, "attachments": attachments or [], "verify_until": until},
+                      verify_until=until)[0]
+
+
+def verify(conn: Connection, case_id: str, at: datetime, actor: str = SYSTEM) -> dict[str, Any]:
+    """The rectification held: the case closes as verified."""
+    return transition(conn, case_id, "verify", at, actor)[0]
+
+
+def reopen(conn: Connection, settings: Settings, case_id: str, at: datetime, actor: str = SYSTEM,
+           data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The problem recurred during verification: new acknowledgement and rectification deadlines."""
+    case = load_case(conn, case_id)
+    ack, deadline = deadlines(settings, case["problem"], utc(at))
+    return transition(conn, case_id, "reopen", at, actor, {**(data or {}), "ack_due_at": ack, "deadline_at": deadline},
+                      ack_due_at=ack, deadline_at=deadline, verify_until=None)[0]
+
+
+def escalate(conn: Connection, case_id: str, at: datetime, reason: str, priority: str, actor: str = SYSTEM,
+             detail: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Hand the case to enforcement (the ticket is opened by the caller, notify.tickets)."""
+    return transition(conn, case_id, "escalate", at, actor,
+                      {"reason": reason, "priority": priority, **jsonable(dict(detail or {}))})[0]
+
+
+def dismiss(conn: Connection, case_id: str, at: datetime, actor: str, reason: str) -> dict[str, Any]:
+    """Close without action, e.g. an approved shutdown or maintenance report explains the data."""
+    if not reason or not reason.strip():
+        raise TransitionError(f"case {case_id}: dismissing needs a reason")
+    return transition(conn, case_id, "dismiss", at, actor, {"reason": reason}, dismiss_reason=reason)[0]
+
+
+def assign(conn: Connection, case_id: str, at: datetime, actor: str, assignee: str) -> dict[str, Any]:
+    """Name the person (center staff or officer) responsible for the case."""
+    if not assignee:
+        raise TransitionError(f"case {case_id}: assign needs an assignee")
+    return transition(conn, case_id, "assign", at, actor, {"assignee": assignee}, assignee=assignee)[0]
+
+
+def close_enforcement(conn: Connection, case_id: str, at: datetime, actor: str, outcome: str) -> dict[str, Any]:
+    """Enforcement is done: `no_violation` dismisses the case, any other outcome closes it verified."""
+    to = "dismissed" if outcome == "no_violation" else "verified"
+    extra = {"dismiss_reason": f"enforcement: {outcome}"} if to == "dismissed" else {}
+    return transition(conn, case_id, "close_enforcement", at, actor, {"outcome": outcome}, to=to, **extra)[0]
+
+
+def mark_self_reported(conn: Connection, case_id: str, at: datetime, actor: str) -> dict[str, Any]:
+    """Record that the enterprise reported the problem itself (a 轻罚/免罚 condition)."""
+    case = load_case(conn, case_id)
+    conn.execute(update(cases).where(cases.c.id == case_id).values(self_reported=True, version=case["version"] + 1))
+    append_event(conn, case_id, at, actor, "self_reported", {})
+    return load_case(conn, case_id)
+
+
+def assess_pollution(conn: Connection, case_id: str, at: datetime, actor: str, consequence: bool,
+                     note: str = "") -> None:
+    """The center's judgement whether the problem caused pollution (overrides the alerts' default)."""
+    load_case(conn, case_id)
+    append_event(conn, case_id, at, actor, "pollution_assessed", {"consequence": consequence, "note": note})
+
+
+def deadlines(settings: Settings, problem: str, at: datetime) -> tuple[datetime, datetime]:
+    """(acknowledgement due, rectification deadline) for a problem noticed at `at`."""
+    n = settings.notify
+    hours = n.deadline_hours.get(problem, n.deadline_hours.get("default", 72))
+    return at + timedelta(hours=n.acknowledge_hours), at + timedelta(hours=hours)
+
+
+# -- alerts ---------------------------------------------------------------------------------------
+
+def alert_time(alert: Alert) -> datetime:
+    """An alert's event time: when its window closed (the finding exists from then on)."""
+    return utc(alert.window_end)
+
+
+def case_id_for(alert: Alert) -> str:
+    """Deterministic: the case that an alert opens has the same id on every run and instance."""
+    return hashlib.sha256(f"case|{alert.id}".encode()).hexdigest()[:24]
+
+
+def alert_seen(conn: Connection, alert_id: str) -> bool:
+    return conn.execute(select(case_alerts.c.case_id).where(case_alerts.c.alert_id == alert_id)).first() is not None
+
+
+def alert_facts(alert: Alert) -> dict[str, Any]:
+    """What an event records about an alert (the full alert is kept in case_alerts)."""
+    return {"alert_id": alert.id, "kind": alert.kind, "severity": alert.severity, "value": alert.value,
+            "limit": alert.limit, "unit": alert.unit, "pollutant": alert.pollutant,
+            "window_start": alert.window_start, "window_end": alert.window_end}
+
+
+def attach(conn: Connection, case_id: str, alert: Alert, at: datetime) -> None:
+    conn.execute(insert(case_alerts).values(case_id=case_id, alert_id=alert.id, attached_at=utc(at),
+                                            alert=alert.to_json()))
+
+
+def create_case(conn: Connection, settings: Settings, alert: Alert, emergency_level: str | None) -> dict[str, Any]:
+    """Insert a new case for `alert` in state open, with its deadlines; records the "opened" event."""
+    at = alert_time(alert)
+    ack, deadline = deadlines(settings, alert.kind, at)
+    cid = case_id_for(alert)
+    conn.execute(insert(cases).values(
+        id=cid, enterprise_id=alert.enterprise_id, outlet_id=alert.outlet_id, problem=alert.kind,
+        pollutant=alert.pollutant, state="open", severity=alert.severity, opened_at=at, updated_at=at,
+        deadline_at=deadline, ack_due_at=ack, emergency=emergency_level is not None,
+        self_reported=bool(alert.evidence.get("self_reported")), version=1))
+    attach(conn, cid, alert, at)
+    append_event(conn, cid, at, SYSTEM, "opened", {**alert_facts(alert), "emergency_level": emergency_level,
+                                                    "ack_due_at": ack, "deadline_at": deadline})
+    return load_case(conn, cid)
+
+
+def join_case(conn: Connection, case: Mapping[str, Any], alert: Alert, emergency_level: str | None) -> dict[str, Any]:
+    """Attach `alert` to an open case: raise its severity and emergency mark if need be; no notice."""
+    at = alert_time(alert)
+    attach(conn, case["id"], alert, at)
+    values: dict[str, Any] = {"version": case["version"] + 1, "updated_at": max(at, case["updated_at"])}
+    if rules.SEVERITY_RANK.get(alert.severity, 0) > rules.SEVERITY_RANK.get(case["severity"], 0):
+        values["severity"] = alert.severity
+    if emergency_level is not None:
+        values["emergency"] = True
+    if alert.evidence.get("self_reported"):
+        values["self_reported"] = True
+    res = conn.execute(update(cases).where(cases.c.id == case["id"], cases.c.version == case["version"]).values(**values))
+    if res.rowcount != 1:
+        raise ConcurrentUpdate(f"case {case['id']} changed while an alert was attached")
+    append_event(conn, case["id"], at, SYSTEM, "alert_attached", {**alert_facts(alert), "emergency_level": emergency_level})
+    return load_case(conn, case["id"])
+
+
+def sort_alerts(alerts: Iterable[Alert]) -> list[Alert]:
+    """Event-time order (ties by id): the order a live run would have seen them in."""
+    return sorted(alerts, key=lambda a: (alert_time(a), a.id))
+
+
+# -- rules applied: alerts in, time passing -------------------------------------------------------
+
+def ingest_alerts(conn: Connection, settings: Settings, alerts: Iterable[Alert], now: datetime) -> list[dict[str, Any]]:
+    """Open or join cases for `alerts` in event-time order; returns one outcome per alert.
+
+    Before each alert, deadlines that fell due earlier are settled (`tick` at the alert's time),
+    exactly as a live run ticking in between would have; that is what makes a backfill decide the
+    same. Alerts already attached to a case are skipped (re-processing is idempotent); alerts stamped
+    after `now` are refused (a window that has not closed yet cannot have a finding).
+    """
+    out: list[dict[str, Any]] = []
+    for alert in sort_alerts(alerts):
+        at = alert_time(alert)
+        if at > utc(now):
+            out.append({"alert_id": alert.id, "status": "future", "case_id": None})
+            continue
+        tick(conn, settings, at)
+        out.append(ingest_alert(conn, settings, alert))
+    return out
+
+
+def ingest_alert(conn: Connection, settings: Settings, alert: Alert) -> dict[str, Any]:
+    """One alert: skip if seen, else open a case or join the open one, then apply the rules."""
+    from notify.context import build_context, emergency_at
+
+    prior = conn.execute(select(case_alerts.c.case_id).where(case_alerts.c.alert_id == alert.id)).scalar()
+    if prior is not None:
+        return {"alert_id": alert.id, "status": "duplicate", "case_id": prior}
+    at = alert_time(alert)
+    case = open_case_for(conn, alert.enterprise_id, alert.outlet_id, alert.kind)
+    if case is not None and case["state"] == "rectification_reported" and at > case["verify_until"]:
+        # The verification window ended before this alert: the rectification held, this is a new case.
+        history = events_of(conn, case["id"])
+        apply_decisions(conn, settings, case["id"], rules.verification_decisions(
+            case, history, build_context(conn, settings, case, case["verify_until"], history)), at)
+        case = None
+    emergency = emergency_at(conn, at)
+    level = emergency["level"] if emergency else None
+    status = "opened" if case is None else "attached"
+    case = create_case(conn, settings, alert, level) if case is None else join_case(conn, case, alert, level)
+    *history, event = events_of(conn, case["id"])
+    ctx = build_context(conn, settings, case, at, history)
+    decisions = rules.on_alert(case, history, event, ctx)
+    apply_decisions(conn, settings, case["id"], decisions, at)
+    return {"alert_id": alert.id, "status": status, "case_id": case["id"],
+            "decisions": [type(d).__name__.lower() for d in decisions]}
+
+
+def tick(conn: Connection, settings: Settings, now: datetime) -> list[dict[str, Any]]:
+    """Apply what fell due by `now`: overdue acknowledgements and rectifications, verifications.
+
+    Each decision is stamped with the time it fell due (not `now`), so ticking often or rarely,
+    live or in a backfill, records the same history.
+    """
+    from notify.context import build_context
+
+    now = utc(now)
+    grace = timedelta(seconds=settings.detect.settle_s)
+    c = cases.c
+    due = (select(cases).where(
+        ((c.state.in_(("notified", "reopened"))) & (c.ack_due_at < now))
+        | ((c.state.in_(("notified", "acknowledged", "reopened"))) & (c.deadline_at < now))
+        | ((c.state == "rectification_reported") & (c.verify_until < now - grace)))
+        .order_by(c.opened_at, c.id))
+    out = []
+    for m in conn.execute(due).mappings().all():
+        case = _row(m)
+        history = events_of(conn, case["id"])
+        ctx = build_context(conn, settings, case, _first_due(case, now), history)
+        decisions = rules.on_tick(case, history, now, ctx)
+        if decisions:
+            apply_decisions(conn, settings, case["id"], decisions, now)
+            out.append({"case_id": case["id"], "decisions": [type(d).__name__.lower() for d in decisions]})
+    return out
+
+
+def _first_due(case: Mapping[str, Any], now: datetime) -> datetime:
+    times = [t for t in (case["ack_due_at"], case["deadline_at"], case["verify_until"]) if t is not None and t < now]
+    return min(times, default=now)
+
+
+def apply_decisions(conn: Connection, settings: Settings, case_id: str, decisions: Iterable[rules.Decision],
+                    at: datetime) -> None:
+    """Carry out the rules' decisions in order, each at its own event time (default `at`)."""
+    for d in decisions:
+        when = d.at or at
+        if isinstance(d, rules.Reopen):
+            reopen(conn, settings, case_id, when)
+        elif isinstance(d, rules.Notify):
+            if d.kind == "rectification_notice" and load_case(conn, case_id)["state"] == "open":
+                transition(conn, case_id, "notify", when, SYSTEM)
+            decide_notice(conn, settings, case_id, when, d.kind)
+        elif isinstance(d, rules.Escalate):
+            _escalate(conn, settings, case_id, d, when)
+        elif isinstance(d, rules.Close):
+            verify(conn, case_id, when)
+        elif isinstance(d, rules.Recommend):
+            conn.execute(update(cases).where(cases.c.id == case_id).values(recommendation=d.recommendation))
+            append_event(conn, case_id, when, SYSTEM, "recommendation",
+                         {"recommendation": d.recommendation, "basis": d.basis})
+
+
+def _escalate(conn: Connection, settings: Settings, case_id: str, d: rules.Escalate, at: datetime) -> None:
+    from notify.tickets import open_ticket
+
+    if load_case(conn, case_id)["state"] == "escalated":
+        return  # one escalation per case; later reasons are in the events already
+    case = escalate(conn, case_id, at, d.reason, d.priority, detail=d.detail)
+    ticket = open_ticket(conn, case, d.reason, d.priority, at)
+    decide_notice(conn, settings, case_id, at, "ticket",
+                  {"ticket_id": ticket["id"], "reason": d.reason, "priority": d.priority})
+
+
+def decide_notice(conn: Connection, settings: Settings, case_id: str, at: datetime, kind: str,
+                  data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Record the decision to send a notice of `kind` and hand it to the outbox, in one transaction.
+
+    The event is the decision (its seq makes the outbox key); notify.notices renders and queues
+    the messages. Imported lazily: the outbox may be absent in a minimal install.
+    """
+    import importlib.util
+
+    from notify.context import emergency_at
+
+    case = load_case(conn, case_id)
+    extra: dict[str, Any] = {"kind": kind, **(data or {})}
+    emergency = emergency_at(conn, at) if case["emergency"] else None
+    if emergency is not None:
+        extra["emergency_level"] = emergency["level"]
+    ev = append_event(conn, case_id, at, SYSTEM, "notice_decided", extra)
+    if importlib.util.find_spec("notify.notices") is not None:
+        from notify import notices
+
+        notices.enqueue(conn, settings, case, ev, kind)
+    return ev

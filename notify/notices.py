@@ -1,0 +1,339 @@
+"""Deciding to send a notice: render it and put one row per channel in the outbox.
+
+    ids = enqueue(conn, settings, case_row, event_row, "rectification_notice")
+
+The workflow calls `enqueue` inside the transaction that records the event, so the event and the
+decision to send commit together or not at all. The outbox row's `decision` is a deterministic key
+`{case_id}:{event_seq}:{kind}:{channel}` (officer notices add `:{officer_id}`, as a ticket may go
+to several officers); re-running the same decision after a crash inserts nothing new. The row's `id`,
+a hash of the decision, is what recipients de-duplicate on. notify/outbox.py delivers the rows.
+
+Kinds: rectification_notice, reminder, reopened, closed (to the enterprise) and ticket (to officers).
+Text comes from Jinja2 templates in notify/templates/{language}/{kind}.txt, each with a `subject`
+and a `body` block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from sqlalchemy import Connection, select
+
+from config.schema import Enterprise, Officer, Outlet, Settings
+from config.tables import pollutants
+from notify.tables import case_alerts, case_events, notices, tickets
+
+KINDS = ("rectification_notice", "reminder", "reopened", "closed", "ticket")
+ENTERPRISE_KINDS = KINDS[:4]
+LANGUAGES = ("zh-CN", "en")
+CHINA_TZ = timezone(timedelta(hours=8))
+MAX_FINDINGS = 20  # findings listed in a notice (most recent first); the payload says how many in all
+TEMPLATES = Path(__file__).with_name("templates")
+
+PROBLEM_LABELS: dict[str, dict[str, str]] = {
+    "zh-CN": {
+        "exceedance": "小时均值超标排放", "daily_exceedance": "日均值超标排放",
+        "insufficient_valid_data": "有效数据不足", "offline": "监测数据中断（离线）",
+        "constant_value": "监测数据长时间恒值", "zero_while_operating": "生产期间监测值为零",
+        "negative_value": "监测值为负", "o2_anomaly": "氧含量异常",
+        "flag_abuse": "数据标记异常（疑似滥用标记）",
+        "hotspot": "走航/无人机监测发现污染热点",
+    },
+    "en": {
+        "exceedance": "hourly mean above the permit limit", "daily_exceedance": "daily mean above the permit limit",
+        "insufficient_valid_data": "insufficient valid data", "offline": "monitoring data interrupted (offline)",
+        "constant_value": "constant readings for a long time", "zero_while_operating": "zero readings while operating",
+        "negative_value": "negative readings", "o2_anomaly": "abnormal O2 readings",
+        "flag_abuse": "abnormal data flags (suspected abuse of flags)",
+        "hotspot": "pollution hotspot found by mobile monitoring",
+    },
+}
+
+
+def notice_id(decision: str) -> str:
+    """The id recipients de-duplicate on: a short, deterministic hash of the decision key."""
+    return hashlib.sha256(decision.encode()).hexdigest()[:24]
+
+
+def answer_topic(settings: Settings, enterprise_id: str) -> str:
+    """Where an enterprise publishes its answers (acknowledge, rectification, contest)."""
+    return f"{settings.broker.topic_prefix}/enterprise/{enterprise_id}/answer"
+
+
+def answer_http_path(case_id: str) -> str:
+    """The HTTP API path an enterprise POSTs its answers to."""
+    return f"/api/cases/{case_id}/answers"
+
+
+def local_time(t: datetime | None) -> str:
+    """A time as people in China read it: 'YYYY-MM-DD HH:MM (UTC+08:00)'."""
+    if t is None:
+        return ""
+    return as_utc(t).astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M") + " (UTC+08:00)"
+
+
+def as_utc(t: datetime) -> datetime:
+    """Aware UTC datetime; SQLite hands back naive datetimes, which the store writes in UTC."""
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else as_utc(t).isoformat().replace("+00:00", "Z")
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+@cache
+def _env() -> jinja2.Environment:
+    # Plain text: no autoescape. StrictUndefined: a missing fact is a bug, not an empty line.
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=False,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True)
+    env.filters["num"] = _num
+    return env
+
+
+def _num(v: Any) -> str:
+    """Numbers as officials write them: no float noise, at most 3 decimals."""
+    if v is None:
+        return "-"
+    if isinstance(v, (int, float)):
+        return f"{float(v):.3f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def render(kind: str, language: str, context: Mapping[str, Any]) -> tuple[str, str]:
+    """(subject, body) of a notice kind in a language, from notify/templates/{language}/{kind}.txt."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown notice kind {kind!r}; known: {', '.join(KINDS)}")
+    if language not in LANGUAGES:
+        raise ValueError(f"no templates for language {language!r}; available: {', '.join(LANGUAGES)}")
+    tmpl = _env().get_template(f"{language}/{kind}.txt")
+    ctx = tmpl.new_context(dict(context))
+    subject = "".join(tmpl.blocks["subject"](ctx)).strip()
+    body = "".join(tmpl.blocks["body"](ctx)).strip() + "\n"
+    return subject, body
+
+
+# -- the facts a notice states -------------------------------------------------------------------
+
+def _mapping(row: Any) -> dict[str, Any]:
+    return dict(row._mapping) if hasattr(row, "_mapping") else dict(row)
+
+
+def _enterprise(settings: Settings, enterprise_id: str) -> Enterprise | None:
+    return next((e for e in settings.registry.enterprises if e.id == enterprise_id), None)
+
+
+def _outlet(ent: Enterprise | None, outlet_id: str) -> Outlet | None:
+    return next((o for o in ent.outlets if o.id == outlet_id), None) if ent else None
+
+
+def enterprise_language(settings: Settings, ent: Enterprise | None) -> str:
+    """The contact's language when set explicitly, else the deployment's default."""
+    if ent is not None and "language" in ent.contact.model_fields_set:
+        return ent.contact.language
+    return settings.notify.language
+
+
+def _alerts(conn: Connection, case_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(select(case_alerts.c.alert).where(case_alerts.c.case_id == case_id)).scalars().all()
+    return sorted((dict(a) for a in rows), key=lambda a: (a.get("window_start") or "", a.get("id") or ""),
+                  reverse=True)
+
+
+def _finding(alert: Mapping[str, Any], language: str) -> dict[str, Any]:
+    ev = alert.get("evidence") or {}
+    start, end = (datetime.fromisoformat(alert[k]) for k in ("window_start", "window_end"))
+    return {
+        "alert_id": alert.get("id"), "kind": alert.get("kind"), "severity": alert.get("severity"),
+        "problem_label": PROBLEM_LABELS[language].get(alert.get("kind", ""), alert.get("kind", "")),
+        "station_mn": alert.get("station_mn"), "pollutant": alert.get("pollutant"),
+        "window_start": _iso(start), "window_end": _iso(end),
+        "window_local": _local_range(start, end),
+        "value": alert.get("value"), "limit": alert.get("limit"), "unit": alert.get("unit", ""),
+        "factor": ev.get("factor"), "basis": ev.get("basis"), "standard": ev.get("standard"),
+        "valid_minutes": ev.get("valid_minutes"),
+    }
+
+
+def _local_range(start: datetime, end: datetime) -> str:
+    """'2025-03-01 09:00 – 10:00 (UTC+08:00)'; the end's date only when it differs."""
+    a, b = local_time(start), local_time(end)
+    return f"{a[:16]} – {b[11:] if a[:10] == b[:10] else b}"
+
+
+def _limit(outlet: Outlet | None, problem: str, pollutant: str, alerts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The permit limit the case is about: the registry's, else what the latest alert recorded."""
+    period = "daily" if problem == "daily_exceedance" else "hourly"
+    lim = outlet.limits.get(pollutant) if outlet else None
+    if lim is not None:
+        value = getattr(lim, period) if getattr(lim, period) is not None else (lim.hourly or lim.daily)
+        period = period if getattr(lim, period) is not None else ("hourly" if lim.hourly else "daily")
+        return {"value": value, "unit": lim.unit, "standard": lim.standard, "period": period,
+                "o2_reference": outlet.reference_o2 if outlet else None}
+    latest = next((a for a in alerts if (a.get("evidence") or {}).get("standard")), None)
+    if latest is None:
+        return None
+    return {"value": latest.get("limit"), "unit": latest.get("unit", ""), "standard": latest["evidence"]["standard"],
+            "period": period, "o2_reference": None}
+
+
+def _pollutant_name(code: str, language: str) -> str:
+    p = pollutants().get(code)
+    if p is None:
+        return code
+    return f"{p.zh if language == 'zh-CN' else p.en} ({code})"
+
+
+def _ticket(conn: Connection, case_id: str, event: Mapping[str, Any]) -> dict[str, Any]:
+    row = conn.execute(select(tickets).where(tickets.c.case_id == case_id)).first()
+    t = _mapping(row) if row is not None else {}
+    data = event.get("data") or {}
+    keys = ("id", "priority", "reason", "officer", "evidence_path", "evidence_digest")
+    out = {k: t.get(k) for k in keys}
+    out.update({k: data[k] for k in keys if data.get(k) is not None})
+    if data.get("ticket_id"):
+        out["id"] = data["ticket_id"]
+    return out
+
+
+def _case_facts(settings: Settings, case: Mapping[str, Any], language: str) -> dict[str, Any]:
+    """The case itself, with the names people know (enterprise, outlet, pollutant, problem)."""
+    ent = _enterprise(settings, case["enterprise_id"])
+    outlet = _outlet(ent, case["outlet_id"])
+    code = case.get("pollutant") or ""
+    return {
+        "id": case["id"], "enterprise_id": case["enterprise_id"],
+        "enterprise_name": ent.name if ent else case["enterprise_id"],
+        "outlet_id": case["outlet_id"], "outlet_name": (outlet.name or outlet.id) if outlet else case["outlet_id"],
+        "problem": case["problem"], "problem_label": PROBLEM_LABELS[language].get(case["problem"], case["problem"]),
+        "pollutant": code, "pollutant_name": _pollutant_name(code, language) if code else "",
+        "severity": case.get("severity"), "state": case.get("state"), "opened_local": local_time(case.get("opened_at")),
+        "recommendation": case.get("recommendation"), "dismiss_reason": case.get("dismiss_reason"),
+        "emergency": bool(case.get("emergency")),
+    }
+
+
+def build_context(conn: Connection, settings: Settings, case: Mapping[str, Any], event: Mapping[str, Any],
+                  kind: str, language: str) -> dict[str, Any]:
+    """Everything a template may say about a case, in the given language."""
+    outlet = _outlet(_enterprise(settings, case["enterprise_id"]), case["outlet_id"])
+    alerts = _alerts(conn, case["id"])
+    data = dict(event.get("data") or {})
+    return {
+        "kind": kind, "language": language, "case": _case_facts(settings, case, language),
+        "findings": [_finding(a, language) for a in alerts[:MAX_FINDINGS]], "findings_total": len(alerts),
+        "limit": _limit(outlet, case["problem"], case.get("pollutant") or "", alerts),
+        "deadline": _iso(case.get("deadline_at")), "deadline_local": local_time(case.get("deadline_at")),
+        "ack_due_local": local_time(case.get("ack_due_at")), "verify_until_local": local_time(case.get("verify_until")),
+        "emergency": bool(case.get("emergency")), "emergency_level": data.get("emergency_level"),
+        "event": {"seq": event["seq"], "type": event.get("type"), "data": data, "at_local": local_time(event.get("at"))},
+        "answer": {"mqtt_topic": answer_topic(settings, case["enterprise_id"]),
+                   "http_path": answer_http_path(case["id"]), "case_id": case["id"]},
+        "ticket": _ticket(conn, case["id"], event) if kind == "ticket" else None,
+        "history": _history(conn, case["id"]) if kind == "ticket" else [],
+    }
+
+
+def _history(conn: Connection, case_id: str) -> list[dict[str, Any]]:
+    """The case's events, oldest first, as an officer reads them in a ticket."""
+    rows = conn.execute(select(case_events.c.seq, case_events.c.at, case_events.c.actor, case_events.c.type)
+                        .where(case_events.c.case_id == case_id).order_by(case_events.c.seq)).all()
+    return [{"seq": r.seq, "at_local": local_time(r.at), "actor": r.actor, "type": r.type} for r in rows]
+
+
+def _payload(nid: str, ctx: Mapping[str, Any]) -> dict[str, Any]:
+    c = ctx["case"]
+    out = {"notice_id": nid, "case_id": c["id"], "enterprise_id": c["enterprise_id"], "outlet_id": c["outlet_id"],
+           "kind": ctx["kind"], "problem": c["problem"], "pollutant": c["pollutant"], "severity": c["severity"],
+           "findings": ctx["findings"], "findings_total": ctx["findings_total"], "limit": ctx["limit"],
+           "deadline": ctx["deadline"], "emergency": ctx["emergency"], "language": ctx["language"],
+           "answer": {"mqtt_topic": ctx["answer"]["mqtt_topic"], "http_path": ctx["answer"]["http_path"]},
+           "event_seq": ctx["event"]["seq"]}
+    if ctx["ticket"] is not None:
+        out["ticket"] = ctx["ticket"]
+    return out
+
+
+# -- recipients and the outbox -------------------------------------------------------------------
+
+def _recipients(settings: Settings, case: Mapping[str, Any], event: Mapping[str, Any],
+                kind: str) -> list[tuple[str, str, str, str]]:
+    """(audience, recipient, channel, language) for every message this decision sends."""
+    if kind == "ticket":
+        return [("officer", o.id, ch, settings.notify.language)
+                for o in _officers(settings, case, event) for ch in _officer_channels(settings, o)]
+    ent = _enterprise(settings, case["enterprise_id"])
+    lang = enterprise_language(settings, ent)
+    channels = ["mqtt"]  # always: {prefix}/enterprise/{id}/notice
+    if ent is not None and ent.contact.webhook_url:
+        channels.append("webhook")
+    if ent is not None and ent.contact.email and settings.notify.smtp is not None:
+        channels.append("email")
+    return [("enterprise", case["enterprise_id"], ch, lang) for ch in channels]
+
+
+def _officers(settings: Settings, case: Mapping[str, Any], event: Mapping[str, Any]) -> list[Officer]:
+    """The officer the event or case names; with none named, every configured officer (the pool)."""
+    wanted = (event.get("data") or {}).get("officer") or case.get("assignee")
+    officers = settings.notify.officers
+    if wanted:
+        named = [o for o in officers if o.id == wanted]
+        return named or [Officer(id=wanted, name=wanted)]
+    return list(officers)
+
+
+def _officer_channels(settings: Settings, officer: Officer) -> list[str]:
+    return ["mqtt"] + (["email"] if officer.email and settings.notify.smtp is not None else [])
+
+
+def _insert_ignoring_duplicates(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING: a decision already in the outbox stays as it is."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise NotImplementedError(f"the outbox supports SQLite and PostgreSQL, not {conn.dialect.name}")
+    conn.execute(insert(notices).values(rows).on_conflict_do_nothing())
+
+
+def enqueue(conn: Connection, settings: Settings, case_row: Any, event_row: Any, kind: str,
+            now: datetime | None = None) -> list[str]:
+    """Decide to send `kind` for this case event: one outbox row per recipient channel.
+
+    Runs in the caller's transaction (commit is the caller's). Returns the notice ids of the
+    decision, including ones an earlier run already inserted. The rows are due at once: their
+    next_attempt_at is the earlier of the event time and the wall clock, so both live operation
+    and a dispatcher replaying event time pick them up.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown notice kind {kind!r}; known: {', '.join(KINDS)}")
+    case, event = _mapping(case_row), _mapping(event_row)
+    recorded = as_utc(now or datetime.now(timezone.utc))
+    due = min(recorded, as_utc(event["at"])) if event.get("at") else recorded
+    rows, contexts = [], {}
+    for audience, recipient, channel, lang in _recipients(settings, case, event, kind):
+        decision = f"{case['id']}:{event['seq']}:{kind}:{channel}" + (f":{recipient}" if audience == "officer" else "")
+        if lang not in contexts:
+            contexts[lang] = build_context(conn, settings, case, event, kind, lang)
+        subject, body = render(kind, lang, contexts[lang])
+        nid = notice_id(decision)
+        rows.append({"id": nid, "decision": decision, "case_id": case["id"], "kind": kind, "audience": audience,
+                     "recipient": recipient, "channel": channel, "language": lang, "subject": subject, "body": body,
+                     "payload": _payload(nid, contexts[lang]), "created_at": recorded, "status": "pending",
+                     "attempts": 0, "next_attempt_at": due})
+    if rows:
+        _insert_ignoring_duplicates(conn, rows)
+    return [r["id"] for r in rows]
+
+
+__all__ = ["KINDS", "LANGUAGES", "answer_http_path", "answer_topic", "as_utc", "build_context", "enqueue",
+           "enterprise_language", "local_time", "notice_id", "render"]

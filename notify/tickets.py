@@ -1,0 +1,151 @@
+"""Enforcement tickets: a case handed to officers, with priority, history and an evidence package.
+
+    open ──accept(officer)──> accepted ──record_findings──> findings ──close(outcome)──> closed
+
+(The status is "findings", not "findings_recorded" as tables.py's comment says: tickets.status is
+VARCHAR(16) and PostgreSQL refuses the 17-character word; SQLite would silently accept it.)
+
+Each officer action is also an event in the case's history. Closing the ticket closes the case:
+outcome `no_violation` dismisses it, any other outcome (rectified, penalized, ...) closes it verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from config.schema import Settings
+from notify.cases import SYSTEM, TransitionError, close_enforcement
+from notify.events import append_event
+from notify.store import as_utc, utc
+from notify.tables import tickets
+
+log = logging.getLogger(__name__)
+
+PRIORITIES = ("P1", "P2", "P3")
+OUTCOMES = ("rectified", "penalized", "no_violation", "referred")
+# action -> (statuses allowed from, status after)
+TICKET_TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "accept": (("open",), "accepted"),
+    "record_findings": (("accepted", "findings"), "findings"),
+    "close": (("findings",), "closed"),
+}
+TICKET_EVENTS = {"accept": "ticket_accepted", "record_findings": "ticket_findings_recorded", "close": "ticket_closed"}
+_TIMES = ("opened_at", "accepted_at", "closed_at")
+
+
+class TicketError(TransitionError):
+    """A ticket action not allowed now (wrong status, wrong officer, missing findings)."""
+
+
+def ticket_id_for(case_id: str) -> str:
+    return "T" + hashlib.sha256(f"ticket|{case_id}".encode()).hexdigest()[:23]
+
+
+def _row(m: Mapping[str, Any]) -> dict[str, Any]:
+    d = dict(m)
+    for k in _TIMES:
+        d[k] = as_utc(d[k])
+    return d
+
+
+def load_ticket(conn: Connection, ticket_id: str) -> dict[str, Any]:
+    m = conn.execute(select(tickets).where(tickets.c.id == ticket_id)).mappings().first()
+    if m is None:
+        raise TicketError(f"no ticket {ticket_id!r}")
+    return _row(m)
+
+
+def ticket_of_case(conn: Connection, case_id: str) -> dict[str, Any] | None:
+    m = conn.execute(select(tickets).where(tickets.c.case_id == case_id)).mappings().first()
+    return _row(m) if m else None
+
+
+def open_ticket(conn: Connection, case: Mapping[str, Any], reason: str, priority: str, now: datetime) -> dict[str, Any]:
+    """Open the case's enforcement ticket (one per case; opening again returns the existing one)."""
+    if priority not in PRIORITIES:
+        raise TicketError(f"priority {priority!r}: use one of {', '.join(PRIORITIES)}")
+    existing = ticket_of_case(conn, case["id"])
+    if existing is not None:
+        return existing
+    tid = ticket_id_for(case["id"])
+    conn.execute(insert(tickets).values(id=tid, case_id=case["id"], priority=priority, reason=reason,
+                                        status="open", opened_at=utc(now), officer=case.get("assignee")))
+    append_event(conn, case["id"], now, SYSTEM, "ticket_opened", {"ticket_id": tid, "reason": reason,
+                                                                   "priority": priority})
+    return load_ticket(conn, tid)
+
+
+def attach_evidence(conn: Connection, settings: Settings, ticket_id: str, at: datetime,
+                    out_dir: str | Path | None = None) -> bool:
+    """Build the evidence package (notify.evidence) and store its path and digest on the ticket.
+
+    Returns False, leaving the columns NULL for a later retry, when the builder is not installed
+    or fails (e.g. InfluxDB unreachable): a ticket must not wait for its evidence.
+    """
+    if importlib.util.find_spec("notify.evidence") is None:
+        return False
+    from notify import evidence
+
+    t = load_ticket(conn, ticket_id)
+    out = Path(out_dir) if out_dir is not None else Path(settings.ingest.state_dir) / "evidence"
+    try:
+        path, digest = evidence.build(conn, settings, t["case_id"], out, now=at)
+    except Exception:  # noqa: BLE001 - any failure of the builder means "retry later", never lose the ticket
+        log.exception("evidence package for ticket %s (case %s) not built; will retry", ticket_id, t["case_id"])
+        return False
+    conn.execute(update(tickets).where(tickets.c.id == ticket_id)
+                 .values(evidence_path=str(path), evidence_digest=digest))
+    append_event(conn, t["case_id"], at, SYSTEM, "evidence_locked",
+                 {"ticket_id": ticket_id, "path": str(path), "digest": digest})
+    return True
+
+
+def _act(conn: Connection, ticket_id: str, action: str, officer: str, at: datetime,
+         data: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    t = load_ticket(conn, ticket_id)
+    allowed, target = TICKET_TRANSITIONS[action]
+    if t["status"] not in allowed:
+        raise TicketError(f"ticket {ticket_id}: cannot {action} a ticket that is {t['status']} "
+                          f"(allowed from: {', '.join(allowed)})")
+    if action != "accept" and t["officer"] and t["officer"] != officer:
+        raise TicketError(f"ticket {ticket_id} is handled by officer {t['officer']}, not {officer}")
+    res = conn.execute(update(tickets).where(tickets.c.id == ticket_id, tickets.c.status == t["status"])
+                       .values(status=target, **values))
+    if res.rowcount != 1:
+        raise TicketError(f"ticket {ticket_id} changed while {action} was applied")
+    append_event(conn, t["case_id"], at, f"officer:{officer}", TICKET_EVENTS[action], {"ticket_id": ticket_id, **data})
+    return load_ticket(conn, ticket_id)
+
+
+def accept(conn: Connection, ticket_id: str, officer: str, at: datetime) -> dict[str, Any]:
+    """An officer takes the ticket on."""
+    if not officer:
+        raise TicketError("accepting a ticket needs an officer id")
+    return _act(conn, ticket_id, "accept", officer, at, {"officer": officer},
+                {"officer": officer, "accepted_at": utc(at)})
+
+
+def record_findings(conn: Connection, ticket_id: str, officer: str, findings: str, at: datetime) -> dict[str, Any]:
+    """What the officer found on site (may be recorded again to add to it; history keeps each)."""
+    if not findings or not findings.strip():
+        raise TicketError(f"ticket {ticket_id}: findings must not be empty")
+    return _act(conn, ticket_id, "record_findings", officer, at, {"findings": findings},
+                {"findings": findings})
+
+
+def close(conn: Connection, ticket_id: str, officer: str, outcome: str, at: datetime) -> dict[str, Any]:
+    """Close the ticket with an outcome; the case closes with it."""
+    if outcome not in OUTCOMES:
+        raise TicketError(f"outcome {outcome!r}: use one of {', '.join(OUTCOMES)}")
+    t = _act(conn, ticket_id, "close", officer, at, {"outcome": outcome},
+             {"outcome": outcome, "closed_at": utc(at)})
+    close_enforcement(conn, t["case_id"], at, f"officer:{officer}", outcome)
+    return t

@@ -1,0 +1,276 @@
+"""The case workflow as the service and the CLI use it: one call, one or more transactions.
+
+    process_alerts(engine, settings, alerts, now)     # alerts -> cases, notices, tickets
+    tick(engine, settings, now)                       # deadlines and verification windows
+    answer(engine, settings, enterprise_id, case_id, type, text, attachments, answer_id, at)
+    act(engine, settings, case_id, action, at, actor, **kw)   # the center: dismiss, assign, ...
+    officer_action(engine, settings, ticket_id, action, officer, at, **kw)
+    list_cases(engine, ...), get_case(engine, id), list_tickets(engine, ...), get_ticket(engine, id)
+
+Each alert is its own transaction, so a crash loses at most the alert being processed, which the
+next run processes again (alerts are idempotent by id). Evidence packages are built after commit,
+outside any lock, and retried on every tick until they exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from config.schema import Settings
+from detect.base import Alert
+from notify import cases, context, rules, tickets
+from notify.events import events_of
+from notify.store import as_utc, utc
+from notify.tables import answers, case_alerts, notices
+from notify.tables import cases as cases_t
+from notify.tables import tickets as tickets_t
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRIES = 3
+MAX_ANSWER_ID = answers.c.id.type.length or 32  # the enterprise's own id, de-duplicated on
+ANSWER_ACTIONS = {"acknowledge": "acknowledge", "rectification": "report_rectification", "contest": "contest"}
+
+
+class AnswerError(ValueError):
+    """An answer that cannot be taken: unknown case, another enterprise's case, unknown type."""
+
+
+def _retrying(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """Run `work` in a transaction; on a race with another writer (unique key, version), run it again."""
+    for attempt in range(RETRIES):
+        try:
+            with engine.begin() as conn:
+                return work(conn)
+        except (IntegrityError, cases.ConcurrentUpdate):
+            if attempt == RETRIES - 1:
+                raise
+            log.info("write conflict, retrying (%d)", attempt + 1)
+    raise AssertionError("unreachable")
+
+
+def process_alerts(engine: Engine, settings: Settings, alerts: Iterable[Alert], now: datetime,
+                   evidence: bool = True) -> list[dict[str, Any]]:
+    """Open or join cases for `alerts` (event-time order), then settle everything due by `now`."""
+    out = [_retrying(engine, lambda conn, a=a: cases.ingest_alerts(conn, settings, [a], now)[0])
+           for a in cases.sort_alerts(alerts)]
+    tick(engine, settings, now, evidence=evidence)
+    return out
+
+
+def tick(engine: Engine, settings: Settings, now: datetime, evidence: bool = True) -> list[dict[str, Any]]:
+    """Overdue answers and rectifications, verification windows; then any evidence still missing."""
+    done = _retrying(engine, lambda conn: cases.tick(conn, settings, now))
+    if evidence:
+        build_missing_evidence(engine, settings, now)
+    return done
+
+
+def build_missing_evidence(engine: Engine, settings: Settings, now: datetime) -> int:
+    """Build evidence packages for tickets that have none yet; returns how many were built."""
+    with engine.connect() as conn:
+        ids = conn.execute(select(tickets_t.c.id).where(tickets_t.c.evidence_digest.is_(None))).scalars().all()
+    built = 0
+    for tid in ids:
+        with engine.begin() as conn:
+            built += tickets.attach_evidence(conn, settings, tid, now)
+    return built
+
+
+# -- answers from enterprises ---------------------------------------------------------------------
+
+def answer(engine: Engine, settings: Settings, enterprise_id: str, case_id: str, type: str, text: str,
+           attachments: Iterable[Any], answer_id: str, at: datetime) -> dict[str, Any]:
+    """Take an enterprise's answer (idempotent by answer_id) and move the case accordingly.
+
+    An answer the case's state does not allow (e.g. the case is already with enforcement) is kept
+    and recorded in the history as `answer_received` with accepted=False; the result says why.
+    """
+    if type not in ANSWER_ACTIONS:
+        raise AnswerError(f"answer type {type!r}: use one of {', '.join(ANSWER_ACTIONS)}")
+    if not answer_id or len(answer_id) > MAX_ANSWER_ID:
+        raise AnswerError(f"answer id must be 1..{MAX_ANSWER_ID} characters, got {len(answer_id or '')}")
+    files = _store_attachments(settings, case_id, answer_id, attachments)
+
+    def work(conn: Connection) -> dict[str, Any]:
+        prior = conn.execute(select(answers).where(answers.c.id == answer_id)).mappings().first()
+        if prior is not None:
+            if prior["enterprise_id"] != enterprise_id:
+                raise AnswerError(f"answer id {answer_id!r} is already used by another enterprise")
+            return {"answer_id": answer_id, "status": "duplicate", "case_id": prior["case_id"]}
+        case = _case_of(conn, case_id, enterprise_id)
+        cases.tick(conn, settings, at)  # settle what fell due before the answer
+        conn.execute(insert(answers).values(id=answer_id, case_id=case_id, enterprise_id=enterprise_id, type=type,
+                                            text=text, attachments=files, received_at=utc(at)))
+        return _apply_answer(conn, settings, case, type, text, files, answer_id, at)
+
+    return _retrying(engine, work)
+
+
+def _case_of(conn: Connection, case_id: str, enterprise_id: str) -> dict[str, Any]:
+    try:
+        case = cases.load_case(conn, case_id)
+    except cases.TransitionError as exc:
+        raise AnswerError(str(exc)) from exc
+    if case["enterprise_id"] != enterprise_id:
+        raise AnswerError(f"case {case_id} is not a case of enterprise {enterprise_id}")
+    return case
+
+
+def _apply_answer(conn: Connection, settings: Settings, case: Mapping[str, Any], type: str, text: str,
+                  files: list[dict[str, Any]], answer_id: str, at: datetime) -> dict[str, Any]:
+    actor = f"enterprise:{case['enterprise_id']}"
+    state = cases.load_case(conn, case["id"])["state"]
+    action = ANSWER_ACTIONS[type]
+    if state not in cases.TRANSITIONS[action][0]:
+        cases.append_event(conn, case["id"], at, actor, "answer_received",
+                           {"answer_id": answer_id, "type": type, "accepted": False, "state": state})
+        return {"answer_id": answer_id, "status": "recorded", "accepted": False, "case_id": case["id"],
+                "state": state, "reason": f"the case is {state}; a {type} answer does not change it"}
+    if action == "report_rectification":
+        after = cases.report_rectification(conn, settings, case["id"], at, actor, text, files)
+    elif action == "contest":
+        after = cases.contest(conn, case["id"], at, actor, text, files)
+    else:
+        after = cases.acknowledge(conn, case["id"], at, actor, text)
+    return {"answer_id": answer_id, "status": "accepted", "accepted": True, "case_id": case["id"], "state": after["state"]}
+
+
+def _store_attachments(settings: Settings, case_id: str, answer_id: str, items: Iterable[Any]) -> list[dict[str, Any]]:
+    """Attachments as [{name, sha256, size, path}]; raw content (objects with .content) is written
+    under state_dir/attachments/{case}/{answer}/ first, named by hash so a re-delivery rewrites it identically."""
+    out = []
+    for item in items:
+        if isinstance(item, Mapping):
+            out.append({k: item.get(k) for k in ("name", "sha256", "size", "path")})
+            continue
+        data: bytes = item.content
+        digest = hashlib.sha256(data).hexdigest()
+        d = Path(settings.ingest.state_dir) / "attachments" / case_id / answer_id
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"{digest[:16]}-{Path(item.name).name}"
+        path.write_bytes(data)
+        out.append({"name": Path(item.name).name, "sha256": digest, "size": len(data), "path": str(path)})
+    return out
+
+
+# -- the center's and the officers' actions -------------------------------------------------------
+
+def act(engine: Engine, settings: Settings, case_id: str, action: str, at: datetime, actor: str,
+        **kw: Any) -> dict[str, Any]:
+    """A center action on a case: dismiss(reason), assign(assignee), escalate(priority), verify,
+    self_reported, assess_pollution(consequence, note). Returns the case after."""
+
+    def work(conn: Connection) -> dict[str, Any]:
+        if action == "dismiss":
+            return cases.dismiss(conn, case_id, at, actor, kw["reason"])
+        if action == "assign":
+            return cases.assign(conn, case_id, at, actor, kw["assignee"])
+        if action == "verify":
+            return cases.verify(conn, case_id, at, actor)
+        if action == "escalate":
+            cases.apply_decisions(conn, settings, case_id, [rules.Escalate("manual", kw.get("priority", "P2"),
+                                                                           detail={"by": actor})], at)
+        elif action == "self_reported":
+            cases.mark_self_reported(conn, case_id, at, actor)
+        elif action == "assess_pollution":
+            cases.assess_pollution(conn, case_id, at, actor, bool(kw["consequence"]), kw.get("note", ""))
+        else:
+            raise cases.TransitionError(f"unknown center action {action!r}")
+        return cases.load_case(conn, case_id)
+
+    return _retrying(engine, work)
+
+
+def officer_action(engine: Engine, settings: Settings, ticket_id: str, action: str, officer: str, at: datetime,
+                   **kw: Any) -> dict[str, Any]:
+    """accept | record_findings(findings) | close(outcome) on a ticket; returns the ticket after."""
+    def work(conn: Connection) -> dict[str, Any]:
+        if action == "accept":
+            return tickets.accept(conn, ticket_id, officer, at)
+        if action == "record_findings":
+            return tickets.record_findings(conn, ticket_id, officer, kw["findings"], at)
+        if action == "close":
+            return tickets.close(conn, ticket_id, officer, kw["outcome"], at)
+        raise tickets.TicketError(f"unknown ticket action {action!r}")
+
+    return _retrying(engine, work)
+
+
+def declare_emergency(engine: Engine, level: str, start: datetime, end: datetime, by: str, note: str = "") -> str:
+    with engine.begin() as conn:
+        return context.declare_emergency(conn, level, start, end, by, note)
+
+
+def set_positive_list(engine: Engine, enterprise_id: str, listed: bool, at: datetime, by: str, note: str = "") -> None:
+    with engine.begin() as conn:
+        context.set_positive_list(conn, enterprise_id, listed, at, by, note)
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+def list_cases(engine: Engine, state: str | None = None, enterprise_id: str | None = None, open_only: bool = False,
+               limit: int = 200) -> list[dict[str, Any]]:
+    """Cases, newest first, filtered by state, enterprise, or open (not closed) only."""
+    q = select(cases_t).order_by(cases_t.c.opened_at.desc(), cases_t.c.id).limit(limit)
+    if state:
+        q = q.where(cases_t.c.state == state)
+    if enterprise_id:
+        q = q.where(cases_t.c.enterprise_id == enterprise_id)
+    if open_only:
+        q = q.where(cases_t.c.state.not_in(("verified", "dismissed")))
+    with engine.connect() as conn:
+        return [cases._row(m) for m in conn.execute(q).mappings()]
+
+
+def get_case(engine: Engine, case_id: str) -> dict[str, Any] | None:
+    """A case with its events, alerts, notices, answers and ticket; None when unknown."""
+    with engine.connect() as conn:
+        m = conn.execute(select(cases_t).where(cases_t.c.id == case_id)).mappings().first()
+        if m is None:
+            return None
+        out = cases._row(m)
+        out["events"] = events_of(conn, case_id)
+        out["alerts"] = cases.alerts_of(conn, case_id)
+        out["notices"] = [dict(r) for r in conn.execute(select(notices).where(notices.c.case_id == case_id)
+                                                        .order_by(notices.c.created_at, notices.c.id)).mappings()]
+        out["answers"] = [{**r, "received_at": as_utc(r["received_at"])} for r in conn.execute(
+            select(answers).where(answers.c.case_id == case_id).order_by(answers.c.received_at)).mappings()]
+        out["ticket"] = tickets.ticket_of_case(conn, case_id)
+        return out
+
+
+def list_tickets(engine: Engine, status: str | None = None, officer: str | None = None,
+                 limit: int = 200) -> list[dict[str, Any]]:
+    """Tickets, most urgent then oldest first, with their case's enterprise, outlet and problem."""
+    q = (select(tickets_t, cases_t.c.enterprise_id, cases_t.c.outlet_id, cases_t.c.problem, cases_t.c.state)
+         .join(cases_t, cases_t.c.id == tickets_t.c.case_id)
+         .order_by(tickets_t.c.priority, tickets_t.c.opened_at, tickets_t.c.id).limit(limit))
+    if status:
+        q = q.where(tickets_t.c.status == status)
+    if officer:
+        q = q.where(tickets_t.c.officer == officer)
+    with engine.connect() as conn:
+        return [tickets._row(m) for m in conn.execute(q).mappings()]
+
+
+def get_ticket(engine: Engine, ticket_id: str) -> dict[str, Any] | None:
+    """A ticket with its case (events included); None when unknown."""
+    with engine.connect() as conn:
+        m = conn.execute(select(tickets_t).where(tickets_t.c.id == ticket_id)).mappings().first()
+    if m is None:
+        return None
+    return {**tickets._row(m), "case": get_case(engine, m["case_id"])}
+
+
+def case_alert_ids(engine: Engine, case_id: str) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(case_alerts.c.alert_id).where(case_alerts.c.case_id == case_id)).scalars())
