@@ -130,8 +130,7 @@ def envwatch_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run one Ingest until the shared `expect` count is handled and its buffer is empty."""
     from ingest.consumer import Ingest
 
-    settings = Settings.model_validate(cfg["settings"])
-    ing = Ingest(settings)
+    ing = Ingest(from_mapping(cfg["settings"], env={}))
     t0 = time.perf_counter()
     ing.start()
     if cfg["phase"] == "create":
@@ -192,27 +191,26 @@ def run_bare(settings: Settings, stream: list[tuple[str, bytes]]) -> dict[str, A
     return result(spawn("bare", cfg))
 
 
-def run_envwatch(settings: Settings, stream: list[tuple[str, bytes]], workers: int, work: Path) -> dict[str, Any]:
+def run_envwatch(raw: dict[str, Any], stream: list[tuple[str, bytes]], workers: int, work: Path) -> dict[str, Any]:
+    """Drain `stream` with `workers` envwatch processes sharing one subscription group."""
     group = f"bench-{uuid.uuid4().hex[:6]}"
     cfgs = []
     for i in range(workers):
-        s = settings.model_copy(update={
-            "broker": settings.broker.model_copy(update={"client_id": f"{group}-{i}", "shared_group": group}),
-            "ingest": settings.ingest.model_copy(update={"state_dir": str(work / f"{group}-{i}")}),
-        })
-        # model_dump_json masks secrets; the bench sets none, so the dump round-trips.
-        cfgs.append({"settings": json.loads(s.model_dump_json()), "phase": "create", "timeout": 900,
+        # The raw mapping, not a dump of Settings: a dump masks secrets such as SM4 keys.
+        mine = json.loads(json.dumps(raw))
+        mine["broker"].update(client_id=f"{group}-{i}", shared_group=group)
+        mine["ingest"]["state_dir"] = str(work / f"{group}-{i}")
+        cfgs.append({"settings": mine, "phase": "create", "timeout": 900,
                      "done_file": str(work / f"{group}.done"), "progress_file": str(work / f"{group}-{i}.json")})
     for cfg in cfgs:
         result(spawn("envwatch", cfg))
-    publish_all(settings, stream)
+    publish_all(from_mapping(raw, env={}), stream)
     for cfg in cfgs:
         cfg["phase"] = "drain"
     procs = [spawn("envwatch", cfg) for cfg in cfgs]
     _wait_all_handled(cfgs, len(stream))
     Path(cfgs[0]["done_file"]).write_text("done")
-    outs = [result(p) for p in procs]
-    return {"workers": outs}
+    return {"workers": [result(p) for p in procs]}
 
 
 def _wait_all_handled(cfgs: list[dict[str, Any]], n: int, timeout: float = 900) -> None:
@@ -254,10 +252,11 @@ def main() -> None:
 def report(args: argparse.Namespace, work: Path, mq: Any, ix: Any) -> None:
     from ingest.influx import Influx
 
-    base = from_mapping({"broker": {"host": "127.0.0.1", "port": mq.port, "topic_prefix": "bench"},
-                         "influxdb": {"url": ix.url, "database": "bench"},
-                         "ingest": {"state_dir": str(work / "state")},
-                         "registry": merged_registry()}, env={})
+    raw = {"broker": {"host": "127.0.0.1", "port": mq.port, "topic_prefix": "bench"},
+           "influxdb": {"url": ix.url, "database": "bench"},
+           "ingest": {"state_dir": str(work / "state")},
+           "registry": merged_registry()}
+    base = from_mapping(raw, env={})
     Influx(base.influxdb).ensure_database()
     stream = build_stream(base, args.field_lines, args.sim_hours)
     n = len(stream)
@@ -267,10 +266,9 @@ def report(args: argparse.Namespace, work: Path, mq: Any, ix: Any) -> None:
     print(f"bare paho subscriber: {bare['received']} msgs in {bare['elapsed']:.2f}s = {bare_rate:,.0f} msg/s, "
           f"peak RSS {bare['maxrss_kb'] / 1024:.0f} MiB")
     for workers in (1, args.workers):
-        db = f"bench_w{workers}"
-        s = base.model_copy(update={"influxdb": base.influxdb.model_copy(update={"database": db})})
-        Influx(s.influxdb).ensure_database()
-        out = run_envwatch(s, stream, workers, work)["workers"]
+        mine = {**raw, "influxdb": {**raw["influxdb"], "database": f"bench_w{workers}"}}
+        Influx(from_mapping(mine, env={}).influxdb).ensure_database()
+        out = run_envwatch(mine, stream, workers, work)["workers"]
         elapsed = max(w["elapsed"] for w in out)
         written = sum(w["counters"]["readings_written"] for w in out)
         msgs = sum(w["counters"]["acked"] for w in out)
