@@ -9,9 +9,7 @@ Accounts (username -> what it may do; {p} is broker.topic_prefix):
     enterprise (id, contact.mqtt_password)  read {p}/enterprise/{id}/notice, write {p}/enterprise/{id}/answer
     officer (id, Officer.mqtt_password) read {p}/officer/{id}/ticket
 
-Devices and officers have no password in the schema yet: they are skipped with a warning until
-one is added (read here as `Device.password` / `Officer.mqtt_password`). Anything without a
-password, with a name Mosquitto cannot take, or with a username already used, is skipped with a
+Anything without a password, with a name Mosquitto cannot take, or with a username already used, is skipped with a
 warning line.
 
 Shared subscriptions: Mosquitto 2.0 grants the SUBSCRIBE and checks `read` against the topic of
@@ -99,13 +97,12 @@ def plan(settings: Settings) -> AclPlan:
             for s in o.stations:
                 out.add("station", s.mn, _secret(s.password), write=(f"{p}/up/station/{s.mn}",))
     for d in settings.registry.devices:
-        # getattr: the schema has no device password yet; accounts appear once it does.
-        out.add("device", d.id, _secret(getattr(d, "password", None)), write=(f"{p}/up/mobile/{d.id}",))
+        out.add("device", d.id, _secret(d.password), write=(f"{p}/up/mobile/{d.id}",))
     for e in settings.registry.enterprises:
         out.add("enterprise", e.id, _secret(e.contact.mqtt_password),
                 read=(f"{p}/enterprise/{e.id}/notice",), write=(f"{p}/enterprise/{e.id}/answer",))
     for off in settings.notify.officers:
-        out.add("officer", off.id, _secret(getattr(off, "mqtt_password", None)), read=(f"{p}/officer/{off.id}/ticket",))
+        out.add("officer", off.id, _secret(off.mqtt_password), read=(f"{p}/officer/{off.id}/ticket",))
     return out
 
 

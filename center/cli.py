@@ -16,7 +16,24 @@ config_app = typer.Typer(no_args_is_help=True, help="Configuration files")
 services_app = typer.Typer(no_args_is_help=True, help="Local Mosquitto and InfluxDB for demo and tests")
 deadletters_app = typer.Typer(no_args_is_help=True, help="Payloads that were rejected, with their reasons")
 alerts_app = typer.Typer(no_args_is_help=True, help="Alerts raised by the detectors")
+broker_app = typer.Typer(no_args_is_help=True, help="Mosquitto accounts, ACL and TLS for envwatch")
+evidence_app = typer.Typer(no_args_is_help=True, help="Evidence packages of enforcement tickets")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(broker_app, name="broker")
+app.add_typer(evidence_app, name="evidence")
+
+
+def _add_notify_apps() -> None:
+    # notify/cli.py owns the case, ticket and emergency commands; they are registered here so that
+    # `envwatch --help` lists everything in one place.
+    from notify.cli import cases_app, emergency_app, tickets_app
+
+    app.add_typer(cases_app, name="cases")
+    app.add_typer(tickets_app, name="tickets")
+    app.add_typer(emergency_app, name="emergency")
+
+
+_add_notify_apps()
 app.add_typer(config_app, name="config")
 app.add_typer(services_app, name="services")
 app.add_typer(deadletters_app, name="deadletters")
@@ -133,6 +150,39 @@ def alerts_export(
     target = sys.stdout if out == "-" else out
     n = export_alerts(settings, parse_time(from_), parse_time(to), target, kinds=kind or None)
     err.print(f"{n} alerts")
+
+
+@broker_app.command("acl")
+def broker_acl(
+    out: Annotated[Path, typer.Option("--out", help="folder for passwd, acl and mosquitto-envwatch.conf")],
+    config: ConfigOpt = None,
+    bind: Annotated[Optional[str], typer.Option(help="listener address for the conf snippet")] = None,
+    server_cert: Annotated[Optional[str], typer.Option(help="the broker's TLS certificate")] = None,
+    server_key: Annotated[Optional[str], typer.Option(help="the broker's TLS key")] = None,
+) -> None:
+    """Write a Mosquitto password file and ACL from the registry: each account may only use its own topics."""
+    from center.broker_acl import cli_acl
+
+    cli_acl(settings_or_exit(config), out, bind=bind, server_cert=server_cert, server_key=server_key)
+
+
+@app.command()
+def check(config: ConfigOpt = None) -> None:
+    """Check that the broker, InfluxDB and the case store named in the config answer."""
+    from center.preflight import cli_check
+
+    raise typer.Exit(cli_check(settings_or_exit(config)))
+
+
+@evidence_app.command("verify")
+def evidence_verify(
+    path: Annotated[Path, typer.Argument(help="evidence folder or .zip")],
+    digest: Annotated[Optional[str], typer.Option(help="manifest digest recorded on the ticket")] = None,
+) -> None:
+    """Verify an evidence package: file hashes, manifest, and the case's chained event log."""
+    from notify.evidence import cli_verify
+
+    raise typer.Exit(cli_verify(path, digest))
 
 
 @services_app.command("up")

@@ -161,6 +161,7 @@ class Device(_Model):
     id: str = Field(min_length=1)
     kind: Literal["drone", "vehicle"]
     name: str = ""
+    password: SecretStr | None = None  # MQTT account (username = device id)
 
 
 class Registry(_Model):
@@ -219,6 +220,7 @@ class Officer(_Model):
     id: str = Field(min_length=1)
     name: str
     email: str | None = None
+    mqtt_password: SecretStr | None = None  # MQTT account (username = officer id) to receive tickets
 
 
 class SMTPSettings(_Model):

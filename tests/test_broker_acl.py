@@ -155,6 +155,27 @@ def test_plan_skips_entries_without_password_with_one_warning_each() -> None:
     assert len(p.warnings) == 4
 
 
+def test_devices_and_officers_with_passwords_get_accounts_for_their_own_topics() -> None:
+    raw = _settings(1883).model_dump(mode="python")
+    raw["registry"]["devices"][0]["password"] = "d-secret"
+    raw["notify"]["officers"][0]["mqtt_password"] = "o-secret"
+    s = from_mapping(_unmask(raw), env={})
+    accounts = {a.username: a for a in plan(s).accounts}
+    assert accounts["drone1"].write == (f"{P}/up/mobile/drone1",) and not accounts["drone1"].read
+    assert accounts["off1"].read == (f"{P}/officer/off1/ticket",) and not accounts["off1"].write
+
+
+def _unmask(v: Any) -> Any:
+    """A model dump with SecretStr values turned back into plain strings."""
+    if isinstance(v, SecretStr):
+        return v.get_secret_value()
+    if isinstance(v, dict):
+        return {k: _unmask(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_unmask(x) for x in v]
+    return v
+
+
 def test_password_hash_is_the_format_mosquitto_passwd_writes(tmp_path: Path) -> None:
     pw = tmp_path / "pw"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(pw), "u", "pässword:1"], check=True)
