@@ -131,7 +131,7 @@ def _database_exists(http: httpx.Client, url: str, s: InfluxSettings, version: s
         return bool(r.json().get("buckets")), f"create it (`influx bucket create -n {s.database} -o {s.org}`)"
     r = http.get(f"{url}/query", params={"q": "SHOW DATABASES"})
     _raise_auth(r)
-    names = {v[0] for res in r.json().get("results", []) for ser in res.get("series", []) for v in ser["values"]}
+    names = {v[0] for res in r.json().get("results", []) for ser in res.get("series", []) for v in ser.get("values", [])}
     if s.database in names:
         return True, ""
     if major == "1":

@@ -7,9 +7,9 @@ A *wide* frame is one station's minutes: index time, one column per pollutant.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -56,14 +56,15 @@ def pivot(long: pd.DataFrame, column: str = "value") -> pd.DataFrame:
     """One station's long rows -> index time, one column per pollutant (last write wins)."""
     if long.empty:
         return pd.DataFrame()
-    wide = long.pivot_table(index="time", columns="pollutant", values=column, aggfunc="last")
+    # pivot, not pivot_table: ~10x faster, and rows are unique per (time, pollutant) once deduplicated.
+    rows = long.drop_duplicates(["time", "pollutant"], keep="last")
+    wide = rows.pivot(index="time", columns="pollutant", values=column)
+    wide.columns.name = None
     return wide.sort_index()
 
 
 def pivot_flags(long: pd.DataFrame) -> pd.DataFrame:
-    if long.empty:
-        return pd.DataFrame()
-    return long.pivot_table(index="time", columns="pollutant", values="flag", aggfunc="last").sort_index()
+    return pivot(long, "flag").fillna("")
 
 
 def by_station(long: pd.DataFrame) -> Iterator[tuple[str, str, str, pd.DataFrame]]:
@@ -148,25 +149,7 @@ def china_days_ending_in(start: datetime, end: datetime) -> list[pd.Timestamp]:
 
 
 def to_dt(t: pd.Timestamp) -> datetime:
-    return t.to_pydatetime().astimezone(timezone.utc)
-
-
-def runs(mask: pd.Series) -> list[tuple[Any, Any, int]]:
-    """Maximal runs of True in an ordered boolean series: (first label, last label, length)."""
-    out: list[tuple[Any, Any, int]] = []
-    values = mask.to_numpy(dtype=bool)
-    labels = list(mask.index)
-    i = 0
-    while i < len(values):
-        if values[i]:
-            j = i
-            while j + 1 < len(values) and values[j + 1]:
-                j += 1
-            out.append((labels[i], labels[j], j - i + 1))
-            i = j + 1
-        else:
-            i += 1
-    return out
+    return t.to_pydatetime().astimezone(UTC)
 
 
 def iso(t: pd.Timestamp | datetime) -> str:

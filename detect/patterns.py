@@ -8,10 +8,11 @@ one backfill over a day, a re-run - raises the same alerts with the same ids.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterator
+from functools import cache
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,8 @@ import pandas as pd
 from config.tables import pollutants
 from detect import frames as fr
 from detect.base import Alert, Detector, Window
+from detect.params import Scoped
+from detect.source import MINUTE, ident, series_frame, tag_in, time_range
 
 if TYPE_CHECKING:
     from config.lookup import Lookup
@@ -33,11 +36,48 @@ def unit_of(code: str) -> str:
     return p.unit if p is not None else ""
 
 
-def fetch_minutes(source: "ReadingSource", start: pd.Timestamp, end: datetime,
-                  codes: list[str] | None = None) -> pd.DataFrame:
-    """Minute rows of all stations in [start, end), normalized (see frames.normalize_long)."""
+def fetch_minutes(source: ReadingSource, start: pd.Timestamp, end: datetime,
+                  codes: list[str] | None = None, mns: list[str] | None = None) -> pd.DataFrame:
+    """Minute rows in [start, end) (all stations unless mns), normalized (frames.normalize_long)."""
     window = Window(fr.to_dt(pd.Timestamp(start)), end)
-    return fr.normalize_long(source.minutes(window, pollutants=codes))
+    return fr.normalize_long(source.minutes(window, mns=mns, pollutants=codes))
+
+
+class ScopedAt(Scoped):
+    """Scoped (detect/params.py) plus `at(...)`: this detector with the parameters that apply to one
+    enterprise / outlet / pollutant, as an instance, so that the rules read plain attributes."""
+
+    def at(self, enterprise: str = "", outlet: str = "", pollutant: str = "") -> Self:
+        if not self.overrides:
+            return self
+        cache: dict[tuple[str, str, str], Any] = self.__dict__.setdefault("_at_cache", {})
+        key = (enterprise, outlet, pollutant)
+        if key not in cache:
+            cache[key] = type(self)(**{**self.params_for(*key), "overrides": ()})
+        return cache[key]  # type: ignore[no-any-return]
+
+    def widest(self, name: str) -> Any:
+        """The largest value a parameter takes in any scope (how far back a run must read)."""
+        values = [o.get("params", {})[name] for o in self.overrides or () if name in o.get("params", {})]
+        return max([getattr(self, name), *values])
+
+    def set_params(self, **params: Any) -> Any:
+        self.__dict__.pop("_at_cache", None)
+        return super().set_params(**params)
+
+
+def flow_percentiles(source: ReadingSource, start: pd.Timestamp, end: datetime, pct: int) -> dict[str, float]:
+    """{mn: percentile of positive minute flow in [start, end)}, aggregated inside InfluxDB.
+
+    Private query (ReadingSource has no percentile yet): one row per station comes back instead of
+    a day of minutes, which is what makes the trailing flow affordable on every hourly run.
+    """
+    window = Window(fr.to_dt(pd.Timestamp(start)), end)
+    q = (f"SELECT percentile({ident('avg')}, {int(pct)}) AS p FROM {ident(MINUTE)} "
+         f"WHERE {time_range(window)} AND {tag_in('pollutant', fr.FLOW_CODES)} AND {ident('avg')} > 0 "
+         f"GROUP BY {ident('mn')}")
+    df = series_frame(source.influx.query(q, epoch="s"), ("mn",), ["time", "p"])
+    return {str(mn): float(p) for mn, p in zip(df["mn"], df["p"]) if p is not None}
 
 
 @dataclass(slots=True)
@@ -59,7 +99,7 @@ class Station:
         return self.values[code].notna() & ~bad
 
 
-class PatternDetector(Detector):
+class PatternDetector(ScopedAt, Detector):
     """Shared plumbing: loading stations and the operating rule from the subclass's parameters.
 
     Subclasses declare flow_frac, flow_min, o2_operating_max, temp_operating_min and
@@ -71,31 +111,27 @@ class PatternDetector(Detector):
     o2_operating_max: float
     temp_operating_min: float
     instrument_flags: str
+    overrides: tuple[dict[str, Any], ...]
     # Hours of trailing flow used for the reference (running) flow of the operating rule.
     flow_reference_hours: int = 24
 
     def _rule(self) -> fr.OperatingRule:
         return fr.OperatingRule(self.flow_frac, self.flow_min, self.o2_operating_max, self.temp_operating_min)
 
-    def _reference_flows(self, source: "ReadingSource", end: datetime) -> dict[str, float]:
-        """A running flow per station from trailing flow only (cheap: one or two channels)."""
-        start = fr.hour_start(end) - self.flow_reference_hours * HOUR
-        long = fetch_minutes(source, start, end, list(fr.FLOW_CODES))
-        if long.empty:
-            return {}
-        return {str(mn): fr.reference_flow(rows["value"]) for mn, rows in long.groupby("mn")}
+    def _reference_flows(self, source: ReadingSource, end: datetime) -> dict[str, float]:
+        """A running flow per station: the 90th percentile of its positive trailing flow."""
+        return flow_percentiles(source, fr.hour_start(end) - self.flow_reference_hours * HOUR, end, 90)
 
-    def _stations(self, source: "ReadingSource", start: pd.Timestamp, end: datetime,
+    def _stations(self, source: ReadingSource, start: pd.Timestamp, end: datetime,
                   codes: list[str] | None = None) -> Iterator[Station]:
         long = fetch_minutes(source, start, end, codes)
         if long.empty:
             return
         refs = self._reference_flows(source, end)
-        rule = self._rule()
         for mn, ent, out, rows in fr.by_station(long):
             values = fr.pivot(rows)
             flags = fr.pivot_flags(rows).reindex(index=values.index).fillna("")
-            operating, by = rule.evaluate(values, flags, refs.get(mn))
+            operating, by = self.at(ent, out)._rule().evaluate(values, flags, refs.get(mn))
             yield Station(mn, ent, out, values, flags, operating, by)
 
 
@@ -139,11 +175,12 @@ class ConstantValue(PatternDetector):
     lookback_s = 4 * 3600
     period_s = 3600
 
-    def __init__(self, min_hours: int = 3, tolerance: float = 1e-6, min_minutes: int = 45,
+    def __init__(self, min_hours: int = 2, tolerance: float = 1e-6, min_minutes: int = 45,
                  process_channels: tuple[str, ...] = ("a19001", "a00000", "w00000"),
                  skip_zero: bool = True, zero_eps: float = 1e-3, o2_pinned: float = 20.5,
                  flow_frac: float = 0.1, flow_min: float = 0.0, o2_operating_max: float = 19.5,
-                 temp_operating_min: float = 45.0, instrument_flags: str = fr.INSTRUMENT_FLAGS) -> None:
+                 temp_operating_min: float = 45.0, instrument_flags: str = fr.INSTRUMENT_FLAGS,
+                 overrides: tuple = ()) -> None:
         self.min_hours = min_hours
         self.tolerance = tolerance
         self.min_minutes = min_minutes
@@ -156,19 +193,21 @@ class ConstantValue(PatternDetector):
         self.o2_operating_max = o2_operating_max
         self.temp_operating_min = temp_operating_min
         self.instrument_flags = instrument_flags
+        self.overrides = overrides
 
-    def detect(self, window: Window, source: "ReadingSource", lookup: "Lookup") -> list[Alert]:
+    def detect(self, window: Window, source: ReadingSource, lookup: Lookup) -> list[Alert]:
         # One hour more than the span needs, to see whether the span began even earlier.
-        start = fr.hour_start(window.start) - (self.min_hours + 1) * HOUR
+        start = fr.hour_start(window.start) - (self.widest("min_hours") + 1) * HOUR
         alerts = []
         for st in self._stations(source, start, window.end):
             for code in sorted(st.values.columns):
-                if not (fr.is_concentration(code) or code in self.process_channels):
+                d = self.at(st.enterprise, st.outlet, code)
+                if not (fr.is_concentration(code) or code in d.process_channels):
                     continue
-                for span in self._spans(st, code):
-                    proven = span.first + self.min_hours * HOUR
-                    if window.start < proven <= window.end and not self._explained(code, span):
-                        alerts.append(self._to_alert(st, code, span, proven))
+                for span in d._spans(st, code):
+                    proven = span.first + d.min_hours * HOUR
+                    if window.start < proven <= window.end and not d._explained(code, span):
+                        alerts.append(d._to_alert(st, code, span, proven))
         return alerts
 
     def _spans(self, st: Station, code: str) -> list[_Span]:
@@ -222,24 +261,24 @@ class _HourlyMinuteCount(PatternDetector):
     def _matches(self, v: pd.Series) -> pd.Series:
         raise NotImplementedError
 
-    def detect(self, window: Window, source: "ReadingSource", lookup: "Lookup") -> list[Alert]:
+    def detect(self, window: Window, source: ReadingSource, lookup: Lookup) -> list[Alert]:
         hours = fr.hours_ending_in(window.start, window.end)
         if not hours:
             return []
         alerts = []
         for st in self._stations(source, hours[0], hours[-1] + HOUR):
             for code in sorted(c for c in st.values.columns if fr.is_concentration(c)):
-                v = st.values[code]
-                hit = self._matches(v) & st.usable(code, self.instrument_flags) & st.operating
+                d, v = self.at(st.enterprise, st.outlet, code), st.values[code]
+                hit = d._matches(v) & st.usable(code, d.instrument_flags) & st.operating
                 for h in hours:
                     in_hour = hit[(hit.index >= h) & (hit.index < h + HOUR)]
-                    if int(in_hour.sum()) >= self.min_minutes:
-                        alerts.append(self._to_alert(st, code, h, v[in_hour[in_hour].index]))
+                    if int(in_hour.sum()) >= d.min_minutes:
+                        alerts.append(d._to_alert(st, code, h, v[in_hour[in_hour].index]))
         return alerts
 
     def _to_alert(self, st: Station, code: str, h: pd.Timestamp, hits: pd.Series) -> Alert:
         evidence = {
-            "minutes": int(len(hits)), "min_minutes": self.min_minutes, "min": fr.r(hits.min()),
+            "minutes": len(hits), "min_minutes": self.min_minutes, "min": fr.r(hits.min()),
             "max": fr.r(hits.max()), "first": fr.iso(hits.index.min()), "last": fr.iso(hits.index.max()),
             "operating_by": st.decided_by, "field": "avg (rtd where no avg)",
         }
@@ -268,7 +307,8 @@ class ZeroWhileOperating(_HourlyMinuteCount):
 
     def __init__(self, min_minutes: int = 30, zero_eps: float = 1e-3, flow_frac: float = 0.1,
                  flow_min: float = 0.0, o2_operating_max: float = 19.5, temp_operating_min: float = 45.0,
-                 instrument_flags: str = fr.INSTRUMENT_FLAGS) -> None:
+                 instrument_flags: str = fr.INSTRUMENT_FLAGS,
+                 overrides: tuple = ()) -> None:
         self.min_minutes = min_minutes
         self.zero_eps = zero_eps
         self.flow_frac = flow_frac
@@ -276,6 +316,7 @@ class ZeroWhileOperating(_HourlyMinuteCount):
         self.o2_operating_max = o2_operating_max
         self.temp_operating_min = temp_operating_min
         self.instrument_flags = instrument_flags
+        self.overrides = overrides
 
     def _matches(self, v: pd.Series) -> pd.Series:
         return v.abs() <= self.zero_eps
@@ -291,7 +332,8 @@ class NegativeValue(_HourlyMinuteCount):
 
     def __init__(self, min_minutes: int = 30, negative_eps: float = 1e-3, flow_frac: float = 0.1,
                  flow_min: float = 0.0, o2_operating_max: float = 19.5, temp_operating_min: float = 45.0,
-                 instrument_flags: str = fr.INSTRUMENT_FLAGS) -> None:
+                 instrument_flags: str = fr.INSTRUMENT_FLAGS,
+                 overrides: tuple = ()) -> None:
         self.min_minutes = min_minutes
         self.negative_eps = negative_eps
         self.flow_frac = flow_frac
@@ -299,6 +341,7 @@ class NegativeValue(_HourlyMinuteCount):
         self.o2_operating_max = o2_operating_max
         self.temp_operating_min = temp_operating_min
         self.instrument_flags = instrument_flags
+        self.overrides = overrides
 
     def _matches(self, v: pd.Series) -> pd.Series:
         return v < -self.negative_eps
@@ -328,7 +371,8 @@ class O2Anomaly(PatternDetector):
                  zs_tolerance: float = 0.1, zs_min_minutes: int = 30, min_conc: float = 1.0,
                  o2_clamp: float = 20.9, flow_frac: float = 0.1, flow_min: float = 0.0,
                  o2_operating_max: float = 19.5, temp_operating_min: float = 45.0,
-                 instrument_flags: str = fr.INSTRUMENT_FLAGS) -> None:
+                 instrument_flags: str = fr.INSTRUMENT_FLAGS,
+                 overrides: tuple = ()) -> None:
         self.o2_pinned = o2_pinned
         self.high_flow_frac = high_flow_frac
         self.min_minutes = min_minutes
@@ -341,8 +385,9 @@ class O2Anomaly(PatternDetector):
         self.o2_operating_max = o2_operating_max
         self.temp_operating_min = temp_operating_min
         self.instrument_flags = instrument_flags
+        self.overrides = overrides
 
-    def detect(self, window: Window, source: "ReadingSource", lookup: "Lookup") -> list[Alert]:
+    def detect(self, window: Window, source: ReadingSource, lookup: Lookup) -> list[Alert]:
         hours = fr.hours_ending_in(window.start, window.end)
         if not hours:
             return []
@@ -354,17 +399,18 @@ class O2Anomaly(PatternDetector):
             values, flags = fr.pivot(rows), fr.pivot_flags(rows)
             flags = flags.reindex(values.index).fillna("")
             st = Station(mn, ent, out, values, flags, pd.Series(True, index=values.index), "flow")
-            alerts += self._pinned(st, hours, typical.get(mn, 0.0))
+            alerts += self.at(ent, out, fr.O2)._pinned(st, hours, typical.get(mn, 0.0))
             ref = lookup.stations[mn].outlet.reference_o2 if mn in lookup.stations else None
-            if ref is not None:
-                alerts += self._zs(st, hours, ref, fr.pivot(rows, "zs_avg") if "zs_avg" in rows else None)
+            zs = fr.pivot(rows, "zs_avg") if "zs_avg" in rows and rows["zs_avg"].notna().any() else None
+            if ref is None or zs is None or fr.O2 not in values.columns:
+                continue
+            for code in sorted(c for c in zs.columns if fr.is_concentration(c) and c in values.columns):
+                alerts += self.at(ent, out, code)._zs(st, code, hours, ref, zs[code].reindex(values.index))
         return alerts
 
-    def _typical_flows(self, source: "ReadingSource", end: datetime) -> dict[str, float]:
-        start = fr.hour_start(end) - self.flow_reference_hours * HOUR
-        long = fetch_minutes(source, start, end, list(fr.FLOW_CODES))
-        return {str(mn): fr.reference_flow(rows["value"], 0.5) for mn, rows in long.groupby("mn")} \
-            if not long.empty else {}
+    def _typical_flows(self, source: ReadingSource, end: datetime) -> dict[str, float]:
+        """Typical (median positive) flow per station over the trailing flow_reference_hours."""
+        return flow_percentiles(source, fr.hour_start(end) - self.flow_reference_hours * HOUR, end, 50)
 
     def _pinned(self, st: Station, hours: list[pd.Timestamp], typical: float) -> list[Alert]:
         fcol = fr.flow_column(st.values)
@@ -386,29 +432,25 @@ class O2Anomaly(PatternDetector):
                                   float(o2[sel.index].mean()), "%", ev))
         return out
 
-    def _zs(self, st: Station, hours: list[pd.Timestamp], ref: float, zs: pd.DataFrame | None) -> list[Alert]:
-        if zs is None or fr.O2 not in st.values.columns:
-            return []
+    def _zs(self, st: Station, code: str, hours: list[pd.Timestamp], ref: float, zs: pd.Series) -> list[Alert]:
         o2 = st.values[fr.O2].clip(upper=self.o2_clamp)
-        o2_ok = st.usable(fr.O2, self.instrument_flags)
+        c = st.values[code]
+        expected = c * (21 - ref) / (21 - o2)
+        rel = (zs - expected).abs() / expected
+        valid = (c >= self.min_conc) & st.usable(fr.O2, self.instrument_flags) \
+            & st.usable(code, self.instrument_flags) & rel.notna()
         out = []
-        for code in sorted(c for c in zs.columns if fr.is_concentration(c) and c in st.values.columns):
-            c = st.values[code]
-            expected = c * (21 - ref) / (21 - o2)
-            rel = (zs[code].reindex(c.index) - expected).abs() / expected
-            valid = (c >= self.min_conc) & o2_ok & st.usable(code, self.instrument_flags) & rel.notna()
-            for h in hours:
-                m = valid & (c.index >= h) & (c.index < h + HOUR)
-                bad = m & (rel > self.zs_tolerance)
-                if int(bad.sum()) >= self.zs_min_minutes:
-                    out.append(self._zs_alert(st, code, h, ref, c[bad], zs[code].reindex(c.index)[bad],
-                                              expected[bad], o2[bad], int(m.sum())))
+        for h in hours:
+            m = valid & (c.index >= h) & (c.index < h + HOUR)
+            bad = m & (rel > self.zs_tolerance)
+            if int(bad.sum()) >= self.zs_min_minutes:
+                out.append(self._zs_alert(st, code, h, ref, c[bad], zs[bad], expected[bad], o2[bad], int(m.sum())))
         return out
 
     def _zs_alert(self, st: Station, code: str, h: pd.Timestamp, ref: float, c: pd.Series, zs: pd.Series,
                   expected: pd.Series, o2: pd.Series, checked: int) -> Alert:
         ratio = float((zs / expected).median())
-        ev = {"pattern": "zs_inconsistent", "minutes": int(len(c)), "minutes_checked": checked,
+        ev = {"pattern": "zs_inconsistent", "minutes": len(c), "minutes_checked": checked,
               "min_minutes": self.zs_min_minutes, "reference_o2": ref, "tolerance": self.zs_tolerance,
               "median_measured": fr.r(c.median()), "median_o2": fr.r(o2.median()),
               "median_zs_reported": fr.r(zs.median()), "median_zs_expected": fr.r(expected.median()),
@@ -424,8 +466,8 @@ class FlagAbuse(PatternDetector):
     """Per station and China day (16:00Z..16:00Z): too many hours under marks, or marked stopped
     while running.
 
-    An hour is marked X when >= hour_share of its minute readings (all channels) carry a flag in
-    `marks` (M maintenance, D fault, F stopped, C calibration; X = the most frequent). An F hour
+    An hour is marked X when, on at least one channel, >= hour_share of its minute readings carry a
+    flag in `marks` (M maintenance, D fault, F stopped, C calibration; X = the most frequent). An F hour
     whose process data says the source ran (>= hour_share of its minutes, frames.OperatingRule;
     needs a flow, O2 or temperature channel) is "F while operating". An F hour the process data
     confirms, or cannot check, is a legitimate stop and does not count. Alert when counted marked
@@ -440,7 +482,8 @@ class FlagAbuse(PatternDetector):
     def __init__(self, marks: str = "MDFC", hour_share: float = 0.5, max_marked_share: float = 0.25,
                  min_f_operating_hours: int = 1, flow_frac: float = 0.1, flow_min: float = 0.0,
                  o2_operating_max: float = 19.5, temp_operating_min: float = 45.0,
-                 instrument_flags: str = fr.INSTRUMENT_FLAGS) -> None:
+                 instrument_flags: str = fr.INSTRUMENT_FLAGS,
+                 overrides: tuple = ()) -> None:
         self.marks = marks
         self.hour_share = hour_share
         self.max_marked_share = max_marked_share
@@ -450,29 +493,37 @@ class FlagAbuse(PatternDetector):
         self.o2_operating_max = o2_operating_max
         self.temp_operating_min = temp_operating_min
         self.instrument_flags = instrument_flags
+        self.overrides = overrides
 
-    def detect(self, window: Window, source: "ReadingSource", lookup: "Lookup") -> list[Alert]:
+    def detect(self, window: Window, source: ReadingSource, lookup: Lookup) -> list[Alert]:
         alerts = []
         for day in fr.china_days_ending_in(window.start, window.end):
             for st in self._stations(source, day, fr.to_dt(day + pd.Timedelta(days=1))):
-                alert = self._judge(st, day)
+                alert = self.at(st.enterprise, st.outlet)._judge(st, day)
                 if alert is not None:
                     alerts.append(alert)
         return alerts
 
     def _hour_marks(self, st: Station) -> pd.DataFrame:
-        """Per hour: the mark (or ""), whether the process says running, readings."""
-        flags = st.flags.stack()
-        flags = flags[flags.index.get_level_values(0).isin(st.values.index)]
-        hour_of = flags.index.get_level_values(0).floor("h")
-        marked = flags.isin(list(self.marks))
-        share = marked.groupby(hour_of).mean()
-        top = flags[marked].groupby(hour_of[marked.to_numpy()]).agg(lambda s: s.value_counts().index[0])
-        process = st.decided_by != "flag"
+        """Per hour with data: its mark ("" if none) and whether the process data says running.
+
+        A mark is judged per channel: one analyser under maintenance for the hour invalidates that
+        pollutant's hour, whatever the other channels say.
+        """
+        hour = st.flags.index.floor("h")
+        marked = st.flags.isin(list(self.marks))
+        present = (st.values.notna() | (st.flags != "")).groupby(hour).sum()
+        share = marked.groupby(hour).sum() / present.where(present > 0)
+        out = pd.DataFrame(index=present.index[present.sum(axis=1) > 0])
+        is_marked = (share >= self.hour_share).any(axis=1).reindex(out.index, fill_value=False)
+        long = st.flags.stack()
+        long = long[long.isin(list(self.marks))]
+        # The most frequent mark of the hour; ties go to the alphabetically first (deterministic).
+        top = long.groupby(long.index.get_level_values(0).floor("h")).agg(
+            lambda s: s.value_counts().sort_index().idxmax())
+        out["mark"] = np.where(is_marked, top.reindex(out.index).fillna(""), "")
         running = st.operating.groupby(st.operating.index.floor("h")).mean() >= self.hour_share
-        out = pd.DataFrame({"share": share})
-        out["mark"] = np.where(out["share"] >= self.hour_share, top.reindex(out.index).fillna(""), "")
-        out["running"] = running.reindex(out.index).fillna(False) & process
+        out["running"] = running.reindex(out.index, fill_value=False) & (st.decided_by != "flag")
         return out
 
     def _judge(self, st: Station, day: pd.Timestamp) -> Alert | None:

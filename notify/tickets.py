@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Engine, Connection, insert, select, update
 
 from config.schema import Settings
 from notify.cases import SYSTEM, TransitionError, close_enforcement
@@ -83,10 +83,12 @@ def open_ticket(conn: Connection, case: Mapping[str, Any], reason: str, priority
     return load_ticket(conn, tid)
 
 
-def attach_evidence(conn: Connection, settings: Settings, ticket_id: str, at: datetime,
+def attach_evidence(engine: Engine, settings: Settings, ticket_id: str, at: datetime,
                     out_dir: str | Path | None = None) -> bool:
     """Build the evidence package (notify.evidence) and store its path and digest on the ticket.
 
+    The package is built outside any write transaction (it queries InfluxDB and draws a chart,
+    seconds of work), so it never holds the case store's write lock; only recording it does.
     Returns False, leaving the columns NULL for a later retry, when the builder is not installed
     or fails (e.g. InfluxDB unreachable): a ticket must not wait for its evidence.
     """
@@ -94,18 +96,22 @@ def attach_evidence(conn: Connection, settings: Settings, ticket_id: str, at: da
         return False
     from notify import evidence
 
-    t = load_ticket(conn, ticket_id)
+    with engine.connect() as conn:
+        t = load_ticket(conn, ticket_id)
     out = Path(out_dir) if out_dir is not None else Path(settings.ingest.state_dir) / "evidence"
     try:
-        path, digest = evidence.build(conn, settings, t["case_id"], out, now=at)
+        path, digest = evidence.build(engine, settings, t["case_id"], out, now=at)
     except Exception:  # noqa: BLE001 - any failure of the builder means "retry later", never lose the ticket
         log.exception("evidence package for ticket %s (case %s) not built; will retry", ticket_id, t["case_id"])
         return False
-    conn.execute(update(tickets).where(tickets.c.id == ticket_id)
-                 .values(evidence_path=str(path), evidence_digest=digest))
-    append_event(conn, t["case_id"], at, SYSTEM, "evidence_locked",
-                 {"ticket_id": ticket_id, "path": str(path), "digest": digest})
-    return True
+    with engine.begin() as conn:
+        # Another instance may have locked evidence meanwhile: the first recorded package stands.
+        done = conn.execute(update(tickets).where(tickets.c.id == ticket_id, tickets.c.evidence_digest.is_(None))
+                            .values(evidence_path=str(path), evidence_digest=digest)).rowcount
+        if done:
+            append_event(conn, t["case_id"], at, SYSTEM, "evidence_locked",
+                         {"ticket_id": ticket_id, "path": str(path), "digest": digest})
+    return bool(done)
 
 
 def _act(conn: Connection, ticket_id: str, action: str, officer: str, at: datetime,

@@ -80,8 +80,7 @@ def build_missing_evidence(engine: Engine, settings: Settings, now: datetime) ->
         ids = conn.execute(select(tickets_t.c.id).where(tickets_t.c.evidence_digest.is_(None))).scalars().all()
     built = 0
     for tid in ids:
-        with engine.begin() as conn:
-            built += tickets.attach_evidence(conn, settings, tid, now)
+        built += tickets.attach_evidence(engine, settings, tid, now)
     return built
 
 

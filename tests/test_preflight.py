@@ -83,3 +83,15 @@ def _retry_until_listening(check: Callable[[], object]) -> object:
         if "not reachable" not in getattr(result, "detail", ""):
             return result
     return result
+
+
+def test_fresh_influxd_without_any_database(settings_factory: Factory, tmp_path: Path) -> None:
+    """A brand-new server answers SHOW DATABASES with a series that has no values at all."""
+    from center.devservices import start_influxd
+
+    fresh = start_influxd(tmp_path / "influxd", free_port())
+    try:
+        influx = check_dependencies(settings_factory(influxdb={"url": fresh.url}))[1]
+    finally:
+        fresh.stop()
+    assert influx.ok and "will be created" in influx.detail
