@@ -227,13 +227,21 @@ def deadletters_count(config: ConfigOpt = None) -> None:
     cli_count(settings_or_exit(config))
 
 
+@app.command("run")
+def run_service(config: ConfigOpt = None) -> None:
+    """Run the whole system as one service: ingest, scheduled detection, cases and delivery, HTTP API and board."""
+    from center.service import run
+
+    raise typer.Exit(run(settings_or_exit(config)))
+
+
 @app.command()
 def demo(
     config: ConfigOpt = Path("config/examples/demo-city.yaml"),
-    speedup: float = 60.0,
+    speedup: Annotated[float, typer.Option(help="simulated seconds per real second while catching up (0: as fast as possible)")] = 0.0,
     seconds: Annotated[Optional[float], typer.Option(help="stop after this many real seconds")] = None,
 ) -> None:
-    """Start local services, the ingest and the simulator, and show live counts."""
+    """Start local services, the whole service and the simulator with injected problems; open the board."""
     from center.demo import run
 
     run(settings_or_exit(config), speedup=speedup, seconds=seconds)

@@ -1,62 +1,110 @@
-"""`envwatch demo`: the whole pipeline on a simulated city, with live counts in the terminal."""
+"""`envwatch demo`: the whole system on a simulated city with injected problems, in a browser.
+
+Starts Mosquitto and InfluxDB on loopback (reused when running), the envwatch service (ingest,
+scheduled detection, cases and delivery, HTTP API and board) and the simulator, which replays the
+last `hours_back` hours of the city fast and then keeps up with the clock. The scenario's events
+(exceedances, faults, falsification patterns, a drone crossing a plume) fall into those hours, so
+alerts, cases and notices appear on the board within minutes.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import urlparse
 
-from rich.live import Live
-from rich.table import Table
+from rich.console import Console
 
-from config import Lookup, Settings
+from config import Settings
 
 SCENARIO = Path(__file__).resolve().parents[1] / "config" / "examples" / "scenario-demo.yaml"
+STATUS_EVERY_S = 10.0
 
 
-def run(settings: Settings, speedup: float = 60.0, seconds: float | None = None) -> None:
-    """Start services, ingest and simulator; refresh a table of counts until Ctrl-C or `seconds`."""
+def run(settings: Settings, speedup: float = 0.0, seconds: float | None = None, hours_back: int = 6) -> None:
+    """Run until Ctrl-C (or `seconds`), printing the board's address and a line of counts.
+
+    The past `hours_back` hours are published and ingested first, before detection starts: an
+    hour whose data is still on its way would otherwise look like an outage to the offline detector.
+    """
     from center.devservices import ensure_up
-    from center.simulate import run as simulate
-    from ingest.consumer import Ingest
+    from center.service import Service, ServiceOptions
 
-    state = Path(settings.ingest.state_dir)
-    for line in ensure_up(state, mqtt_port=settings.broker.port, influx_port=_port(settings.influxdb.url)):
-        print(line)
-    ingest = Ingest(settings, Lookup(settings.registry))
-    ingest.start()
-    sim = threading.Thread(
-        target=simulate, daemon=True, name="simulator",
-        kwargs=dict(settings=settings, speedup=speedup, duration=None, start=None, mobile=True,
-                    scenario=SCENARIO if SCENARIO.exists() else None, truth=state / "demo-truth.jsonl", seed=1),
-    )
-    sim.start()
+    console = Console()
+    for line in ensure_up(Path(settings.ingest.state_dir), mqtt_port=settings.broker.port,
+                          influx_port=urlparse(settings.influxdb.url).port or 8086):
+        console.print(line, highlight=False)
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    start = (now - timedelta(hours=hours_back)).replace(minute=0)
+    _catch_up(settings, console, start, now, speedup)
+    # Short loop intervals, so that the board fills within a minute or two.
+    options = ServiceOptions(detect_tick_s=15, reevaluate_every_s=60, workflow_poll_s=2, workflow_tick_s=10)
+    service = Service(settings, options).start()
+    _print_access(console, settings)
+    live = threading.Thread(target=_simulate, args=(settings, 1.0, now, None, None), daemon=True, name="simulator")
+    live.start()
     deadline = None if seconds is None else time.monotonic() + seconds
     try:
-        with Live(_table(ingest.counters()), refresh_per_second=2) as live:
-            while deadline is None or time.monotonic() < deadline:
-                time.sleep(0.5)
-                live.update(_table(ingest.counters()))
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(STATUS_EVERY_S if deadline is None else min(STATUS_EVERY_S, max(0.1, deadline - time.monotonic())))
+            console.print(_status(service), highlight=False, markup=False)
     except KeyboardInterrupt:
         pass
+    finally:
+        service.stop()
+
+
+def _catch_up(settings: Settings, console: Console, start: datetime, end: datetime, speedup: float) -> None:
+    """Publish [start, end) with the scenario's injected events and ingest all of it."""
+    from ingest.consumer import Ingest, status_line
+
+    console.print(f"simulating {start:%H:%M}–{end:%H:%M} UTC with injected problems ({SCENARIO.name}) ...")
+    ingest = Ingest(settings)
+    ingest.start()
+    try:
+        ingest.wait_subscribed(30)
+        n = _simulate(settings, speedup, start, (end - start).total_seconds(), SCENARIO)
+        while True:  # until every message is acknowledged and every reading is in InfluxDB
+            c = ingest.counters()
+            if c["acked"] >= n and c["buffer_depth"] == 0:
+                break
+            time.sleep(0.5)
+        console.print(status_line(ingest.counters()), highlight=False, markup=False)
     finally:
         ingest.stop()
 
 
-def _port(url: str) -> int:
-    from urllib.parse import urlparse
+def _simulate(settings: Settings, speedup: float, start: datetime, duration: float | None,
+              scenario: Path | None) -> int:
+    from center.simulate import run as simulate
 
-    return urlparse(url).port or 8086
+    truth = Path(settings.ingest.state_dir) / "demo-truth.jsonl" if scenario else None
+    return simulate(settings, speedup=speedup, duration=duration, start=start, mobile=True,
+                    scenario=scenario if scenario and scenario.exists() else None, truth=truth, seed=1)
 
 
-def _table(counters: dict) -> Table:
-    t = Table(title="envwatch demo: live counts (Ctrl-C to stop)")
-    t.add_column("what")
-    t.add_column("count", justify="right")
-    for key, value in counters.items():
-        if isinstance(value, dict):
-            for sub, n in sorted(value.items()):
-                t.add_row(f"{key}: {sub}", str(n))
-        else:
-            t.add_row(key, str(value))
-    return t
+def _print_access(console: Console, settings: Settings) -> None:
+    c = settings.center
+    console.print(f"\n[bold]监控中心看板 / board:[/bold] http://{c.host}:{c.port}/   API: http://{c.host}:{c.port}/docs")
+    for u in c.users:
+        if u.token is not None:
+            scope = u.enterprise_id or u.officer_id or ""
+            console.print(f"  {u.role:<10} {scope:<16} token: {u.token.get_secret_value()}  ({u.name})",
+                          highlight=False)
+    console.print("Ctrl-C stops the demo; `make services-down` stops Mosquitto and InfluxDB.\n")
+
+
+def _status(service: object) -> str:
+    from ingest.consumer import status_line
+    from notify import workflow
+
+    ingest = getattr(service, "ingest")
+    engine = getattr(service, "engine")
+    cases = workflow.list_cases(engine)
+    by_state: dict[str, int] = {}
+    for case in cases:
+        by_state[case["state"]] = by_state.get(case["state"], 0) + 1
+    states = ", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "0"
+    return f"{status_line(ingest.counters())}  cases [{states}]"

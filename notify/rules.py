@@ -94,7 +94,9 @@ def immediate_reason(alert: Mapping[str, Any], ctx: Context) -> str | None:
     if alert.get("kind") in esc.immediate_kinds:
         return "falsification"
     f = factor(alert)
-    if f is not None and f >= esc.severe_factor:
+    # value/limit means "times over the permit" only for exceedances: an offline alert's value is
+    # silent minutes against a grace, a hotspot's a factor over background.
+    if alert.get("kind") in EXCEEDANCE_KINDS and f is not None and f >= esc.severe_factor:
         return "severe"
     if ctx.emergency_level and ctx.grade in EMERGENCY_GRADES and is_exceedance(alert):
         return "emergency"
@@ -102,9 +104,8 @@ def immediate_reason(alert: Mapping[str, Any], ctx: Context) -> str | None:
 
 
 def is_exceedance(alert: Mapping[str, Any]) -> bool:
-    """An emission above its limit (what emergency measures are about)."""
-    f = factor(alert)
-    return alert.get("kind") in EXCEEDANCE_KINDS or (f is not None and f > 1)
+    """An emission above its permit limit (what emergency measures are about)."""
+    return alert.get("kind") in EXCEEDANCE_KINDS
 
 
 def is_minor(case: Mapping[str, Any], ctx: Context) -> bool:

@@ -133,6 +133,16 @@ def test_severe_factor_escalates_immediately(store_engine: Engine, settings, val
         assert decided(store_engine, cid) == ["rectification_notice", "ticket"]
 
 
+@pytest.mark.parametrize("kind, value, limit", [("offline", 60.0, 15.0), ("hotspot", 8.0, 2.0)])
+def test_value_over_limit_is_not_severe_for_kinds_that_are_not_exceedances(store_engine: Engine, settings,
+                                                                          kind: str, value: float,
+                                                                          limit: float) -> None:
+    """An offline alert's value is silent minutes against a grace; a hotspot's a factor over background."""
+    cid = run(store_engine, settings, alert(T0, kind=kind, severity="major", value=value, limit=limit,
+                                            pollutant=""))[0]["case_id"]
+    assert state(store_engine, cid) == "notified" and escalations(store_engine, cid) == []
+
+
 def test_severe_alert_joining_an_open_case_escalates_it(store_engine: Engine, settings) -> None:
     cid = run(store_engine, settings, alert(T0))[0]["case_id"]
     run(store_engine, settings, alert(T0 + H, value=80.0))
