@@ -840,7 +840,10 @@ def generate(settings: Settings, start: datetime | str, end: datetime | str | No
     t1 = as_utc(end) if end is not None else None
     evs = events if events is not None else load_scenario(scenario, t0, settings)
     prefix = settings.broker.topic_prefix
-    sims = [_station_sim(ref, prefix, seed) for ref in Lookup(settings.registry).stations.values()]
+    # A station registered without pollutants (e.g. a logger seen only sending heartbeats) has no
+    # readings to simulate: an empty minute packet would be a malformed one.
+    sims = [_station_sim(ref, prefix, seed) for ref in Lookup(settings.registry).stations.values()
+            if ref.station.pollutants]
     ents = settings.registry.enterprises
     frame = _Frame(*_centre(ents))
     tracks = [_Track(d, i, frame, ents, seed) for i, d in enumerate(settings.registry.devices)] if mobile else []

@@ -404,3 +404,18 @@ def test_replay_publishes_every_line(mosquitto: Any, mqtt_client_factory: Any, t
     assert f"{prefix}/up/station/_unknown" in topics
     assert f"{prefix}/up/station/{mn_of(lines[0])}" in topics
     assert sorted(p for _, p in sink.messages) == sorted(lines)
+
+
+def test_stations_without_pollutants_publish_nothing() -> None:
+    """A logger registered only for its heartbeats must not get empty readings packets."""
+    from center.simulate import generate
+    from config.loader import from_mapping
+
+    reg = {"enterprises": [{"id": "e", "name": "e", "outlets": [
+        {"id": "o1", "medium": "gas", "reference_o2": 6, "stations": [{"mn": "HB-ONLY"}]},
+        {"id": "o2", "medium": "gas", "reference_o2": 6,
+         "stations": [{"mn": "REAL", "pollutants": ["a21026", "a19001", "a00000"]}]}]}]}
+    s = from_mapping({"registry": reg}, env={})
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    topics = {t for t, _p, _ts in generate(s, start, start + timedelta(minutes=10), seed=1, mobile=False)}
+    assert topics and all(t.endswith("/REAL") for t in topics)
