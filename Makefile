@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STATE ?= .state
-APT_PACKAGES := mosquitto mosquitto-clients influxdb influxdb-client postgresql
+APT_PACKAGES := mosquitto mosquitto-clients influxdb influxdb-client postgresql chromium fonts-noto-cjk
 PYTEST_ARGS ?=
 
 .PHONY: install apt venv demo test bench services-up services-down clean

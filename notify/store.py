@@ -78,9 +78,21 @@ def _sqlite_engine(url: str, database: str | None, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers (see `reading`) take a deferred BEGIN: in WAL mode they never wait for a writer,
+        # so the board and the API stay responsive while detection writes thousands of alerts.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine
+
+
+READ_ONLY = "envwatch_read_only"
+
+
+def reading(engine: Engine) -> Engine:
+    """The same engine (and pool) for read-only work: on SQLite its transactions do not take the
+    write lock, so they never queue behind writers. Never write through it: a deferred transaction
+    that reads and then writes can fail at once when another writer got there first."""
+    return engine.execution_options(**{READ_ONLY: True})
 
 
 def engine_from_settings(settings: Settings, **kwargs: Any) -> Engine:

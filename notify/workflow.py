@@ -28,7 +28,7 @@ from config.schema import Settings
 from detect.base import Alert
 from notify import cases, context, rules, tickets
 from notify.events import events_of
-from notify.store import as_utc, utc
+from notify.store import as_utc, reading, utc
 from notify.tables import answers, case_alerts, notices
 from notify.tables import cases as cases_t
 from notify.tables import tickets as tickets_t
@@ -226,13 +226,13 @@ def list_cases(engine: Engine, state: str | None = None, enterprise_id: str | No
         q = q.where(cases_t.c.enterprise_id == enterprise_id)
     if open_only:
         q = q.where(cases_t.c.state.not_in(("verified", "dismissed")))
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         return [cases._row(m) for m in conn.execute(q).mappings()]
 
 
 def get_case(engine: Engine, case_id: str) -> dict[str, Any] | None:
     """A case with its events, alerts, notices, answers and ticket; None when unknown."""
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         m = conn.execute(select(cases_t).where(cases_t.c.id == case_id)).mappings().first()
         if m is None:
             return None
@@ -257,13 +257,13 @@ def list_tickets(engine: Engine, status: str | None = None, officer: str | None 
         q = q.where(tickets_t.c.status == status)
     if officer:
         q = q.where(tickets_t.c.officer == officer)
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         return [tickets._row(m) for m in conn.execute(q).mappings()]
 
 
 def get_ticket(engine: Engine, ticket_id: str) -> dict[str, Any] | None:
     """A ticket with its case (events included); None when unknown."""
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         m = conn.execute(select(tickets_t).where(tickets_t.c.id == ticket_id)).mappings().first()
     if m is None:
         return None

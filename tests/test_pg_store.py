@@ -183,3 +183,19 @@ def test_postgres_service_is_on_loopback_with_its_own_socket(pg_cluster: Postgre
         assert conn.exec_driver_sql("SHOW listen_addresses").scalar() == "127.0.0.1"
         assert conn.exec_driver_sql("SHOW server_version_num").scalar() >= "150000"
     engine.dispose()
+
+
+def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path) -> None:
+    """A read through `reading` proceeds while another connection holds the write lock."""
+    from sqlalchemy import text as sql
+
+    from notify.store import make_engine, migrate, reading
+
+    engine = make_engine(f"sqlite:///{tmp_path}/store.sqlite")
+    migrate(engine)
+    with engine.begin() as writer:  # BEGIN IMMEDIATE: holds the write lock until the block ends
+        writer.execute(sql("INSERT INTO positive_list (enterprise_id, listed, changed_at, changed_by) "
+                           "VALUES ('E1', 1, '2026-01-01 00:00:00', 't')"))
+        with reading(engine).connect() as reader:
+            # Without the deferred BEGIN this would wait for the writer (and time out after 30 s).
+            assert reader.execute(sql("SELECT count(*) FROM positive_list")).scalar_one() == 0

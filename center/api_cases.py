@@ -1,0 +1,193 @@
+"""Cases, their operator actions, enterprise answers, and notices."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime, timezone
+from pathlib import PurePosixPath
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import ValidationError
+from sqlalchemy import Engine
+
+from center import api_queries as q
+from center.api_models import AnswerIn, AnswerResult, CaseAction, CaseOut, CaseSummary, NoticeOut
+from center.auth import Principal, enterprise_user, operator, operator_or_enterprise
+from notify import workflow
+from notify.answers_mqtt import MAX_ATTACHMENT_BYTES, Attachment
+from notify.cases import TransitionError
+from notify.events import append_event
+
+router = APIRouter(tags=["cases"])
+
+
+def engine_of(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def names_of(request: Request) -> dict[str, str]:
+    return {e.id: e.name for e in request.app.state.settings.registry.enterprises}
+
+
+def _not_found(case_id: str) -> HTTPException:
+    return HTTPException(404, detail=f"no case {case_id!r} that you can see; list yours with GET /api/cases")
+
+
+def _named(request: Request, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = names_of(request)
+    return [{**r, "enterprise_name": names.get(r["enterprise_id"], "")} for r in rows]
+
+
+@router.get("/api/cases", response_model=list[CaseSummary])
+def list_cases(request: Request, state: str | None = None, enterprise: str | None = None, kind: str | None = None,
+               severity: str | None = None, open: bool | None = None, limit: int = Query(200, ge=1, le=1000),
+               who: Principal = Depends(operator_or_enterprise)) -> list[dict[str, Any]]:
+    """Cases, newest first; an enterprise user gets its own only."""
+    rows = q.list_cases(engine_of(request), who.scope, state=state, enterprise=enterprise, kind=kind,
+                        severity=severity, open_only=open, limit=limit)
+    return _named(request, rows)
+
+
+def load_case(request: Request, case_id: str, who: Principal) -> dict[str, Any]:
+    case = q.case_detail(engine_of(request), case_id, who.scope)
+    if case is None:
+        raise _not_found(case_id)
+    return _named(request, [case])[0]
+
+
+@router.get("/api/cases/{case_id}", response_model=CaseOut)
+def get_case(request: Request, case_id: str, who: Principal = Depends(operator_or_enterprise)) -> dict[str, Any]:
+    """One case with its history, alerts, notices, answers and ticket."""
+    return load_case(request, case_id, who)
+
+
+@router.post("/api/cases/{case_id}/actions", response_model=CaseOut)
+def act(request: Request, case_id: str, body: CaseAction, who: Principal = Depends(operator)) -> dict[str, Any]:
+    """An operator's action; 409 when the case's state does not allow it."""
+    engine, settings = engine_of(request), request.app.state.settings
+    if q.case_row(engine, case_id, None) is None:
+        raise _not_found(case_id)
+    now = datetime.now(timezone.utc)
+    try:
+        _apply(engine, settings, case_id, body, now, who.actor)
+    except TransitionError as exc:
+        raise HTTPException(409, detail=f"{exc}; reload the case and choose an action its state allows") from exc
+    request.app.state.broadcaster.cases_changed(engine, [case_id], names_of(request))
+    return load_case(request, case_id, who)
+
+
+def _require(value: str | None, what: str, action: str) -> str:
+    if not value or not value.strip():
+        raise HTTPException(422, detail=f"action {action!r} needs `{what}`")
+    return value
+
+
+def _apply(engine: Engine, settings: Any, case_id: str, body: CaseAction, now: datetime, actor: str) -> None:
+    a = body.action
+    if a in ("acknowledge", "note"):
+        # The center's own marks: history only, no state change (the enterprise's acknowledgement is
+        # its answer, a different thing).
+        data = {"text": _require(body.text, "text", a)} if a == "note" else {"text": body.text or ""}
+        with engine.begin() as conn:
+            append_event(conn, case_id, now, actor, "center_acknowledged" if a == "acknowledge" else "note", data)
+        return
+    kw: dict[str, Any] = {}
+    if a == "dismiss":
+        kw["reason"] = _require(body.reason, "reason", a)
+    elif a == "assign":
+        kw["assignee"] = _require(body.assignee, "assignee", a)
+    elif a == "escalate":
+        kw["priority"] = body.priority
+    elif a == "assess_pollution":
+        if body.consequence is None:
+            raise HTTPException(422, detail="action 'assess_pollution' needs `consequence` (true or false)")
+        kw.update(consequence=body.consequence, note=body.text or "")
+    workflow.act(engine, settings, case_id, a, now, actor, **kw)
+
+
+# -- answers --------------------------------------------------------------------------------------
+
+_ANSWER_SCHEMA = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/AnswerIn"}},  # added by app.extra_schemas
+    "multipart/form-data": {"schema": {"type": "object", "required": ["answer_id", "type"], "properties": {
+        "answer_id": {"type": "string", "maxLength": 32}, "type": {"enum": ["acknowledge", "rectification", "contest"]},
+        "text": {"type": "string"},
+        "attachments": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+
+
+@router.post("/api/cases/{case_id}/answers", response_model=AnswerResult, openapi_extra=_ANSWER_SCHEMA)
+async def post_answer(request: Request, case_id: str, who: Principal = Depends(enterprise_user)) -> dict[str, Any]:
+    """An enterprise's answer to a notice about its own case: JSON, or multipart with files."""
+    engine = engine_of(request)
+    if await _run_sync(q.case_row, engine, case_id, who.scope) is None:
+        raise _not_found(case_id)
+    body, files = await _read_answer(request)
+    try:
+        result = await _run_sync(workflow.answer, engine, request.app.state.settings, who.enterprise_id, case_id,
+                                 body.type, body.text, files, body.answer_id, datetime.now(timezone.utc))
+    except workflow.AnswerError as exc:
+        raise HTTPException(409, detail=str(exc)) from exc
+    await _run_sync(request.app.state.broadcaster.cases_changed, engine, [case_id], names_of(request))
+    return result
+
+
+async def _run_sync(fn: Any, *args: Any) -> Any:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args)
+
+
+async def _read_answer(request: Request) -> tuple[AnswerIn, list[Attachment]]:
+    ctype = request.headers.get("content-type", "")
+    try:
+        if ctype.startswith("multipart/form-data"):
+            return await _read_multipart(request)
+        body = AnswerIn.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise HTTPException(422, detail=exc.errors(include_url=False, include_context=False)) from exc
+    return body, [_decode(a.name, a.content_base64) for a in body.attachments]
+
+
+async def _read_multipart(request: Request) -> tuple[AnswerIn, list[Attachment]]:
+    form = await request.form(max_files=50, max_part_size=MAX_ATTACHMENT_BYTES)
+    fields = {k: form.get(k) for k in ("answer_id", "type", "text") if isinstance(form.get(k), str)}
+    body = AnswerIn.model_validate({"text": "", **fields})
+    files = []
+    for up in form.getlist("attachments"):
+        if isinstance(up, str):
+            raise HTTPException(422, detail="`attachments` must be files (multipart file parts)")
+        data = await up.read()
+        if len(data) > MAX_ATTACHMENT_BYTES:
+            raise HTTPException(413, detail=f"attachment {up.filename!r} is larger than {MAX_ATTACHMENT_BYTES} bytes")
+        files.append(Attachment(_safe_name(up.filename or "attachment"), data))
+    return body, files
+
+
+def _decode(name: str, content_base64: str) -> Attachment:
+    try:
+        data = base64.b64decode(content_base64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise HTTPException(422, detail=f"attachment {name!r}: content_base64 is not base64") from exc
+    if len(data) > MAX_ATTACHMENT_BYTES:
+        raise HTTPException(413, detail=f"attachment {name!r} is larger than {MAX_ATTACHMENT_BYTES} bytes")
+    return Attachment(_safe_name(name), data)
+
+
+def _safe_name(name: str) -> str:
+    # Only the last path component: an attachment must never be written outside its folder.
+    base = PurePosixPath(name.replace("\\", "/")).name
+    if base in ("", ".", ".."):
+        raise HTTPException(422, detail=f"unusable attachment name {name!r}")
+    return base
+
+
+# -- notices --------------------------------------------------------------------------------------
+
+@router.get("/api/notices", response_model=list[NoticeOut], tags=["notices"])
+def list_notices(request: Request, case_id: str | None = None, status: str | None = None,
+                 limit: int = Query(200, ge=1, le=1000),
+                 who: Principal = Depends(operator_or_enterprise)) -> list[dict[str, Any]]:
+    """Notices, newest first; an enterprise gets those addressed to it."""
+    return q.list_notices(engine_of(request), who.scope, case_id=case_id, status=status, limit=limit)

@@ -1,0 +1,732 @@
+// envwatch board: the monitoring center's live screen. Plain JavaScript, no build step, no CDN.
+// Data: the JSON API (center/API.md) with `Authorization: Bearer`, live updates from
+// GET /api/stream (EventSource cannot send headers, so the token goes as ?access_token=).
+'use strict';
+
+const KINDS = ['exceedance', 'daily_exceedance', 'insufficient_valid_data', 'offline', 'constant_value',
+  'zero_while_operating', 'negative_value', 'o2_anomaly', 'flag_abuse', 'multivariate_anomaly', 'hotspot'];
+const STATES = ['open', 'notified', 'acknowledged', 'rectification_reported', 'reopened', 'escalated',
+  'verified', 'dismissed'];
+const ACTIVE = ['open', 'notified', 'acknowledged', 'rectification_reported', 'reopened'];
+const SEVERITIES = ['critical', 'major', 'minor', 'info'];
+const TZ = 'Asia/Shanghai'; // the bureau's clock, whatever the browser's
+const LS = { token: 'envwatch.token', lang: 'envwatch.lang' };
+
+const S = {
+  token: null, me: null, lang: 'zh-CN', dict: {}, pollutants: {},
+  enterprises: new Map(), cases: new Map(), alerts: new Map(), fresh: new Set(),
+  es: null, caseId: null, readings: null, summaryTimer: null,
+};
+
+// -- small helpers ---------------------------------------------------------------------------------
+
+const $ = (sel) => document.querySelector(sel);
+
+// Build DOM nodes; text always goes in as text, so data from the store can never become markup.
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (k === 'class') el.className = v;
+    else el.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children.flat()) {
+    if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : String(c));
+  }
+  return el;
+}
+
+function t(key, fallback) { return S.dict[key] ?? fallback ?? key; }
+const label = (prefix, v) => (v ? t(`${prefix}.${v}`, v) : '');
+const entName = (id) => (S.enterprises.get(id)?.name || id);
+
+function pollutantName(code) {
+  const p = S.pollutants[code];
+  if (!p) return code || '';
+  return S.lang === 'en' ? p.en : p.zh;
+}
+
+function fmtTime(iso, withDate = true) {
+  if (!iso) return '';
+  const opts = { timeZone: TZ, hour: '2-digit', minute: '2-digit', hour12: false };
+  if (withDate) Object.assign(opts, { month: '2-digit', day: '2-digit' });
+  return new Intl.DateTimeFormat(S.lang === 'en' ? 'en-GB' : 'zh-CN', opts).format(new Date(iso));
+}
+
+// "YYYY-MM-DDTHH:MM" in China time, as the API reads times without an offset.
+function chinaLocal(date) {
+  const d = new Date(date.getTime() + 8 * 3600e3);
+  return d.toISOString().slice(0, 16);
+}
+
+function fmtNum(v) {
+  if (v === null || v === undefined) return '–';
+  return Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2);
+}
+
+function toast(text, bad) {
+  const el = $('#toast');
+  el.textContent = text;
+  el.className = bad ? 'toast bad' : 'toast';
+  el.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { el.hidden = true; }, 4000);
+}
+
+// -- API -------------------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, detail) { super(detail); this.status = status; }
+}
+
+async function api(path, opts = {}) {
+  const headers = { Authorization: `Bearer ${S.token}` };
+  if (opts.body !== undefined) headers['Content-Type'] = 'application/json';
+  const r = await fetch(path, {
+    method: opts.method || 'GET', headers,
+    body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
+  });
+  if (!r.ok) {
+    let detail = r.statusText;
+    try { detail = (await r.json()).detail ?? detail; } catch (e) { /* not JSON */ }
+    throw new ApiError(r.status, typeof detail === 'string' ? detail : JSON.stringify(detail));
+  }
+  return r.status === 204 ? null : r.json();
+}
+
+function query(params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== '' && v !== null && v !== undefined) q.set(k, v);
+  const s = q.toString();
+  return s ? `?${s}` : '';
+}
+
+// -- language --------------------------------------------------------------------------------------
+
+async function setLang(lang) {
+  const r = await fetch(`/static/i18n/${lang}.json`);
+  S.dict = await r.json();
+  S.lang = lang;
+  document.documentElement.lang = lang;
+  document.title = t('title');
+  for (const el of document.querySelectorAll('[data-i18n]')) el.textContent = t(el.dataset.i18n);
+}
+
+async function switchLang() {
+  const lang = S.lang === 'zh-CN' ? 'en' : 'zh-CN';
+  localStorage.setItem(LS.lang, lang); // remembered across visits
+  await setLang(lang);
+  if (S.me) renderAll();
+}
+
+// -- sign-in ---------------------------------------------------------------------------------------
+
+function showLogin(bad) {
+  S.me = null;
+  if (S.es) S.es.close();
+  document.body.dataset.signedIn = 'no';
+  showView('login');
+  $('#login-error').hidden = !bad;
+}
+
+async function signIn(token) {
+  S.token = token;
+  try {
+    const me = await api('/api/me');
+    if (me.role !== 'operator') throw new ApiError(403, 'not an operator');
+    S.me = me;
+  } catch (e) {
+    localStorage.removeItem(LS.token);
+    showLogin(true);
+    return;
+  }
+  localStorage.setItem(LS.token, token);
+  // The service's configured language applies until the operator picks one on this browser.
+  if (!localStorage.getItem(LS.lang) && S.me.language && S.me.language !== S.lang) await setLang(S.me.language);
+  document.body.dataset.signedIn = 'yes';
+  $('#me').textContent = S.me.name;
+  const [ents, pols] = await Promise.all([api('/api/enterprises'), fetch('/board/pollutants').then((r) => r.json())]);
+  S.enterprises = new Map(ents.map((e) => [e.id, e]));
+  S.pollutants = pols;
+  fillFilters();
+  connectStream();
+  await Promise.all([loadSummary(), loadLists(), loadEmergency()]);
+  route();
+}
+
+// -- the live stream -------------------------------------------------------------------------------
+
+function setLive(state) {
+  const el = $('#live');
+  el.dataset.state = state;
+  el.textContent = t(`live.${state}`);
+}
+
+function connectStream() {
+  if (S.es) S.es.close();
+  setLive('connecting');
+  const es = new EventSource(`/api/stream?access_token=${encodeURIComponent(S.token)}`);
+  S.es = es;
+  es.onopen = () => setLive('on');
+  es.onerror = () => {
+    setLive('off');
+    // The browser retries by itself (sending Last-Event-ID) unless the server refused outright.
+    if (es.readyState === EventSource.CLOSED && S.es === es) setTimeout(() => S.me && connectStream(), 3000);
+  };
+  es.addEventListener('alert', (m) => onAlert(JSON.parse(m.data)));
+  es.addEventListener('case', (m) => onCase(JSON.parse(m.data)));
+}
+
+function onAlert({ alert }) {
+  if (matchesAlert(alert)) {
+    S.alerts.set(alert.id, alert);
+    S.fresh.add(alert.id);
+    renderAlerts();
+  }
+  refreshSummarySoon();
+}
+
+function onCase({ case: c }) {
+  if (matchesCase(c)) {
+    S.cases.set(c.id, c);
+    S.fresh.add(c.id);
+  } else {
+    S.cases.delete(c.id);
+  }
+  renderCases();
+  if (S.caseId === c.id) loadCase(c.id);
+  refreshSummarySoon();
+}
+
+function refreshSummarySoon() {
+  clearTimeout(S.summaryTimer);
+  S.summaryTimer = setTimeout(loadSummary, 300); // a burst of events costs one request
+}
+
+// -- counts ----------------------------------------------------------------------------------------
+
+async function loadSummary() {
+  S.summary = await api('/api/summary');
+  renderCounts();
+}
+
+function renderCounts() {
+  const s = S.summary;
+  if (!s) return;
+  const group = (title, prefix, counts, order, filter) => {
+    // Fixed keys (the states) always show, zeros included; other groups show what is there.
+    const keys = [...new Set([...order, ...Object.keys(counts).filter((k) => counts[k]).sort()])];
+    const chips = keys.map((k) => h('button', {
+      class: `chip ${prefix}-${k}`, 'data-count': `${prefix}:${k}`, type: 'button',
+      onclick: filter ? () => setFilter(filter, k) : null,
+    }, h('b', {}, counts[k] || 0), ' ', label(prefix, k)));
+    return h('div', { class: 'group card' }, h('h4', {}, t(title)), chips.length ? chips : h('span', { class: 'muted' }, t('counts.none')));
+  };
+  $('#counts').replaceChildren(
+    group('counts.cases', 'state', s.cases_by_state, STATES, 'state'),
+    group('counts.kinds', 'kind', s.open_cases_by_kind, [], 'kind'),
+    group('counts.alerts', 'kind', s.open_alerts_by_kind, [], 'kind'),
+    group('counts.tickets', 'ticket', s.tickets_by_status, [], null),
+  );
+}
+
+// -- filters and lists -----------------------------------------------------------------------------
+
+function fillFilters() {
+  const f = $('#filters');
+  const opts = (sel, values, lab, extra = []) => {
+    const cur = sel.value;
+    sel.replaceChildren(h('option', { value: '' }, t('filter.all')), ...extra,
+      ...values.map(([v, text]) => h('option', { value: v }, text)));
+    sel.value = cur;
+  };
+  opts(f.kind, KINDS.map((k) => [k, label('kind', k)]));
+  opts(f.enterprise, [...S.enterprises.values()].map((e) => [e.id, e.name]));
+  opts(f.severity, SEVERITIES.map((k) => [k, label('severity', k)]));
+  opts(f.state, STATES.map((k) => [k, label('state', k)]), null, [h('option', { value: '_open' }, t('filter.open'))]);
+}
+
+function filters() {
+  const f = $('#filters');
+  return { kind: f.kind.value, enterprise: f.enterprise.value, severity: f.severity.value, state: f.state.value };
+}
+
+function setFilter(name, value) {
+  const f = $('#filters');
+  f[name].value = value;
+  if (location.hash !== '#/board') location.hash = '#/board';
+  loadLists();
+}
+
+function matchesAlert(a) {
+  const f = filters();
+  return (!f.kind || a.kind === f.kind) && (!f.enterprise || a.enterprise_id === f.enterprise)
+    && (!f.severity || a.severity === f.severity);
+}
+
+function matchesCase(c) {
+  const f = filters();
+  const state = f.state === '_open' ? ACTIVE.concat('escalated').includes(c.state) : (!f.state || c.state === f.state);
+  return state && (!f.kind || c.problem === f.kind) && (!f.enterprise || c.enterprise_id === f.enterprise)
+    && (!f.severity || c.severity === f.severity);
+}
+
+async function loadLists() {
+  const f = filters();
+  const caseQ = { kind: f.kind, enterprise: f.enterprise, severity: f.severity, limit: 200 };
+  if (f.state === '_open') caseQ.open = 'true'; else caseQ.state = f.state;
+  const [cases, alerts] = await Promise.all([
+    api(`/api/cases${query(caseQ)}`),
+    api(`/api/alerts${query({ kind: f.kind, enterprise: f.enterprise, severity: f.severity, limit: 100 })}`),
+  ]);
+  S.cases = new Map(cases.map((c) => [c.id, c]));
+  S.alerts = new Map(alerts.map((a) => [a.id, a]));
+  renderCases();
+  renderAlerts();
+}
+
+const byNewest = (key) => (a, b) => (a[key] < b[key] ? 1 : a[key] > b[key] ? -1 : 0);
+
+function renderAlerts() {
+  const list = [...S.alerts.values()].sort(byNewest('window_end')).slice(0, 100);
+  $('#alert-count').textContent = `(${list.length})`;
+  $('#alerts').replaceChildren(...(list.length ? list.map((a) => h('li', {
+    class: `alert level-${a.severity} ${a.status === 'resolved' ? 'resolved' : ''} ${S.fresh.has(a.id) ? 'fresh' : ''}`,
+    'data-alert-id': a.id,
+    onclick: a.case_id ? () => { location.hash = `#/case/${a.case_id}`; } : null,
+  },
+  h('span', { class: 'time' }, fmtTime(a.window_end)),
+  h('span', { class: `sev sev-${a.severity}` }, label('severity', a.severity)),
+  h('b', {}, label('kind', a.kind)),
+  h('span', { class: 'who' }, entName(a.enterprise_id), a.outlet_id ? ` · ${a.outlet_id}` : ''),
+  a.pollutant ? h('span', {}, pollutantName(a.pollutant)) : null,
+  a.value !== null && a.value !== undefined ? h('span', { class: 'num' }, `${fmtNum(a.value)}${a.limit ? ` / ${fmtNum(a.limit)}` : ''} ${a.unit || ''}`) : null,
+  )) : [h('li', { class: 'muted' }, t('alerts.empty'))]));
+}
+
+function renderCases() {
+  const list = [...S.cases.values()].sort(byNewest('updated_at'));
+  $('#case-count').textContent = `(${list.length})`;
+  $('#cases').replaceChildren(...(list.length ? list.map((c) => h('tr', {
+    class: S.fresh.has(c.id) ? 'fresh' : '', 'data-case-id': c.id, 'data-state': c.state,
+    onclick: () => { location.hash = `#/case/${c.id}`; },
+  },
+  h('td', {}, fmtTime(c.opened_at)), h('td', {}, c.enterprise_name || entName(c.enterprise_id)), h('td', {}, c.outlet_id),
+  h('td', {}, label('kind', c.problem)), h('td', {}, pollutantName(c.pollutant)),
+  h('td', {}, h('span', { class: `sev sev-${c.severity}` }, label('severity', c.severity))),
+  h('td', {}, h('span', { class: `state state-${c.state}` }, label('state', c.state)), c.emergency ? h('span', { class: 'badge emergency' }, '!') : null),
+  h('td', {}, fmtTime(c.deadline_at)), h('td', {}, c.assignee || ''),
+  )) : [h('tr', {}, h('td', { colspan: 9, class: 'muted' }, t('cases.empty')))]));
+}
+
+// -- case view -------------------------------------------------------------------------------------
+
+async function loadCase(id) {
+  let c;
+  try {
+    [c, S.readings] = await Promise.all([api(`/api/cases/${encodeURIComponent(id)}`),
+      api(`/api/cases/${encodeURIComponent(id)}/readings?margin_h=3`)]);
+  } catch (e) {
+    toast(`${t('act.failed')}: ${e.message}`, true);
+    return;
+  }
+  if (S.caseId !== id) return; // the operator moved on meanwhile
+  S.case = c;
+  renderCase();
+}
+
+function renderCase() {
+  const c = S.case;
+  const ent = S.enterprises.get(c.enterprise_id);
+  const field = (k, v) => (v ? [h('dt', {}, t(k)), h('dd', {}, v)] : []);
+  $('#case-head').replaceChildren(
+    h('h2', {}, c.enterprise_name || entName(c.enterprise_id), ' · ', c.outlet_id || '', ' · ', label('kind', c.problem),
+      ' ', h('span', { id: 'case-state', class: `state state-${c.state}`, 'data-state': c.state }, label('state', c.state))),
+    h('dl', { class: 'facts' },
+      field('col.pollutant', pollutantName(c.pollutant)), field('col.severity', label('severity', c.severity)),
+      field('case.opened', fmtTime(c.opened_at)), field('case.ack_due', fmtTime(c.ack_due_at)),
+      field('col.deadline', fmtTime(c.deadline_at)), field('col.assignee', c.assignee),
+      field('case.emergency', c.emergency ? t('yes') : ''), field('case.dismiss_reason', c.dismiss_reason),
+      field('col.positive', ent ? (ent.positive_list ? t('yes') : t('no')) : '')),
+    h('p', { class: 'muted' }, 'ID ', c.id),
+  );
+  renderActions(c, ent);
+  renderChart();
+  $('#case-history').replaceChildren(...c.events.map((e) => h('li', { 'data-event': e.type },
+    h('span', { class: 'time' }, fmtTime(e.at)), ' ', h('b', {}, label('event', e.type)), ' ',
+    h('span', { class: 'muted' }, e.actor), ' ', eventDetail(e.data))));
+  $('#case-notices').replaceChildren(...(c.notices.length ? c.notices.map((n) => h('li', {},
+    h('details', {}, h('summary', {}, fmtTime(n.created_at), ' ', label('notice_kind', n.kind), ': ', n.subject, ' → ', n.recipient, ' (', n.channel, ', ',
+      label('notice', n.status), ')'), h('pre', {}, n.body)))) : [h('li', { class: 'muted' }, t('case.none'))]));
+  $('#case-answers').replaceChildren(...(c.answers.length ? c.answers.map((a) => h('li', {},
+    fmtTime(a.received_at), ' ', h('b', {}, label('answer', a.type)), ' ', a.text,
+    a.attachments.length ? h('span', { class: 'muted' }, ' 📎 ', a.attachments.map((x) => x.name).join(', ')) : null))
+    : [h('li', { class: 'muted' }, t('case.none'))]));
+  const tk = c.ticket;
+  $('#case-ticket').replaceChildren(tk ? h('p', {}, `${tk.priority} · ${label('ticket', tk.status)} · ${label('reason', tk.reason)}`,
+    tk.officer ? ` · ${tk.officer}` : '', tk.findings ? h('br') : null, tk.findings || '', tk.outcome ? ` → ${tk.outcome}` : '')
+    : h('p', { class: 'muted' }, t('case.none')));
+}
+
+function eventDetail(d) {
+  const parts = [];
+  if (d.from && d.to && d.from !== d.to) parts.push(`${label('state', d.from)} → ${label('state', d.to)}`);
+  if (d.kind && !d.alert_id) parts.push(label('notice_kind', d.kind));
+  if (d.reason && S.dict[`reason.${d.reason}`]) parts.push(label('reason', d.reason));
+  if (d.alert_id) parts.push(`${pollutantName(d.pollutant)} ${fmtNum(d.value)}${d.limit ? ` / ${fmtNum(d.limit)}` : ''} ${d.unit || ''}`);
+  if (d.reason && !S.dict[`reason.${d.reason}`]) parts.push(String(d.reason)); // a person's words
+  for (const k of ['assignee', 'priority', 'text', 'recommendation', 'outcome', 'emergency_level']) {
+    if (d[k] && typeof d[k] !== 'object') parts.push(String(d[k]));
+  }
+  return parts.length ? h('span', {}, parts.join(' · ')) : '';
+}
+
+function renderActions(c, ent) {
+  const active = ACTIVE.includes(c.state);
+  const open = active || c.state === 'escalated';
+  const btn = (key, show, fn) => (show ? h('button', { 'data-action': key, onclick: fn }, t(`act.${key}`)) : null);
+  const act = (action, body = {}) => caseAction(c.id, { action, ...body });
+  $('#case-actions').replaceChildren(...[
+    btn('acknowledge', open, () => act('acknowledge')),
+    btn('assign', open, async () => {
+      const v = await ask(t('act.assign'), [{ name: 'assignee', label: 'form.assignee', required: true, value: c.assignee || '' }]);
+      if (v) act('assign', v);
+    }),
+    btn('escalate', active, async () => {
+      const v = await ask(t('act.escalate'), [{ name: 'priority', label: 'form.priority', options: [['P1', 'P1'], ['P2', 'P2'], ['P3', 'P3']], value: 'P2' }]);
+      if (v) act('escalate', v);
+    }),
+    btn('dismiss', active, async () => {
+      const v = await ask(t('act.dismiss'), [{ name: 'reason', label: 'form.reason', required: true, textarea: true }]);
+      if (v) act('dismiss', v);
+    }),
+    btn('note', true, async () => {
+      const v = await ask(t('act.note'), [{ name: 'text', label: 'form.text', required: true, textarea: true }]);
+      if (v) act('note', v);
+    }),
+    ent ? positiveButton(ent) : null,
+  ].filter(Boolean));
+}
+
+async function caseAction(id, body) {
+  try {
+    S.case = { ...S.case, ...(await api(`/api/cases/${encodeURIComponent(id)}/actions`, { method: 'POST', body })) };
+    toast(t('act.done'));
+    if (S.caseId === id) renderCase();
+  } catch (e) {
+    toast(`${t('act.failed')}: ${e.message}`, true);
+  }
+}
+
+function positiveButton(ent) {
+  const key = ent.positive_list ? 'pl_remove' : 'pl_add';
+  return h('button', { 'data-action': key, 'data-enterprise': ent.id, onclick: () => togglePositive(ent) }, t(`act.${key}`));
+}
+
+async function togglePositive(ent) {
+  const v = await ask(t(ent.positive_list ? 'act.pl_remove' : 'act.pl_add'), [{ name: 'note', label: 'form.note', value: '' }]);
+  if (!v) return;
+  const path = `/api/enterprises/${encodeURIComponent(ent.id)}/positive-list`;
+  try {
+    const r = ent.positive_list ? await api(`${path}${query({ note: v.note })}`, { method: 'DELETE' })
+      : await api(path, { method: 'POST', body: { note: v.note } });
+    ent.positive_list = r.positive_list;
+    toast(t('act.done'));
+    renderAll();
+  } catch (e) {
+    toast(`${t('act.failed')}: ${e.message}`, true);
+  }
+}
+
+// -- the readings chart (SVG) ----------------------------------------------------------------------
+
+function renderChart() {
+  const r = S.readings;
+  const sel = $('#chart-pollutant');
+  const codes = [...new Set(r.series.map((s) => s.pollutant))];
+  const want = sel.dataset.caseId === S.case.id && codes.includes(sel.value) ? sel.value
+    : (codes.includes(S.case.pollutant) ? S.case.pollutant : (r.windows[0]?.pollutant && codes.includes(r.windows[0].pollutant) ? r.windows[0].pollutant : codes[0]));
+  sel.replaceChildren(...codes.map((c) => h('option', { value: c }, pollutantName(c))));
+  sel.value = want || '';
+  sel.dataset.caseId = S.case.id;
+  sel.hidden = codes.length === 0;
+  // The limit applies to the O2-corrected value (zs_avg) where there is one, else to avg: plot
+  // only that field, so the line drawn is the one compared with the limit.
+  const mine = r.series.filter((x) => x.pollutant === want && x.points.length);
+  const series = mine.filter((x) => x.field === 'zs_avg'
+    || !mine.some((y) => y.field === 'zs_avg' && y.measurement === x.measurement && y.mn === x.mn));
+  const lim = r.limits[want] || {};
+  const lines = series.map((s) => ({
+    cls: s.measurement === 'station_hour' ? 'hour' : 'minute',
+    label: `${t(s.measurement === 'station_hour' ? 'case.chart.hour' : 'case.chart.minute')} ${s.field === 'zs_avg' ? t('case.chart.zs') : ''} (${s.mn})`,
+    points: s.points.map(([tm, v]) => [Date.parse(tm), v]),
+  }));
+  const hlines = [];
+  if (lim.hourly) hlines.push({ y: lim.hourly, label: `${t('case.chart.limit')} ${lim.hourly} ${lim.unit || ''} (${lim.standard || ''})` });
+  if (lim.daily && lim.daily !== lim.hourly) hlines.push({ y: lim.daily, label: `${t('case.chart.limit')} (24h) ${lim.daily}`, cls: 'daily' });
+  const bands = r.windows.map((w) => ({ x0: Date.parse(w.start), x1: Date.parse(w.end), label: label('kind', w.kind) }));
+  $('#chart').replaceChildren(lines.length ? lineChart(lines, hlines, bands) : h('p', { class: 'muted' }, t('case.chart.empty')));
+}
+
+const SVGNS = 'http://www.w3.org/2000/svg';
+function s(tag, attrs, ...children) {
+  const el = document.createElementNS(SVGNS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) if (v !== null && v !== undefined) el.setAttribute(k, v);
+  for (const c of children.flat()) if (c !== null && c !== undefined) el.append(c instanceof Node ? c : String(c));
+  return el;
+}
+
+function niceTicks(lo, hi, n) {
+  const span = hi - lo || 1;
+  const step0 = span / n;
+  const mag = 10 ** Math.floor(Math.log10(step0));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((st) => st >= step0);
+  const out = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) out.push(+v.toFixed(10));
+  return out;
+}
+
+function lineChart(lines, hlines, bands) {
+  const W = 960; const H = 300; const L = 56; const R = 16; const T = 28; const B = 30;
+  const xs = lines.flatMap((l) => l.points.map((p) => p[0])).concat(bands.flatMap((b) => [b.x0, b.x1]));
+  const ys = lines.flatMap((l) => l.points.map((p) => p[1])).concat(hlines.map((l) => l.y));
+  const x0 = Math.min(...xs); const x1 = Math.max(...xs);
+  const y0 = Math.min(0, ...ys); const y1 = Math.max(...ys) * 1.1 || 1;
+  const X = (v) => L + ((v - x0) / (x1 - x0 || 1)) * (W - L - R);
+  const Y = (v) => T + (1 - (v - y0) / (y1 - y0 || 1)) * (H - T - B);
+  const g = [];
+  for (const v of niceTicks(y0, y1, 5)) {
+    g.push(s('line', { x1: L, x2: W - R, y1: Y(v), y2: Y(v), class: 'grid' }), s('text', { x: L - 6, y: Y(v) + 4, class: 'tick', 'text-anchor': 'end' }, fmtNum(v)));
+  }
+  const hour = 3600e3;
+  const stepH = Math.max(1, Math.ceil((x1 - x0) / hour / 10));
+  for (let v = Math.ceil(x0 / hour) * hour; v <= x1; v += stepH * hour) {
+    g.push(s('line', { x1: X(v), x2: X(v), y1: T, y2: H - B, class: 'grid' }),
+      s('text', { x: X(v), y: H - B + 16, class: 'tick', 'text-anchor': 'middle' }, fmtTime(new Date(v).toISOString(), false)));
+  }
+  for (const b of bands) {
+    g.push(s('rect', { x: X(b.x0), y: T, width: Math.max(2, X(b.x1) - X(b.x0)), height: H - T - B, class: 'band' },
+      s('title', {}, `${t('case.chart.window')}: ${b.label}`)));
+  }
+  for (const l of lines) {
+    // An hourly mean holds for its whole hour (stamped with the hour's start): draw it as a step.
+    const pts = l.cls === 'hour' ? l.points.flatMap(([x, y]) => [[x, y], [Math.min(x + hour, x1), y]]) : l.points;
+    const d = pts.map((p, i) => `${i ? 'L' : 'M'}${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join('');
+    g.push(s('path', { d, class: `series ${l.cls}` }, s('title', {}, l.label)));
+  }
+  for (const l of hlines) {
+    g.push(s('line', { x1: L, x2: W - R, y1: Y(l.y), y2: Y(l.y), class: `limit ${l.cls || ''}` }),
+      s('text', { x: W - R - 4, y: Y(l.y) - 5, class: 'limit-label', 'text-anchor': 'end' }, l.label));
+  }
+  const legend = lines.map((l, i) => s('text', { x: L + i * 300, y: 16, class: `legend ${l.cls}` }, `— ${l.label}`));
+  return s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart-svg', role: 'img' }, g, legend);
+}
+
+// -- map view (SVG, no tiles) ----------------------------------------------------------------------
+
+async function loadMap() {
+  const hours = +$('#map-range').value;
+  const to = new Date(); const from = new Date(to.getTime() - hours * 3600e3);
+  const range = query({ from: from.toISOString(), to: to.toISOString() });
+  try {
+    [S.tracks, S.hotspots] = await Promise.all([api(`/api/mobile${range}`), api(`/api/hotspots${range}`)]);
+  } catch (e) {
+    toast(`${t('act.failed')}: ${e.message}`, true);
+    return;
+  }
+  renderMap();
+}
+
+// Where a hotspot is: the centroid of its hot points (detect/hotspot.py's evidence).
+function hotspotPoint(a) {
+  const p = (a.evidence || {}).centroid || (a.evidence || {}).peak_position;
+  return p && p.lat !== undefined && p.lon !== undefined ? [p.lat, p.lon] : null;
+}
+
+function renderMap() {
+  const ents = [...S.enterprises.values()].filter((e) => e.lat !== null && e.lon !== null);
+  const tracks = S.tracks || []; const hots = S.hotspots || [];
+  const pts = ents.map((e) => [e.lat, e.lon])
+    .concat(tracks.flatMap((tr) => tr.points.filter((p) => p.lat !== null).map((p) => [p.lat, p.lon])))
+    .concat(hots.map((x) => hotspotPoint(x.alert)).filter(Boolean));
+  if (!pts.length) { $('#map').replaceChildren(h('p', { class: 'muted' }, t('map.empty'))); return; }
+  // Equirectangular projection around the city's centre: east-west degrees shrink by cos(lat),
+  // which is exact enough over a city (~50 km) and keeps the code to a few lines.
+  let [la0, la1, lo0, lo1] = [Infinity, -Infinity, Infinity, -Infinity];
+  for (const [la, lo] of pts) { la0 = Math.min(la0, la); la1 = Math.max(la1, la); lo0 = Math.min(lo0, lo); lo1 = Math.max(lo1, lo); }
+  const k = Math.cos(((la0 + la1) / 2) * Math.PI / 180);
+  const W = 1000; const H = 680; const M = 40;
+  const spanX = Math.max((lo1 - lo0) * k, 0.01); const spanY = Math.max(la1 - la0, 0.01);
+  const scale = Math.min((W - 2 * M) / spanX, (H - 2 * M) / spanY);
+  const cx = (lo0 + lo1) / 2; const cy = (la0 + la1) / 2;
+  const P = (la, lo) => [W / 2 + (lo - cx) * k * scale, H / 2 - (la - cy) * scale];
+  const g = [s('rect', { x: 0, y: 0, width: W, height: H, class: 'map-bg' })];
+  const lat0 = cy - H / 2 / scale; const lat1 = cy + H / 2 / scale;
+  const lon0 = cx - W / 2 / (k * scale); const lon1 = cx + W / 2 / (k * scale);
+  for (const la of niceTicks(lat0, lat1, 6)) {
+    const [, y] = P(la, cx);
+    g.push(s('line', { x1: 0, x2: W, y1: y, y2: y, class: 'grid' }), s('text', { x: 4, y: y - 3, class: 'tick' }, `${la.toFixed(2)}°N`));
+  }
+  for (const lo of niceTicks(lon0, lon1, 8)) {
+    const [x] = P(cy, lo);
+    g.push(s('line', { x1: x, x2: x, y1: 0, y2: H, class: 'grid' }), s('text', { x: x + 3, y: H - 4, class: 'tick' }, `${lo.toFixed(2)}°E`));
+  }
+  // Scale bar: 5 km (1° latitude = 111.32 km).
+  const km5 = (5 / 111.32) * scale;
+  g.push(s('path', { d: `M${W - M - km5},${H - 24}h${km5}`, class: 'scalebar' }), s('text', { x: W - M - km5 / 2, y: H - 30, class: 'tick', 'text-anchor': 'middle' }, '5 km'));
+  for (const tr of tracks) {
+    const d = tr.points.filter((p) => p.lat !== null).map((p, i) => `${i ? 'L' : 'M'}${P(p.lat, p.lon).map((v) => v.toFixed(1)).join(',')}`).join('');
+    if (d) g.push(s('path', { d, class: `track ${tr.kind}`, 'data-device': tr.device }, s('title', {}, `${tr.device} (${tr.kind})`)));
+  }
+  for (const e of ents) {
+    const [x, y] = P(e.lat, e.lon);
+    g.push(s('g', { class: `ent ${e.positive_list ? 'positive' : ''}`, 'data-enterprise': e.id },
+      s('circle', { cx: x, cy: y, r: 4 }), s('text', { x: x + 6, y: y + 4 }, e.name), s('title', {}, `${e.name} (${e.id})`)));
+  }
+  for (const x of hots) {
+    const p = hotspotPoint(x.alert);
+    if (!p) continue;
+    const [hx, hy] = P(...p);
+    if (x.enterprise && x.enterprise.lat !== null) {
+      const [ex, ey] = P(x.enterprise.lat, x.enterprise.lon);
+      g.push(s('line', { x1: hx, y1: hy, x2: ex, y2: ey, class: 'attrib' }));
+    }
+    g.push(s('circle', { cx: hx, cy: hy, r: 9, class: 'hotspot', 'data-alert-id': x.alert.id },
+      s('title', {}, `${label('kind', 'hotspot')} ${x.alert.pollutant} → ${x.enterprise?.name || '?'}`)),
+    s('text', { x: hx + 12, y: hy - 8, class: 'hotspot-label' }, `${x.alert.pollutant} ${fmtNum(x.alert.value)}`));
+  }
+  $('#map').replaceChildren(s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'map-svg', role: 'img' }, g));
+  $('#hotspots').replaceChildren(...(hots.length ? hots.map((x) => h('li', {
+    onclick: x.alert.case_id ? () => { location.hash = `#/case/${x.alert.case_id}`; } : null, class: 'link',
+  }, fmtTime(x.alert.window_end), ' ', h('b', {}, x.alert.pollutant), ' ', fmtNum(x.alert.value), ' ', x.alert.unit || '',
+  ' → ', x.enterprise ? x.enterprise.name : '?')) : [h('li', { class: 'muted' }, t('case.none'))]));
+}
+
+// -- enterprises and emergencies -------------------------------------------------------------------
+
+function renderEnterprises() {
+  $('#enterprises').replaceChildren(...[...S.enterprises.values()].map((e) => h('tr', { 'data-enterprise': e.id },
+    h('td', {}, e.id), h('td', {}, e.name), h('td', {}, e.industry), h('td', {}, e.emergency_grade),
+    h('td', {}, e.positive_list ? t('yes') : t('no')), h('td', {}, positiveButton(e)))));
+}
+
+async function loadEmergency() {
+  const list = await api('/api/emergencies');
+  const now = Date.now();
+  const inForce = list.filter((e) => Date.parse(e.start) <= now && now < Date.parse(e.end));
+  const worst = inForce.sort((a, b) => ['yellow', 'orange', 'red'].indexOf(b.level) - ['yellow', 'orange', 'red'].indexOf(a.level))[0];
+  const el = $('#emergency-badge');
+  el.hidden = !worst;
+  if (worst) {
+    el.textContent = `${t('case.emergency')}: ${label('level', worst.level)} → ${fmtTime(worst.end)}`;
+    el.dataset.level = worst.level;
+  }
+}
+
+async function declareEmergency() {
+  const now = new Date();
+  const v = await ask(t('act.emergency'), [
+    { name: 'level', label: 'form.level', options: ['yellow', 'orange', 'red'].map((l) => [l, label('level', l)]), value: 'orange' },
+    { name: 'start', label: 'form.start', type: 'datetime-local', value: chinaLocal(now), required: true },
+    { name: 'end', label: 'form.end', type: 'datetime-local', value: chinaLocal(new Date(now.getTime() + 72 * 3600e3)), required: true },
+    { name: 'note', label: 'form.note', value: '' },
+  ]);
+  if (!v) return;
+  try {
+    await api('/api/emergencies', { method: 'POST', body: v });
+    toast(t('act.done'));
+    loadEmergency();
+  } catch (e) {
+    toast(`${t('act.failed')}: ${e.message}`, true);
+  }
+}
+
+// -- the dialog ------------------------------------------------------------------------------------
+
+// Ask for a few values in the shared <dialog>; resolves to {name: value} or null when cancelled.
+function ask(title, fields) {
+  const dlg = $('#dialog');
+  $('#dialog-title').textContent = title;
+  $('#dialog-error').hidden = true;
+  $('#dialog-fields').replaceChildren(...fields.map((f) => {
+    let input;
+    if (f.options) input = h('select', { name: f.name }, f.options.map(([v, text]) => h('option', { value: v }, text)));
+    else if (f.textarea) input = h('textarea', { name: f.name, rows: 3, required: f.required });
+    else input = h('input', { name: f.name, type: f.type || 'text', required: f.required });
+    input.value = f.value ?? '';
+    return h('label', {}, h('span', {}, t(f.label)), input);
+  }));
+  dlg.showModal();
+  return new Promise((resolve) => {
+    dlg.addEventListener('close', () => {
+      if (dlg.returnValue !== 'ok') { resolve(null); return; }
+      const form = $('#dialog-form');
+      resolve(Object.fromEntries(fields.map((f) => [f.name, form.elements[f.name].value.trim()])));
+    }, { once: true });
+  });
+}
+
+// -- views and routing -----------------------------------------------------------------------------
+
+function showView(name) {
+  for (const v of document.querySelectorAll('.view')) v.hidden = v.id !== `view-${name}`;
+  for (const a of document.querySelectorAll('[data-tab]')) a.classList.toggle('on', a.dataset.tab === name || (name === 'case' && a.dataset.tab === 'board'));
+  document.body.dataset.view = name;
+}
+
+function route() {
+  if (!S.me) return;
+  const [, view, id] = location.hash.split('/');
+  S.caseId = null;
+  if (view === 'case' && id) {
+    S.caseId = decodeURIComponent(id);
+    showView('case');
+    loadCase(S.caseId);
+  } else if (view === 'map') {
+    showView('map');
+    loadMap();
+  } else if (view === 'enterprises') {
+    showView('enterprises');
+    renderEnterprises();
+  } else {
+    showView('board');
+  }
+}
+
+function renderAll() {
+  setLive($('#live').dataset.state);
+  fillFilters();
+  renderCounts();
+  renderAlerts();
+  renderCases();
+  if (S.caseId && S.case) renderCase();
+  if (document.body.dataset.view === 'map') renderMap();
+  if (document.body.dataset.view === 'enterprises') renderEnterprises();
+  loadEmergency();
+}
+
+async function main() {
+  await setLang(localStorage.getItem(LS.lang) || 'zh-CN');
+  $('#btn-lang').addEventListener('click', switchLang);
+  $('#btn-logout').addEventListener('click', () => { localStorage.removeItem(LS.token); showLogin(false); });
+  $('#btn-emergency').addEventListener('click', declareEmergency);
+  $('#filters').addEventListener('change', loadLists);
+  $('#filters').addEventListener('reset', () => setTimeout(loadLists));
+  $('#map-range').addEventListener('change', loadMap);
+  $('#chart-pollutant').addEventListener('change', renderChart);
+  $('#login-form').addEventListener('submit', (ev) => { ev.preventDefault(); signIn(ev.target.token.value.trim()); });
+  window.addEventListener('hashchange', route);
+  // A link may carry ?token=... (e.g. from `envwatch run`'s start-up message); keep it out of the
+  // address bar and history once read.
+  const url = new URL(location.href);
+  const fromUrl = url.searchParams.get('token');
+  if (fromUrl) {
+    url.searchParams.delete('token');
+    history.replaceState(null, '', url.pathname + url.search + url.hash);
+  }
+  const token = fromUrl || localStorage.getItem(LS.token);
+  if (token) await signIn(token); else showLogin(false);
+}
+
+main();
