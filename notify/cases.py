@@ -29,7 +29,7 @@ from config.schema import Settings
 from detect.base import Alert
 from notify import rules
 from notify.events import append_event, events_of, jsonable
-from notify.store import as_utc, utc
+from notify.store import utc, with_utc_times
 from notify.tables import CLOSED_STATES, case_alerts, cases
 
 ACTIVE = ("open", "notified", "acknowledged", "rectification_reported", "reopened")
@@ -67,10 +67,7 @@ _TIMES = ("opened_at", "updated_at", "closed_at", "deadline_at", "ack_due_at", "
 
 
 def _row(m: Mapping[str, Any]) -> dict[str, Any]:
-    d = dict(m)
-    for k in _TIMES:
-        d[k] = as_utc(d[k])
-    return d
+    return with_utc_times(m, _TIMES)
 
 
 def load_case(conn: Connection, case_id: str) -> dict[str, Any]:

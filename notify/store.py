@@ -10,6 +10,7 @@ no zone, so every writer converts to UTC first (`utc`) and every reader attaches
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,14 @@ def as_utc(t: datetime | None) -> datetime | None:
     if t is None:
         return None
     return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def with_utc_times(m: Mapping[str, Any], columns: Iterable[str]) -> dict[str, Any]:
+    """A row as a dict with the named time columns read back as aware UTC (see as_utc)."""
+    d = dict(m)
+    for k in columns:
+        d[k] = as_utc(d[k])
+    return d
 
 
 def normalize_url(url: str) -> str:

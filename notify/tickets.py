@@ -24,7 +24,7 @@ from sqlalchemy import Engine, Connection, insert, select, update
 from config.schema import Settings
 from notify.cases import SYSTEM, TransitionError, close_enforcement
 from notify.events import append_event
-from notify.store import as_utc, utc
+from notify.store import utc, with_utc_times
 from notify.tables import tickets
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,7 @@ def ticket_id_for(case_id: str) -> str:
 
 
 def _row(m: Mapping[str, Any]) -> dict[str, Any]:
-    d = dict(m)
-    for k in _TIMES:
-        d[k] = as_utc(d[k])
-    return d
+    return with_utc_times(m, _TIMES)
 
 
 def load_ticket(conn: Connection, ticket_id: str) -> dict[str, Any]:
