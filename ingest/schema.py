@@ -19,6 +19,7 @@ Station events (heartbeats, status, alarms, restarts): counted and kept for the 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import lru_cache
 
 from config.lookup import StationRef
 from config.tables import pollutants
@@ -29,6 +30,8 @@ MOBILE = "mobile"
 EVENT = "station_event"
 FLOAT_FIELDS = ("rtd", "avg", "min", "max", "zs_rtd", "zs_avg", "zs_min", "zs_max", "cou")
 STRING_FIELDS = ("flag", "eflag")
+_FLOAT_SET = frozenset(FLOAT_FIELDS)
+_STRING_SET = frozenset(STRING_FIELDS)
 SPECIES = ("voc", "pm25", "pm10", "no2", "so2", "o3", "co")
 
 # Unit conversions to the table's canonical unit, applied when a station overrides the unit.
@@ -41,8 +44,10 @@ def measurement(interval: str) -> str:
     return MEASUREMENT_PREFIX + interval
 
 
+@lru_cache(maxsize=1 << 16)
 def _esc_tag(v: str) -> str:
-    # Line protocol tag keys/values: escape comma, equals sign and space.
+    # Line protocol tag keys/values: escape comma, equals sign and space. Cached: the same few
+    # thousand MNs, codes and ids recur in every packet.
     return v.replace("\\", "\\\\").replace(",", r"\,").replace("=", r"\=").replace(" ", r"\ ")
 
 
@@ -76,13 +81,15 @@ def station_lines(packet: Packet, ref: StationRef | None) -> list[str]:
     head = f"{measurement(packet.interval)},mn={_esc_tag(packet.mn)},enterprise={ent},outlet={out},medium={medium}"
     lines = []
     for code, fields in packet.values.items():
-        scale = _scale(code, units)
+        scale = _scale(code, units) if units else 1.0
         parts = []
         for name, v in fields.items():
-            if name in FLOAT_FIELDS and not isinstance(v, str):
-                parts.append(_field(name, v * scale if name in _RATE_FIELDS else v))
-            elif name in STRING_FIELDS:
-                parts.append(_field(name, str(v)))
+            if name in _FLOAT_SET:
+                if v.__class__ is not str:
+                    v = float(v) * scale if scale != 1.0 and name in _RATE_FIELDS else float(v)
+                    parts.append(f"{name}={v!r}")
+            elif name in _STRING_SET:
+                parts.append(f'{name}="{_esc_str(str(v))}"')
         if parts:
             orig = packet.original_codes.get(code, code)
             lines.append(f"{head},pollutant={_esc_tag(code)},code={_esc_tag(orig)} {','.join(parts)} {ts}")
