@@ -113,12 +113,13 @@ class MultivariateAnomaly(ScopedAt, Detector):
         for mn, ent, out, rows in fr.by_station(now):
             d = self.at(ent, out)
             x = d._clean(rows)
+            limits = _limits(lookup, ent, out)
             for anchor, anchored in _group_by(hours, d._anchor).items():
                 model = d._model(source, mn, anchor)
                 if model is None:
                     continue
                 for h in anchored:
-                    alert = d._judge(model, x, h, mn, ent, out)
+                    alert = d._judge(model, x, h, mn, ent, out, limits)
                     if alert is not None:
                         alerts.append(alert)
         return alerts
@@ -174,11 +175,14 @@ class MultivariateAnomaly(ScopedAt, Detector):
 
     # -- judging -----------------------------------------------------------------------------
 
-    def _judge(self, model: _Model, x: pd.DataFrame, h: pd.Timestamp, mn: str, ent: str, out: str) -> Alert | None:
+    def _judge(self, model: _Model, x: pd.DataFrame, h: pd.Timestamp, mn: str, ent: str, out: str,
+               limits: dict[str, float] | None = None) -> Alert | None:
         if not set(model.channels) <= set(x.columns):
             return None
         rows = x[(x.index >= h) & (x.index < h + HOUR)][model.channels].dropna()
-        if len(rows) < self.min_minutes or (self.defer_to_patterns and self._simple_pattern(rows)):
+        if len(rows) < self.min_minutes:
+            return None
+        if self.defer_to_patterns and (self._simple_pattern(rows) or _over_limit(rows, limits or {})):
             return None
         score = float(model.score(rows).mean())
         if score <= model.threshold:
@@ -217,6 +221,21 @@ class MultivariateAnomaly(ScopedAt, Detector):
                 "z": {c: fr.r(v, 2) for c, v in z.items()},
                 "hour_median": {c: fr.r(v) for c, v in rows.median().items()},
                 "history_median": {c: fr.r(v) for c, v in model.median.items()}}
+
+
+def _limits(lookup: Lookup, enterprise: str, outlet: str) -> dict[str, float]:
+    """The outlet's limit per pollutant (hourly, else daily): hours above one belong to exceedance."""
+    o = lookup.outlets.get((enterprise, outlet))
+    if o is None:
+        return {}
+    return {code: lim.hourly or lim.daily for code, lim in o.limits.items() if (lim.hourly or lim.daily)}
+
+
+def _over_limit(rows: pd.DataFrame, limits: dict[str, float]) -> bool:
+    """A limited pollutant's hourly mean above its limit: the exceedance detectors name that hour.
+    Readings here are as measured (not O2-corrected), so a corrected exceedance can slip through;
+    it is then only reported twice, never missed."""
+    return any(code in rows.columns and float(rows[code].mean()) > lim for code, lim in limits.items())
 
 
 def clear_cache() -> None:

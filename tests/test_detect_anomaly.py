@@ -131,3 +131,16 @@ def test_too_little_history_is_skipped(week: tuple[ReadingSource, Lookup, dateti
     # history has not seen the load's range, which is why the default asks for two).
     alerts = run(MultivariateAnomaly(min_history_minutes=500), source, lookup)  # it has 16 h
     assert bad in {a.window_start for a in alerts if a.station_mn == "MN3"}
+
+
+def test_hours_above_a_permit_limit_are_left_to_the_exceedance_detectors(
+        week: tuple[ReadingSource, Lookup, datetime]) -> None:
+    """An exceedance is one alert of the kind that says what it is, not also a vague anomaly."""
+    from config.schema import Registry
+
+    source, lookup, bad = week
+    raw = lookup.registry.model_dump(mode="python")
+    raw["enterprises"][0]["outlets"][0]["limits"] = {"a21002": {"hourly": 30.0, "standard": "test"}}
+    limited = Lookup(Registry.model_validate(raw))
+    assert run(MultivariateAnomaly(), source, limited) == []  # NOx above 30 all day, the bad hour too
+    assert [a.window_start for a in run(MultivariateAnomaly(defer_to_patterns=False), source, limited)][:1] == [bad]
