@@ -7,9 +7,11 @@ hot when value > factor x background AND value >= the species' absolute floor. T
 points hot in any species are clustered with DBSCAN (haversine on radians, eps = eps_m / 6371000):
 a plume carries several species and is one alert, named after the species with the largest factor. Each cluster is
 attributed among enterprises (registry lat/lon) within radius_m of its centroid: when the wind is
-known (circular mean of wind_dir over the cluster, mean speed >= calm_wind_ms), the nearest
-enterprise lying in the direction the wind comes FROM (|bearing(cluster -> enterprise) -
-wind_dir| <= upwind_tolerance_deg) wins; with no upwind candidate, the nearest one (or none if
+known (circular mean of wind_dir over the cluster, mean speed >= calm_wind_ms), among the
+enterprises lying in the direction the wind comes FROM (|bearing(cluster -> enterprise) -
+wind_dir| <= upwind_tolerance_deg) the one closest to the plume's axis (smallest cross-wind
+offset, distance x sin(angle)) wins: a near plant 25 degrees off the wind line is a worse
+explanation than a farther one straight up-wind; with no upwind candidate, the nearest one (or none if
 require_upwind); with no wind, the nearest one.
 
 Units assumed for floors: µg/m3 for voc, pm25, pm10, no2, so2, o3; mg/m3 for co. Default floors
@@ -149,13 +151,18 @@ class Hotspot(ScopedAt, Detector):
         out = []
         for e, d, b in zip(ents, dist, bear):
             if d <= self.radius_m:
-                upwind = None if wind is None else bool(angle_diff(b, wind) <= self.upwind_tolerance_deg)
+                off = None if wind is None else float(angle_diff(b, wind))
+                upwind = None if off is None else off <= self.upwind_tolerance_deg
+                # How far the enterprise sits from the plume's axis: what a source on the wind
+                # line up-stream of the plume would have, whatever its distance along it.
+                cross = None if off is None else round(float(d) * abs(np.sin(np.radians(off))), 1)
                 out.append({"enterprise_id": e.id, "distance_m": round(float(d), 1),
-                            "bearing_deg": round(float(b), 1), "upwind": upwind})
+                            "bearing_deg": round(float(b), 1), "upwind": upwind, "crosswind_m": cross})
         return sorted(out, key=lambda c: (c["distance_m"], c["enterprise_id"]))
 
     def _attribute(self, candidates: list[dict[str, Any]], wind: float | None) -> str:
-        upwind = [c for c in candidates if c["upwind"]]
+        upwind = sorted((c for c in candidates if c["upwind"]),
+                        key=lambda c: (c["crosswind_m"], c["distance_m"], c["enterprise_id"]))
         if upwind:
             return str(upwind[0]["enterprise_id"])
         if candidates and (wind is None or not self.require_upwind):

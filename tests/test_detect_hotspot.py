@@ -126,3 +126,19 @@ def test_bearing(to_lat: float, to_lon: float, expected: float) -> None:
     b = float(bearing_deg(30.0, 120.0, np.array([30.0 + to_lat * 0.01]), np.array([120.0 + to_lon * 0.01]))[0])
     assert abs((b - expected + 180) % 360 - 180) < 0.5
     assert float(haversine_m(30.0, 120.0, np.array([30.01]), np.array([120.0]))[0]) == pytest.approx(1112, abs=2)
+
+
+def test_upwind_candidates_rank_by_distance_from_the_plume_axis() -> None:
+    """A nearer plant 25 degrees off the wind line loses to a farther one straight up-wind."""
+    def at(bearing: float, dist: float) -> dict[str, float]:
+        b = np.radians(bearing)
+        return {"lat": PLUME_LAT + dist * np.cos(b) / M_PER_DEG_LAT, "lon": LON0 + dist * np.sin(b) / M_PER_DEG_LON}
+
+    lookup = Lookup(Registry.model_validate({"enterprises": [
+        {"id": "NEAR", "name": "near, off-axis", **at(295, 400)},
+        {"id": "FAR", "name": "far, on-axis", **at(270, 1200)}]}))
+    det = Hotspot()
+    cands = det._candidates(PLUME_LAT, LON0, 270.0, lookup)
+    assert [c["enterprise_id"] for c in cands] == ["NEAR", "FAR"] and all(c["upwind"] for c in cands)
+    assert det._attribute(cands, 270.0) == "FAR"
+    assert det._attribute(det._candidates(PLUME_LAT, LON0, None, lookup), None) == "NEAR"  # no wind: nearest
