@@ -438,6 +438,8 @@ def _apply_post(sim: _StationSim, h: _Hour, ev: Event, mask: np.ndarray, rng: np
         value = float(ev.params.get("value", round(_value_at(sim, p, ev.start), 2)))
         h.conc[p][mask] = value
         h.spread[p][mask] = 0.0
+    elif ev.kind == "constant_value" and p == O2:  # a stuck O2 analyser: O2 lives outside h.conc
+        h.o2[mask] = float(ev.params.get("value", round(float(h.o2[mask][0]), 2)))
     elif ev.kind == "zero_while_operating" and p in h.conc:
         h.conc[p][mask] = 0.0
         h.spread[p][mask] = 0.0

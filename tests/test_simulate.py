@@ -419,3 +419,18 @@ def test_stations_without_pollutants_publish_nothing() -> None:
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
     topics = {t for t, _p, _ts in generate(s, start, start + timedelta(minutes=10), seed=1, mobile=False)}
     assert topics and all(t.endswith("/REAL") for t in topics)
+
+
+def test_a_stuck_o2_analyser_is_injected_too() -> None:
+    """constant_value on O2 (a19001): the minute O2 averages of the event hour are all one value."""
+    s = _small_settings()
+    scenario = {"events": [{"kind": "constant_value", "station": SO2_STATION, "pollutant": "a19001",
+                            "start": "+1h", "duration": "1h"}]}
+    events = load_scenario(scenario, START, s)
+    decoded = _decode_all(s, list(generate(s, START, START + timedelta(hours=3), seed=5, events=events)))
+
+    def o2(hour: int) -> set[float]:
+        return {p.values["a19001"]["avg"] for _, p in decoded if isinstance(p, Packet) and p.mn == SO2_STATION
+                and p.cn == "2051" and p.data_time.hour == hour}
+
+    assert len(o2(1)) == 1 and len(o2(0)) > 10 and len(o2(2)) > 10
