@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -129,11 +130,13 @@ def test_backpressure_full_buffer_stops_acking(settings_factory: Callable[..., S
         publish_all(pub, packets(settings, 0, n))
         wait_until("buffer full", lambda: ing.buffer is not None and ing.buffer.full)
         c = ing.counters()
-        # The broker holds the rest: only about Receive Maximum unacked messages reach us. Slack:
-        # the snapshot may fall between a batch's acks and its count, and Mosquitto 2.0.11 was
-        # seen with 136 in flight for a Receive Maximum of 100.
+        # The broker holds the rest: we stopped taking (and acking) before the stream ended.
         assert c["acked"] < c["messages_in"] < n
-        assert c["messages_in"] - c["acked"] <= 3 * receive_max
+        # And nothing more is acked while the buffer stays full. How many unacked messages the
+        # broker lets through is its flow control, not ours: Mosquitto 2.0.11 was seen with 136,
+        # and once 733, in flight for a Receive Maximum of 100, so that is not asserted.
+        time.sleep(1.0)
+        assert ing.buffer.full and ing.counters()["acked"] == c["acked"]
         influxd.start()
         wait_until("everything written", drained(ing, n), timeout=60)
     assert count_points(settings, "station_minute") == 2 * n
