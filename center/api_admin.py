@@ -31,7 +31,7 @@ def parse_time(text: str | None, name: str) -> datetime | None:
     """ISO-8601 from a query parameter; without an offset it is China local time, as operators type it."""
     if not text:
         return None
-    from detect.cli import parse_time as parse
+    from ingest.model import parse_time as parse
 
     try:
         return parse(text)
@@ -96,9 +96,9 @@ def declare(request: Request, body: EmergencyIn, who: Principal = Depends(operat
 
 
 def _china(t: datetime) -> datetime:
-    from detect.cli import CHINA
+    from ingest.model import china_time
 
-    return t.replace(tzinfo=CHINA) if t.tzinfo is None else t
+    return china_time(t)
 
 
 # -- enterprises and the positive list ------------------------------------------------------------

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,19 +18,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from config.schema import Settings
 from detect.runner import Report, Runner
 from detect.store import AlertStore
+from ingest.model import parse_time as parse_time  # re-exported: `envwatch detect` takes its times here
 
-CHINA = timezone(timedelta(hours=8), "UTC+08:00")
 # Ranges of more windows than this get a progress bar (a day of hourly windows for one kind is 24).
 PROGRESS_MIN_WINDOWS = 48
 EXPORT_FIELDS = ("id", "kind", "severity", "enterprise_id", "outlet_id", "station_mn", "pollutant", "window_start",
                  "window_end", "value", "limit", "unit", "detector", "evidence", "status", "first_seen", "updated_at",
                  "resolved_at")
-
-
-def parse_time(text: str) -> datetime:
-    """ISO-8601; a time without an offset is China local time (UTC+08:00), as operators read it."""
-    t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return t.replace(tzinfo=CHINA) if t.tzinfo is None else t
 
 
 def detect_range(settings: Settings, start: datetime, end: datetime, kinds: Sequence[str] | None = None,

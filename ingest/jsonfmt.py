@@ -24,7 +24,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from config.tables import code_2005_to_2017
-from ingest.model import CHINA_TZ, INTERVALS, MobileFix, Packet, Reason, Rejected, Value
+from ingest.model import INTERVALS, MobileFix, Packet, Reason, Rejected, Value, china_time
 
 _TEXT_FIELDS = frozenset({"flag", "eflag", "sample_time", "info"})
 
@@ -33,8 +33,7 @@ def _iso_time(v: object) -> datetime:
     # Only ISO-8601 text: pydantic would also take epoch numbers, whose zone is ambiguous here.
     if not isinstance(v, str):
         raise ValueError("time must be an ISO-8601 string")
-    t = datetime.fromisoformat(v)
-    return t if t.tzinfo else t.replace(tzinfo=CHINA_TZ)
+    return china_time(datetime.fromisoformat(v))
 
 
 def _printable(v: str) -> str:

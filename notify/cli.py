@@ -13,7 +13,7 @@ China local time (UTC+08:00), as the bureau reads them.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -22,9 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 from notify import workflow
+from ingest.model import CHINA_TZ as CHINA
+from ingest.model import parse_time
 from notify.store import as_utc
 
-CHINA = timezone(timedelta(hours=8))
 STATE_LABELS: dict[str, dict[str, str]] = {
     "zh-CN": {"open": "新立案", "notified": "已通知", "acknowledged": "已确认", "rectification_reported": "已报整改",
               "verified": "整改已核实（结案）", "reopened": "已重开", "escalated": "已移交执法", "dismissed": "已撤销"},
@@ -50,12 +51,6 @@ HEADERS = {
 
 def local(t: datetime | None) -> str:
     return "" if t is None else as_utc(t).astimezone(CHINA).strftime("%Y-%m-%d %H:%M")  # type: ignore[union-attr]
-
-
-def parse_time(text: str) -> datetime:
-    """ISO 8601; a time without offset is China local time (what staff type), e.g. 2025-01-06T08:00."""
-    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return t.replace(tzinfo=CHINA) if t.tzinfo is None else t
 
 
 def _lang(lang: str) -> str:
