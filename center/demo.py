@@ -97,14 +97,9 @@ def _print_access(console: Console, settings: Settings) -> None:
 
 
 def _status(service: object) -> str:
+    from center.api_queries import cases_by_state
     from ingest.consumer import status_line
-    from notify import workflow
 
-    ingest = getattr(service, "ingest")
-    engine = getattr(service, "engine")
-    cases = workflow.list_cases(engine)
-    by_state: dict[str, int] = {}
-    for case in cases:
-        by_state[case["state"]] = by_state.get(case["state"], 0) + 1
+    by_state = cases_by_state(getattr(service, "engine"))
     states = ", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "0"
-    return f"{status_line(ingest.counters())}  cases [{states}]"
+    return f"{status_line(getattr(service, 'ingest').counters())}  cases [{states}]"
