@@ -46,7 +46,9 @@ Ground truth (JSONL, one line per event that starts before the window's end):
     {kind, enterprise_id, outlet_id, station_mn, pollutant, window_start, window_end, device, lat, lon,
      event_start, event_end, params}
 window_* are ISO-8601 UTC, floored/ceiled to the hours the event touches (daily_exceedance: China
-local days, 00:00+08:00); lat/lon is the plume point for hotspot, else null.
+local days, 00:00+08:00); lat/lon is the plume point for hotspot, else null. A flag_abuse event
+is followed by the insufficient_valid_data it implies (its hours keep < 45 valid minutes), marked
+"implied_by": "flag_abuse".
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ SPECIES = ("voc", "pm25", "pm10", "no2", "so2", "o3", "co")
 KINDS = frozenset({"exceedance", "daily_exceedance", "insufficient_valid_data", "offline", "constant_value",
                    "zero_while_operating", "negative_value", "o2_anomaly", "flag_abuse",
                    "multivariate_anomaly", "hotspot"})
+HJ75_VALID_MINUTES = 45  # an hour with fewer valid minutes is not a valid hourly value
 DEFAULT_CENTRE = (36.6512, 116.9972)
 M_PER_DEG = 111_200.0
 
@@ -267,7 +270,34 @@ def truth_records(settings: Settings, events: Iterable[Event], seed: int = 1) ->
             lat, lon = _plume_point(ent, ev, wind)
             rec["lat"], rec["lon"] = round(lat, 6), round(lon, 6)
         out.append(rec)
+        if ev.kind == "flag_abuse":
+            out += _starved_by_flags(ev, rec)
     return out
+
+
+def _starved_by_flags(ev: Event, rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a flag_abuse event also makes true: its hours keep fewer than 45 valid minutes (HJ 75),
+    so insufficient_valid_data is a correct alert there. Listed as `implied_by` records, one per
+    run of such hours, so that scoring counts those alerts as found rather than false.
+
+    An hour counts when `fraction` of the minutes the event covers in it leaves < 45 of 60
+    unflagged (the expectation; with 60 minutes at 0.7 the binomial spread is far from the edge).
+    """
+    fraction = float(ev.params.get("fraction", 0.7))
+    hours, t = [], floor_to(ev.start, HOUR)
+    while t < ev.end:
+        covered = (min(ev.end, t + HOUR) - max(ev.start, t)).total_seconds() / 60
+        if 60 - fraction * covered < HJ75_VALID_MINUTES:
+            hours.append(t)
+        t += HOUR
+    runs: list[list[datetime]] = []
+    for h in hours:
+        if runs and runs[-1][-1] + HOUR == h:
+            runs[-1].append(h)
+        else:
+            runs.append([h])
+    return [{**rec, "kind": "insufficient_valid_data", "window_start": iso_z(run[0]),
+             "window_end": iso_z(run[-1] + HOUR), "implied_by": "flag_abuse"} for run in runs]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -144,3 +144,40 @@ def test_hours_above_a_permit_limit_are_left_to_the_exceedance_detectors(
     limited = Lookup(Registry.model_validate(raw))
     assert run(MultivariateAnomaly(), source, limited) == []  # NOx above 30 all day, the bad hour too
     assert [a.window_start for a in run(MultivariateAnomaly(defer_to_patterns=False), source, limited)][:1] == [bad]
+
+
+def test_the_limit_is_compared_on_the_o2_corrected_basis(week: tuple[ReadingSource, Lookup, datetime]) -> None:
+    """Deferral compares the legal value: at a reference O2 of 16 % the measured NOx of the bad hour
+    (about 40) is above a limit of 30 but its corrected value (about 15) is not, so no exceedance
+    detector reports that hour and this one must."""
+    from config.schema import Registry
+
+    source, lookup, bad = week
+    raw = lookup.registry.model_dump(mode="python")
+    outlet = raw["enterprises"][0]["outlets"][0]
+    outlet["limits"] = {"a21002": {"hourly": 30.0, "standard": "test"}}
+    outlet["reference_o2"] = 16.0
+    lean = Lookup(Registry.model_validate(raw))
+    assert [(a.station_mn, a.window_start) for a in run(MultivariateAnomaly(), source, lean)
+            if a.station_mn == "MN1"] == [("MN1", bad)]
+    outlet["reference_o2"] = None  # no correction: the measured 40 is the legal value, above 30
+    raw_basis = Lookup(Registry.model_validate(raw))
+    assert [a for a in run(MultivariateAnomaly(), source, raw_basis) if a.station_mn == "MN1"] == []
+
+
+def test_hours_above_the_daily_limit_are_left_to_daily_exceedance(
+        week: tuple[ReadingSource, Lookup, datetime]) -> None:
+    """A day run above its daily limit but under the hourly one is daily_exceedance's finding; its
+    hours are not also anomalies. SO2 corrected to reference O2 6 % is about 40 all day (the bad
+    hour too): above a daily 20, far under an hourly 200."""
+    from config.schema import Registry
+
+    source, lookup, bad = week
+    raw = lookup.registry.model_dump(mode="python")
+    outlet = raw["enterprises"][0]["outlets"][0]
+    outlet["limits"] = {"a21026": {"hourly": 200.0, "daily": 20.0, "standard": "test"}}
+    daily = Lookup(Registry.model_validate(raw))
+    assert [a for a in run(MultivariateAnomaly(), source, daily) if a.station_mn == "MN1"] == []
+    outlet["limits"] = {"a21026": {"hourly": 200.0, "daily": 150.0, "standard": "test"}}
+    loose = Lookup(Registry.model_validate(raw))
+    assert bad in {a.window_start for a in run(MultivariateAnomaly(), source, loose) if a.station_mn == "MN1"}
