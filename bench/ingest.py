@@ -112,7 +112,7 @@ def bare_worker(cfg: dict[str, Any]) -> dict[str, Any]:
             done.set()
 
     c = _client(cfg, on_message)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     c.connect(cfg["host"], cfg["port"], clean_start=cfg["phase"] == "create", properties=_expiry())
     c.loop_start()
     if cfg["phase"] == "create":
@@ -120,10 +120,11 @@ def bare_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         time.sleep(1.0)
     else:
         done.wait(cfg["timeout"])
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     c.disconnect()
     c.loop_stop()
-    return {"received": got, "elapsed": elapsed, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    return {"received": got, "elapsed": elapsed, "cpu_s": cpu,
+            "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
 
 def envwatch_worker(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +132,7 @@ def envwatch_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     from ingest.consumer import Ingest
 
     ing = Ingest(from_mapping(cfg["settings"], env={}))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     ing.start()
     if cfg["phase"] == "create":
         ing.wait_subscribed(30)
@@ -143,10 +144,11 @@ def envwatch_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         c = ing.counters()
         Path(cfg["progress_file"]).write_text(json.dumps(c))
         time.sleep(0.05)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     c = ing.counters()
     ing.stop()
-    return {"counters": c, "elapsed": elapsed, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    return {"counters": c, "elapsed": elapsed, "cpu_s": cpu,
+            "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
 
 def _client(cfg: dict[str, Any], on_message: Any) -> mqtt.Client:
@@ -182,16 +184,40 @@ def result(p: subprocess.Popen[str]) -> dict[str, Any]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_bare(settings: Settings, stream: list[tuple[str, bytes]]) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (/proc/PID/stat utime + stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ServiceCPU:
+    """CPU the broker and InfluxDB spend while a block runs: `with ServiceCPU(svcs) as cpu: ...; cpu.used`."""
+
+    def __init__(self, services: dict[str, Any]) -> None:
+        self.services = services
+        self.used: dict[str, float] = {}
+
+    def __enter__(self) -> "ServiceCPU":
+        self._start = {name: cpu_seconds(svc.pid) for name, svc in self.services.items()}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.used = {name: cpu_seconds(svc.pid) - self._start[name] for name, svc in self.services.items()}
+
+
+def run_bare(settings: Settings, stream: list[tuple[str, bytes]], services: dict[str, Any]) -> dict[str, Any]:
     cfg = {"host": settings.broker.host, "port": settings.broker.port, "client_id": f"bare-{uuid.uuid4().hex[:6]}",
            "topic": f"{settings.broker.topic_prefix}/up/#", "expect": len(stream), "timeout": 600, "phase": "create"}
     result(spawn("bare", cfg))
     publish_all(settings, stream)
     cfg["phase"] = "drain"
-    return result(spawn("bare", cfg))
+    with ServiceCPU(services) as cpu:
+        out = result(spawn("bare", cfg))
+    return out | {"services_cpu": cpu.used}
 
 
-def run_envwatch(raw: dict[str, Any], stream: list[tuple[str, bytes]], workers: int, work: Path) -> dict[str, Any]:
+def run_envwatch(raw: dict[str, Any], stream: list[tuple[str, bytes]], workers: int, work: Path,
+                 services: dict[str, Any]) -> dict[str, Any]:
     """Drain `stream` with `workers` envwatch processes sharing one subscription group."""
     group = f"bench-{uuid.uuid4().hex[:6]}"
     cfgs = []
@@ -207,10 +233,12 @@ def run_envwatch(raw: dict[str, Any], stream: list[tuple[str, bytes]], workers: 
     publish_all(from_mapping(raw, env={}), stream)
     for cfg in cfgs:
         cfg["phase"] = "drain"
-    procs = [spawn("envwatch", cfg) for cfg in cfgs]
-    _wait_all_handled(cfgs, len(stream))
-    Path(cfgs[0]["done_file"]).write_text("done")
-    return {"workers": [result(p) for p in procs]}
+    with ServiceCPU(services) as cpu:
+        procs = [spawn("envwatch", cfg) for cfg in cfgs]
+        _wait_all_handled(cfgs, len(stream))
+        Path(cfgs[0]["done_file"]).write_text("done")
+        out = [result(p) for p in procs]
+    return {"workers": out, "services_cpu": cpu.used}
 
 
 def _wait_all_handled(cfgs: list[dict[str, Any]], n: int, timeout: float = 900) -> None:
@@ -260,15 +288,20 @@ def report(args: argparse.Namespace, work: Path, mq: Any, ix: Any) -> None:
     Influx(base.influxdb).ensure_database()
     stream = build_stream(base, args.field_lines, args.sim_hours)
     n = len(stream)
-    print(f"stream: {n} messages ({args.field_lines} field-data lines + {args.sim_hours} h simulated city)")
-    bare = run_bare(base, stream)
+    services = {"mosquitto": mq, "influxd": ix}
+    cores = os.cpu_count() or 1
+    print(f"stream: {n} messages ({args.field_lines} field-data lines + {args.sim_hours} h simulated city); "
+          f"{cores} CPU cores")
+    bare = run_bare(base, stream, services)
     bare_rate = bare["received"] / bare["elapsed"]
     print(f"bare paho subscriber: {bare['received']} msgs in {bare['elapsed']:.2f}s = {bare_rate:,.0f} msg/s, "
           f"peak RSS {bare['maxrss_kb'] / 1024:.0f} MiB")
+    print("  " + cpu_line(n, bare["elapsed"], {"subscriber": bare["cpu_s"], **bare["services_cpu"]}))
     for workers in (1, args.workers):
         mine = {**raw, "influxdb": {**raw["influxdb"], "database": f"bench_w{workers}"}}
         Influx(from_mapping(mine, env={}).influxdb).ensure_database()
-        out = run_envwatch(mine, stream, workers, work)["workers"]
+        run = run_envwatch(mine, stream, workers, work, services)
+        out = run["workers"]
         elapsed = max(w["elapsed"] for w in out)
         written = sum(w["counters"]["readings_written"] for w in out)
         msgs = sum(w["counters"]["acked"] for w in out)
@@ -277,6 +310,24 @@ def report(args: argparse.Namespace, work: Path, mq: Any, ix: Any) -> None:
         print(f"envwatch, {workers} worker(s): {msgs} msgs, {written} readings written in {elapsed:.2f}s = "
               f"{rate:,.0f} msg/s, {written / elapsed:,.0f} readings/s; ratio to bare = {rate / bare_rate:.2f}; "
               f"peak RSS per worker {rss:.0f} MiB")
+        used = {"workers": sum(w["cpu_s"] for w in out), **run["services_cpu"]}
+        print("  " + cpu_line(n, elapsed, used))
+        print("  " + ceiling_line(n, bare_rate, used, cores, max(w["cpu_s"] for w in out)))
+
+
+def cpu_line(n: int, elapsed: float, used: dict[str, float]) -> str:
+    """CPU seconds per process during the drain, and per 1,000 messages."""
+    parts = ", ".join(f"{k} {v:.2f}s ({v / n * 1e6:.0f} us/msg)" for k, v in used.items())
+    return f"CPU during the drain ({elapsed:.2f}s wall): {parts}; total {sum(used.values()):.2f}s"
+
+
+def ceiling_line(n: int, bare_rate: float, used: dict[str, float], cores: int, busiest: float) -> str:
+    """The best ratio this machine allows for the CPU the pipeline needs: all of it (worker, broker,
+    InfluxDB) spread perfectly over the cores, and the busiest worker process (one Python process
+    runs its Python code on one core at a time) on a core of its own."""
+    wall = max(sum(used.values()) / cores, busiest)
+    return (f"ceiling from CPU on {cores} cores: ratio <= {n / wall / bare_rate:.2f} "
+            f"(the drain cannot take less than {wall:.2f}s)")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,15 @@ CREATE TABLE IF NOT EXISTS chunk (
 """
 
 
+def _utf8_len(text: str) -> int:
+    """len(text.encode()) without encoding ASCII text (isascii() is a flag lookup)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
 def buffer_path(state_dir: str | Path, client_id: str) -> Path:
     """Where the worker with MQTT `client_id` keeps its buffer (client id made file-name safe)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", client_id)
@@ -61,6 +70,10 @@ class DiskBuffer:
         self._lock = threading.Lock()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a commit is exactly one append.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # A new file gets 16 KiB pages (an existing one keeps its own): a chunk of a few thousand
+        # lines is ~100 overflow pages instead of ~400, which appending and deleting walk one by
+        # one (-35% CPU for 5000-line chunks, no cost for small ones).
+        self._db.execute("PRAGMA page_size=16384")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA busy_timeout=10000")
@@ -69,6 +82,9 @@ class DiskBuffer:
                                "FROM chunk").fetchone()
         # Kept in memory: one process owns the file, and SUM() over the table per call would cost.
         self._depth, self._size = int(row[0]), int(row[1])
+        # (lines, bytes) of the chunks peek() returned, so that remove() need not read their
+        # bodies again to measure them.
+        self._peeked: dict[int, tuple[int, int]] = {}
 
     def append(self, lines: list[str]) -> None:
         """Store `lines` as one chunk; durable (see module doc) once this returns.
@@ -80,7 +96,7 @@ class DiskBuffer:
         body = "\n".join(lines)
         if body.count("\n") != len(lines) - 1:
             raise ValueError("a line-protocol line contains a newline")
-        size = len(body.encode())
+        size = _utf8_len(body)
         with self._lock:
             self._db.execute("INSERT INTO chunk (n_lines, body) VALUES (?, ?)", (len(lines), body))
             self._depth += len(lines)
@@ -88,36 +104,56 @@ class DiskBuffer:
 
     def peek(self, max_lines: int) -> tuple[list[int], list[str]]:
         """The oldest chunks, whole, up to `max_lines` lines (at least one chunk if any): (ids, lines)."""
-        ids: list[int] = []
         lines: list[str] = []
         with self._lock:
-            cur = self._db.execute("SELECT id, n_lines, body FROM chunk ORDER BY id")
-            for cid, n, body in cur:
-                if ids and len(lines) + n > max_lines:
-                    break
-                ids.append(cid)
-                lines.extend(body.split("\n"))
-            cur.close()
+            ids = self._oldest(max_lines)
+            if ids:
+                # The oldest chunks are those up to the last id taken.
+                for cid, n, body in self._db.execute(
+                        "SELECT id, n_lines, body FROM chunk WHERE id <= ? ORDER BY id", (ids[-1],)):
+                    lines += body.split("\n")
+                    self._peeked[cid] = (n, _utf8_len(body))
         return ids, lines
+
+    def _oldest(self, max_lines: int) -> list[int]:
+        # Ids and line counts only: a chunk's body is read when it is taken, not to find out that
+        # it would not fit (n_lines comes before body in a row, so the scan stays off its pages).
+        ids: list[int] = []
+        total = 0
+        cur = self._db.execute("SELECT id, n_lines FROM chunk ORDER BY id")
+        for cid, n in cur:
+            if ids and total + n > max_lines:
+                break
+            ids.append(cid)
+            total += n
+        cur.close()
+        return ids
 
     def remove(self, ids: list[int]) -> None:
         """Delete chunks (after InfluxDB accepted their lines). Unknown ids are ignored."""
         if not ids:
             return
-        marks = ",".join("?" * len(ids))
         with self._lock:
+            peeked = {cid: self._peeked[cid] for cid in ids if cid in self._peeked}
+            others = [cid for cid in ids if cid not in peeked]
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                n, size = self._db.execute(
-                    f"SELECT COALESCE(SUM(n_lines), 0), COALESCE(SUM(length(CAST(body AS BLOB))), 0) "
-                    f"FROM chunk WHERE id IN ({marks})", ids).fetchone()
-                self._db.execute(f"DELETE FROM chunk WHERE id IN ({marks})", ids)
+                n = sum(lines for lines, _ in peeked.values())
+                size = sum(size for _, size in peeked.values())
+                if others:  # not peeked by this process (or already removed): measure in SQL
+                    more_n, more_size = self._db.execute(
+                        f"SELECT COALESCE(SUM(n_lines), 0), COALESCE(SUM(length(CAST(body AS BLOB))), 0) "
+                        f"FROM chunk WHERE id IN ({_marks(len(others))})", others).fetchone()
+                    n, size = n + int(more_n), size + int(more_size)
+                self._db.execute(f"DELETE FROM chunk WHERE id IN ({_marks(len(ids))})", ids)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._depth -= int(n)
-            self._size -= int(size)
+            for cid in peeked:
+                del self._peeked[cid]
+            self._depth -= n
+            self._size -= size
 
     @property
     def depth(self) -> int:

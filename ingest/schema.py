@@ -30,8 +30,8 @@ MOBILE = "mobile"
 EVENT = "station_event"
 FLOAT_FIELDS = ("rtd", "avg", "min", "max", "zs_rtd", "zs_avg", "zs_min", "zs_max", "cou")
 STRING_FIELDS = ("flag", "eflag")
-_FLOAT_SET = frozenset(FLOAT_FIELDS)
-_STRING_SET = frozenset(STRING_FIELDS)
+# Field name -> how station_lines writes it (float or str); fields not listed are not written.
+_FIELD_KIND: dict[str, type] = {**dict.fromkeys(FLOAT_FIELDS, float), **dict.fromkeys(STRING_FIELDS, str)}
 SPECIES = ("voc", "pm25", "pm10", "no2", "so2", "o3", "co")
 
 # Unit conversions to the table's canonical unit, applied when a station overrides the unit.
@@ -55,8 +55,21 @@ def _esc_str(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', r"\"")
 
 
+_EPOCH_S: dict[datetime, int] = {}  # memo of _epoch_s
+
+
 def _epoch_s(t: datetime) -> int:
-    return int(t.astimezone(timezone.utc).timestamp())
+    # Memoised: packets share DataTimes (the decoder even shares the datetime objects, whose hash
+    # is cached) and timestamp() costs ~20 lookups. Only fixed-offset times are stored: equal ones
+    # are the same instant, whereas with zoneinfo the two 01:30 of a DST change compare equal.
+    s = _EPOCH_S.get(t)
+    if s is None:
+        s = int(t.astimezone(timezone.utc).timestamp())
+        if type(t.tzinfo) is timezone:
+            if len(_EPOCH_S) >= 8192:
+                _EPOCH_S.clear()
+            _EPOCH_S[t] = s
+    return s
 
 
 def _field(name: str, v: Value) -> str:
@@ -73,27 +86,41 @@ def station_lines(packet: Packet, ref: StationRef | None) -> list[str]:
     """
     if packet.interval is None or packet.data_time is None:
         return []
-    ts = _epoch_s(packet.data_time)
+    ts = f" {_epoch_s(packet.data_time)}"
     ent = _esc_tag(ref.enterprise.id) if ref else "_unknown"
     out = _esc_tag(ref.outlet.id) if ref else "_unknown"
     medium = ref.outlet.medium if ref else ("water" if packet.st == "32" else "gas")
     units = ref.station.units if ref else {}
     head = f"{measurement(packet.interval)},mn={_esc_tag(packet.mn)},enterprise={ent},outlet={out},medium={medium}"
+    original_codes, kinds = packet.original_codes, _FIELD_KIND
     lines = []
     for code, fields in packet.values.items():
         scale = _scale(code, units) if units else 1.0
         parts = []
         for name, v in fields.items():
-            if name in _FLOAT_SET:
-                if v.__class__ is not str:
+            kind = kinds.get(name)
+            if kind is None:
+                continue
+            if kind is float:
+                if v.__class__ is float and scale == 1.0:  # the common case, without float(v)
+                    parts.append(f"{name}={v!r}")
+                elif v.__class__ is not str:
                     v = float(v) * scale if scale != 1.0 and name in _RATE_FIELDS else float(v)
                     parts.append(f"{name}={v!r}")
-            elif name in _STRING_SET:
+            elif v.__class__ is str and '"' not in v and "\\" not in v:  # nothing to escape
+                parts.append(f'{name}="{v}"')
+            else:
                 parts.append(f'{name}="{_esc_str(str(v))}"')
         if parts:
-            orig = packet.original_codes.get(code, code)
-            lines.append(f"{head},pollutant={_esc_tag(code)},code={_esc_tag(orig)} {','.join(parts)} {ts}")
+            orig = original_codes.get(code, code)
+            lines.append(f"{head}{_tags(code, orig)}{','.join(parts)}{ts}")
     return lines
+
+
+@lru_cache(maxsize=1 << 16)
+def _tags(code: str, orig: str) -> str:
+    """`,pollutant=..,code=.. `: the tags after a station line's head, and the space after them."""
+    return f",pollutant={_esc_tag(code)},code={_esc_tag(orig)} "
 
 
 def _scale(code: str, units: dict[str, str]) -> float:
