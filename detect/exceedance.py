@@ -76,8 +76,12 @@ class Exceedance(_HourlyBased):
 
     def detect(self, window: Window, source: ReadingSource, lookup: Lookup) -> list[Alert]:
         table = hourly_table(source, lookup, window, self.params_for, only=_codes(lookup, "hourly"))
+        # Only rows above their hourly limit can alert: select them in one vectorised comparison
+        # (the per-row checks below then run for the few, not for every station-hour).
+        hourly = [getattr(lookup.outlets[(e, o)].limits[c], "hourly", None) or np.inf
+                  for e, o, c in zip(table["enterprise"], table["outlet"], table["pollutant"])]
         alerts = []
-        for row in table.itertuples(index=False):
+        for row in table[table["mean"].to_numpy(dtype=float) > np.array(hourly, dtype=float)].itertuples(index=False):
             limit = lookup.outlets[(row.enterprise, row.outlet)].limits[row.pollutant]
             p = self.params_for(row.enterprise, row.outlet, row.pollutant)
             if limit.hourly is None or row.valid_minutes < p["min_valid_minutes"] or not np.isfinite(row.mean):
