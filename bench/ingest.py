@@ -6,7 +6,11 @@ queue as fast as it can: that measures the consumer, not the publisher. Reported
   - bare subscriber: messages/s received (QoS 1, auto-ack, nothing else done);
   - envwatch with 1 worker and with N shared-subscription workers: messages/s fully handled
     (decoded, validated, durably buffered, acked) and readings/s written to InfluxDB, until the
-    last reading is in InfluxDB; the ratio to the bare rate; peak RSS per worker.
+    last reading is in InfluxDB; the ratio to the bare rate; peak RSS per worker;
+  - for each drain, the CPU seconds the subscriber or workers, Mosquitto and influxd used, and the
+    best ratio that CPU allows on this machine's cores (all of it spread perfectly over the cores,
+    and the busiest worker process on a core of its own): how far a run is from what the
+    hardware permits, whatever else the machine was doing.
 
     .venv/bin/python bench/ingest.py [--field-lines 20000] [--sim-hours 2] [--workers 2]
 """
