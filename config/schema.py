@@ -69,6 +69,8 @@ class IngestSettings(_Model):
     earliest: datetime = datetime(2000, 1, 1)
     receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 1000
     accept_unknown_stations: bool = False
+    # Decode in a child process (ingest/offload.py): one worker then uses two cores.
+    decode_process: bool = False
 
 
 class Limit(_Model):

@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -61,6 +61,9 @@ from ingest.influx import Influx, InfluxRejected, InfluxUnavailable
 from ingest.model import CHINA_TZ, Kind, MobileFix, Packet, Reason, Rejected
 from ingest.schema import event_line, mobile_line, station_lines
 from ingest.mqtt import make_client
+
+if TYPE_CHECKING:
+    from ingest.offload import DecodeProcess, Job
 
 log = logging.getLogger("envwatch.ingest")
 
@@ -320,7 +323,9 @@ class Ingest:
         self.buffer_synchronous = buffer_synchronous
         self.lookup = lookup or Lookup(settings.registry)
         self._counters = Counters()
+        self._split_timeout_s = split_timeout_s
         self._pipeline = Pipeline(settings, self.lookup, split_timeout_s)
+        self._decoder: DecodeProcess | None = None  # ingest.decode_process: the Pipeline in a child
         self._queue: queue.Queue[Message] = queue.Queue()
         self._stopping = threading.Event()  # no more batches; flush and leave
         self._writer_stop = threading.Event()  # writer: leave once the buffer is empty or at the deadline
@@ -350,6 +355,10 @@ class Ingest:
         self.deadletters = DeadLetters(deadletter_path(state))
         self.influx = Influx(self.settings.influxdb)
         self._counters.buffer_depth = self.buffer.depth
+        if self.settings.ingest.decode_process:
+            from ingest.offload import DecodeProcess  # imports this module: not at the top
+
+            self._decoder = DecodeProcess(self.settings, self._split_timeout_s)
         self._threads = [threading.Thread(target=self._commit_loop, name="ingest-commit", daemon=True),
                          threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)]
         for t in self._threads:
@@ -464,18 +473,56 @@ class Ingest:
     # -- commit loop -----------------------------------------------------------------------------
 
     def _commit_loop(self) -> None:
+        if self._decoder is not None:
+            self._commit_loop_offloaded(self._decoder)
+            return
         while not self._stopping.is_set():
-            if self.buffer is not None and self.buffer.full:
-                # Backpressure: take nothing and ack nothing until the writer drains.
-                self._drained.clear()
-                self._drained.wait(0.5)
+            if self._backpressure():
                 continue
-            batch = self._collect()
-            while not self._commit(batch):  # disk full, I/O error: keep the batch, retry
-                if self._stopping.wait(1.0):
-                    return  # not acked: the broker delivers these again next time
+            if not self._commit_retrying(self._collect()):
+                return
         if self.buffer is not None and not self.buffer.full:
             self._commit(self._collect(block=False))
+
+    def _commit_loop_offloaded(self, decoder: DecodeProcess) -> None:
+        """The same loop with decoding in the child: batch k+1 is collected while k is decoded.
+        Batches take at most half of receive_maximum, so the broker can send k+1 while k is unacked."""
+        cap = max(1, self.settings.ingest.receive_maximum // 2)
+        pending: Job | None = None
+        while not self._stopping.is_set():
+            if self._backpressure():
+                continue
+            job = decoder.submit(self._take_list(True, cap))
+            if pending is not None and not self._commit_retrying(decoder.result(pending)):
+                return
+            pending = job
+        if pending is not None and not self._commit_retrying(decoder.result(pending)):
+            return
+        if self.buffer is not None and not self.buffer.full:
+            self._commit(decoder.result(decoder.submit(self._take_list(False, cap))))
+
+    def _backpressure(self) -> bool:
+        """True (after a short wait) while the buffer is full: take nothing, ack nothing."""
+        if self.buffer is None or not self.buffer.full:
+            return False
+        self._drained.clear()
+        self._drained.wait(0.5)
+        return True
+
+    def _commit_retrying(self, batch: Batch) -> bool:
+        """Commit, retrying while the disk refuses; False if stopping first (nothing acked)."""
+        while not self._commit(batch):  # disk full, I/O error: keep the batch, retry
+            if self._stopping.wait(1.0):
+                return False  # not acked: the broker delivers these again next time
+        return True
+
+    def _take_list(self, block: bool, cap: int) -> list[Message]:
+        msgs: list[Message] = []
+        for m in self._take(block, self.settings.ingest.batch_interval_s):
+            msgs.append(m)
+            if len(msgs) >= cap:
+                break
+        return msgs
 
     def _collect(self, block: bool = True) -> Batch:
         """Messages for up to batch_interval_s after the first, until batch_size lines, or until
@@ -607,10 +654,10 @@ class Ingest:
             # and whatever it has not finished is still in the buffer or at the broker.
             log.warning("ingest threads still busy at stop; leaving them to exit with the process")
             return
-        for res in (self.buffer, self.deadletters, self.influx):
+        for res in (self.buffer, self.deadletters, self.influx, self._decoder):
             if res is not None:
                 res.close()
-        self.buffer = self.deadletters = self.influx = None
+        self.buffer = self.deadletters = self.influx = self._decoder = None
 
 
 def status_line(c: dict[str, Any]) -> str:

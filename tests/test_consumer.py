@@ -9,6 +9,9 @@ The helpers here are shared with test_ingest_faults.py.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -119,9 +122,13 @@ def dead_letters(settings: Settings) -> list[Any]:
 # tests
 
 
+# decode_process: the same behaviour with the Pipeline in a child process (ingest/offload.py).
+@pytest.mark.parametrize("decode_process", [False, True])
 def test_readings_events_and_mobile_land_once(settings_factory: Callable[..., Settings],
-                                              mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
-    settings = settings_factory(REGISTRY, ingest={"batch_size": 50, "batch_interval_s": 0.1})
+                                              mqtt_client_factory: Callable[..., mqtt.Client],
+                                              decode_process: bool) -> None:
+    settings = settings_factory(REGISTRY, ingest={"batch_size": 50, "batch_interval_s": 0.1,
+                                                  "decode_process": decode_process})
     gas = [(station_topic(settings, MN_GAS), minute_packet(MN_GAS, i)) for i in range(30)]
     water = [(station_topic(settings, MN_WATER), minute_packet(MN_WATER, i, gas=False)) for i in range(30)]
     heartbeat = hj212.encode(hj212.build_segment(mn=MN_GAS, cn="8013", st="31", flag=4,
@@ -133,6 +140,7 @@ def test_readings_events_and_mobile_land_once(settings_factory: Callable[..., Se
         assert ing.wait_subscribed()
         publish_all(pub, messages)
         wait_until("all messages written", drained(ing, len(messages)))
+        assert bool(multiprocessing.active_children()) == decode_process
         # 60 packets x 2 pollutants; 10 mobile fixes; 1 heartbeat
         assert count_points(settings, "station_minute") == 120
         assert count_points(settings, "mobile", "lat") == 10
@@ -183,9 +191,12 @@ def _bad_payloads(settings: Settings) -> dict[str, tuple[str, bytes, Reason]]:
     }
 
 
+@pytest.mark.parametrize("decode_process", [False, True])
 def test_bad_payloads_become_dead_letters_byte_exact(settings_factory: Callable[..., Settings],
-                                                     mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
-    settings = settings_factory(REGISTRY, ingest={"max_payload_bytes": 512, "batch_interval_s": 0.1})
+                                                     mqtt_client_factory: Callable[..., mqtt.Client],
+                                                     decode_process: bool) -> None:
+    settings = settings_factory(REGISTRY, ingest={"max_payload_bytes": 512, "batch_interval_s": 0.1,
+                                                  "decode_process": decode_process})
     bad = _bad_payloads(settings)
     good = [(station_topic(settings, MN_GAS), minute_packet(MN_GAS, i)) for i in range(3)]
     pub = mqtt_client_factory()
@@ -205,9 +216,11 @@ def test_bad_payloads_become_dead_letters_byte_exact(settings_factory: Callable[
     assert "does not match topic" in stored[(bad["topic_mismatch"][0], bad["topic_mismatch"][1])].detail
 
 
+@pytest.mark.parametrize("decode_process", [False, True])
 def test_split_packet_reassembled_and_incomplete_one_dead_lettered(
-        settings_factory: Callable[..., Settings], mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
-    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1})
+        settings_factory: Callable[..., Settings], mqtt_client_factory: Callable[..., mqtt.Client],
+        decode_process: bool) -> None:
+    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1, "decode_process": decode_process})
 
     def part(qn: str, pno: int, values: dict[str, dict[str, float | str]]) -> bytes:
         return hj212.encode(hj212.build_segment(mn=MN_GAS, cn="2061", st="31", qn=qn, pnum=2, pno=pno,
@@ -227,6 +240,26 @@ def test_split_packet_reassembled_and_incomplete_one_dead_lettered(
     [d] = dead_letters(settings)
     assert (d.reason, d.raw, d.topic) == (Reason.INCOMPLETE_SPLIT, orphan, topic)
     assert "of 2" in d.detail
+
+
+def test_a_killed_decode_process_is_replaced_and_nothing_is_lost(
+        settings_factory: Callable[..., Settings], mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
+    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1, "decode_process": True})
+    topic = station_topic(settings, MN_GAS)
+    pub = mqtt_client_factory()
+    with Ingest(settings) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, [(topic, minute_packet(MN_GAS, i)) for i in range(10)])
+        wait_until("the first ten written", drained(ing, 10))
+        [child] = multiprocessing.active_children()
+        os.kill(child.pid, signal.SIGKILL)
+        publish_all(pub, [(topic, minute_packet(MN_GAS, i)) for i in range(10, 30)])
+        wait_until("the rest written by a new decode process", drained(ing, 30))
+        [new_child] = multiprocessing.active_children()
+        c = ing.counters()
+    assert new_child.pid != child.pid
+    assert count_points(settings, "station_minute") == 60  # 30 packets x 2 pollutants
+    assert c["acked"] == 30 and c["dead_letters"] == {}
 
 
 def test_pipeline_validation_without_broker(settings_factory: Callable[..., Settings]) -> None:
