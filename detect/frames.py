@@ -136,6 +136,12 @@ def hours_ending_in(start: datetime, end: datetime) -> list[pd.Timestamp]:
     return [e - HOUR for e in pd.date_range(first_end, last_end, freq="h")]
 
 
+def china_day_start(t: pd.Timestamp) -> pd.Timestamp:
+    """UTC start (16:00Z the day before) of the China calendar day that contains `t`."""
+    offset = pd.Timedelta(CHINA_OFFSET)
+    return (pd.Timestamp(t).tz_convert("UTC") + offset).floor("D") - offset
+
+
 def china_days_ending_in(start: datetime, end: datetime) -> list[pd.Timestamp]:
     """UTC starts of China calendar days (16:00Z..16:00Z) whose end falls in (start, end]."""
     offset = pd.Timedelta(CHINA_OFFSET)

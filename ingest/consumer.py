@@ -41,6 +41,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from itertools import islice
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -517,12 +518,7 @@ class Ingest:
         return True
 
     def _take_list(self, block: bool, cap: int) -> list[Message]:
-        msgs: list[Message] = []
-        for m in self._take(block, self.settings.ingest.batch_interval_s):
-            msgs.append(m)
-            if len(msgs) >= cap:
-                break
-        return msgs
+        return list(islice(self._take(block, self.settings.ingest.batch_interval_s), cap))
 
     def _collect(self, block: bool = True) -> Batch:
         """Messages for up to batch_interval_s after the first, until batch_size lines, or until
