@@ -43,6 +43,7 @@ PROBLEM_LABELS: dict[str, dict[str, str]] = {
         "constant_value": "监测数据长时间恒值", "zero_while_operating": "生产期间监测值为零",
         "negative_value": "监测值为负", "o2_anomaly": "氧含量异常",
         "flag_abuse": "数据标记异常（疑似滥用标记）",
+        "multivariate_anomaly": "多项监测数据之间的关系与历史不符（疑似数据异常）",
         "hotspot": "走航/无人机监测发现污染热点",
     },
     "en": {
@@ -51,6 +52,7 @@ PROBLEM_LABELS: dict[str, dict[str, str]] = {
         "constant_value": "constant readings for a long time", "zero_while_operating": "zero readings while operating",
         "negative_value": "negative readings", "o2_anomaly": "abnormal O2 readings",
         "flag_abuse": "abnormal data flags (suspected abuse of flags)",
+        "multivariate_anomaly": "readings that no longer relate to each other as they used to (suspected data anomaly)",
         "hotspot": "pollution hotspot found by mobile monitoring",
     },
 }

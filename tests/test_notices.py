@@ -130,6 +130,15 @@ def test_closed_notice_says_why(settings_factory: Callable[..., Settings]) -> No
     assert "no administrative penalty" in body and "2025-03-04 10:00 (UTC+08:00)" in body
 
 
+def test_every_detector_kind_has_a_label_in_every_language() -> None:
+    """An enterprise reads the label, never the internal kind name."""
+    from detect.registry import detector_classes
+    from notify.notices import PROBLEM_LABELS
+
+    for language, labels in PROBLEM_LABELS.items():
+        assert set(detector_classes()) <= set(labels), language
+
+
 def test_unknown_kind_or_language_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown notice kind"):
         render("invoice", "en", {})
