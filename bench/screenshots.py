@@ -41,7 +41,7 @@ from config.schema import Settings  # noqa: E402
 
 CITY = ROOT / "config" / "examples" / "demo-city.yaml"
 SCENARIO = ROOT / "config" / "examples" / "scenario-demo.yaml"
-OPERATOR, ENTERPRISE = "demo-operator-token", "demo-enterprise-token"
+OPERATOR, ENTERPRISE = "demo-operator-token-not-secret", "demo-enterprise-token-not-secret"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

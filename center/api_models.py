@@ -311,6 +311,13 @@ class Health(BaseModel):
     leader: bool
 
 
+class ReadyPublic(BaseModel):
+    """/readyz for anyone but an operator: ready or not, nothing about the inside."""
+
+    ready: bool
+    status: Literal["ok", "not ready"]
+
+
 class Ready(BaseModel):
     ready: bool
     instance: str

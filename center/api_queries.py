@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, Select, func, or_, select
 
 from detect.store import alerts_table as alerts_t
-from notify import workflow
+from notify import views, workflow
 from notify.store import as_utc, reading
 from notify.tables import CLOSED_STATES, case_alerts, case_events, notices
 from notify.tables import cases as cases_t
@@ -107,7 +107,7 @@ def _case_dict(m: Mapping[str, Any]) -> dict[str, Any]:
 def list_cases(engine: Engine, scope: str | None, state: str | None = None, enterprise: str | None = None,
                kind: str | None = None, severity: str | None = None, open_only: bool | None = None,
                limit: int = 200) -> list[dict[str, Any]]:
-    """Cases inside `scope`, newest first, filtered."""
+    """Cases inside `scope`, newest first, filtered; an enterprise's as it sees them (notify.views)."""
     c = cases_t.c
     q = _case_scope(select(cases_t), scope).order_by(c.opened_at.desc(), c.id).limit(_limit(limit))
     for col, val in ((c.state, state), (c.enterprise_id, enterprise), (c.problem, kind), (c.severity, severity)):
@@ -118,23 +118,23 @@ def list_cases(engine: Engine, scope: str | None, state: str | None = None, ente
     elif open_only is False:
         q = q.where(c.state.in_(CLOSED_STATES))
     with reading(engine).connect() as conn:
-        return [_case_dict(m) for m in conn.execute(q).mappings()]
+        rows = [_case_dict(m) for m in conn.execute(q).mappings()]
+    return rows if scope is None else [views.case_summary_for("enterprise", r) for r in rows]
 
 
 def case_detail(engine: Engine, case_id: str, scope: str | None) -> dict[str, Any] | None:
-    """The full case (events, alerts, notices, answers, ticket) if inside `scope`.
+    """The full case (events, alerts, notices, answers, ticket) if inside `scope`, whole.
 
-    An enterprise sees only the notices addressed to it, and not the enforcement ticket.
+    With a scope, the enterprise's view of it (notify.views.case_for): its notices, its answers, the
+    events and facts it may see; no ticket, findings, notes, paths or other enterprises. Officers'
+    callers project with views.case_for("officer", ...).
     """
     if case_row(engine, case_id, scope) is None:
         return None
     case = workflow.get_case(engine, case_id)
     if case is None:
         return None
-    if scope is not None:
-        case["notices"] = [n for n in case["notices"] if n["audience"] == "enterprise" and n["recipient"] == scope]
-        case["ticket"] = None
-    return case
+    return case if scope is None else views.case_for("enterprise", case)
 
 
 def case_changes_since(engine: Engine, since: datetime, limit: int = 500) -> list[dict[str, Any]]:
@@ -153,6 +153,18 @@ def last_event(engine: Engine, case_id: str) -> dict[str, Any] | None:
     return dict(m) if m else None
 
 
+def last_enterprise_event(engine: Engine, case_id: str) -> dict[str, Any] | None:
+    """(seq, type) of the case's last history event that its enterprise may see (notify.views)."""
+    e = case_events.c
+    q = (select(e.seq, e.at, e.actor, e.type, e.data).where(e.case_id == case_id, e.type.in_(views.ENTERPRISE_EVENTS))
+         .order_by(e.seq.desc()))
+    with reading(engine).connect() as conn:
+        for m in conn.execute(q).mappings():
+            if views.enterprise_event(m, "") is not None:
+                return {"seq": m["seq"], "type": m["type"]}
+    return None
+
+
 # -- notices and tickets ----------------------------------------------------------------------------
 
 def list_notices(engine: Engine, scope: str | None, case_id: str | None = None, status: str | None = None,
@@ -168,8 +180,9 @@ def list_notices(engine: Engine, scope: str | None, case_id: str | None = None, 
     if status:
         q = q.where(n.status == status)
     with reading(engine).connect() as conn:
-        return [{**m, "created_at": as_utc(m["created_at"]), "delivered_at": as_utc(m["delivered_at"])}
+        rows = [{**m, "created_at": as_utc(m["created_at"]), "delivered_at": as_utc(m["delivered_at"])}
                 for m in conn.execute(q).mappings()]
+    return rows if scope is None else [views.notice_for("enterprise", r) for r in rows]
 
 
 def _ticket_select(officer: str | None) -> Select[Any]:

@@ -8,6 +8,11 @@ Each event is sent once, whoever noticed it first: alerts are keyed by (id, upda
 (id, seq of their last history event). Publishers are threads; subscribers are SSE responses on
 the server's event loop, reached with call_soon_threadsafe. The last EVENT_BUFFER events are kept
 so that a browser reconnecting with Last-Event-ID misses nothing this instance saw.
+
+Each event has an audience. The center's subscribers get `center` events (every alert and case
+change). An enterprise gets only `enterprise` events of its own cases: the case as notify.views lets
+it see it, keyed by the last history event it may see, so an internal change (a ticket accepted, a
+note, findings) sends it nothing at all, not even that something happened.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from sqlalchemy import Engine
 from center import api_queries as q
 from center.api_models import AlertOut, CaseSummary
 from center.auth import Principal, authenticate
+from notify import views
 
 log = logging.getLogger(__name__)
 EVENT_BUFFER = 1000
@@ -43,6 +49,13 @@ class Event:
     name: str  # alert | case
     enterprise_id: str
     data: dict[str, Any]
+    audience: str = "center"  # center | enterprise
+
+    def for_scope(self, scope: str | None) -> bool:
+        """Whether a subscriber limited to enterprise `scope` (None: the center) gets this event."""
+        if scope is None:
+            return self.audience == "center"
+        return self.audience == "enterprise" and self.enterprise_id == scope
 
     def encode(self) -> bytes:
         body = json.dumps(self.data, ensure_ascii=False, default=str)
@@ -62,7 +75,8 @@ class Broadcaster:
 
     # -- publishing (any thread) ----------------------------------------------------------------
 
-    def publish(self, key: tuple[Any, ...], name: str, enterprise_id: str, data: dict[str, Any]) -> bool:
+    def publish(self, key: tuple[Any, ...], name: str, enterprise_id: str, data: dict[str, Any],
+                audience: str = "center") -> bool:
         """Send one event unless `key` was sent already; True when sent."""
         with self._lock:
             if key in self._seen:
@@ -71,7 +85,7 @@ class Broadcaster:
             if len(self._seen) > SEEN_KEYS:
                 self._seen.popitem(last=False)
             self._seq += 1
-            ev = Event(self._seq, name, enterprise_id, data)
+            ev = Event(self._seq, name, enterprise_id, data, audience)
             self._recent.append(ev)
             subs = list(self._subs)
             self.published += 1
@@ -86,12 +100,17 @@ class Broadcaster:
         data = {"change": change, "alert": AlertOut.model_validate(alert).model_dump(mode="json")}
         return self.publish(("alert", alert["id"], alert["updated_at"]), "alert", alert["enterprise_id"], data)
 
-    def case(self, case: dict[str, Any], last: dict[str, Any] | None) -> bool:
-        """One case row with its last history event as a `case` event."""
-        seq = last["seq"] if last else 0
-        data = {"change": "opened" if seq <= 1 else "changed", "event_type": last["type"] if last else None,
-                "case": CaseSummary.model_validate(case).model_dump(mode="json")}
-        return self.publish(("case", case["id"], seq), "case", case["enterprise_id"], data)
+    def case(self, case: dict[str, Any], last: dict[str, Any] | None,
+             enterprise_last: dict[str, Any] | None = None) -> bool:
+        """One case row with its last history event as a `case` event for the center, and with the last
+        event the enterprise may see (api_queries.last_enterprise_event) as one for the enterprise."""
+        sent = self.publish(("case", case["id"], last["seq"] if last else 0), "case", case["enterprise_id"],
+                            _case_data(case, last))
+        if enterprise_last is not None:
+            mine = _case_data(views.case_summary_for("enterprise", case), enterprise_last)
+            self.publish(("case:enterprise", case["id"], enterprise_last["seq"]), "case", case["enterprise_id"], mine,
+                         audience="enterprise")
+        return sent
 
     def alerts_changed(self, engine: Engine, ids: Iterable[str]) -> None:
         for aid in dict.fromkeys(ids):
@@ -104,7 +123,7 @@ class Broadcaster:
             row = q.case_row(engine, cid, None)
             if row is not None:
                 row["enterprise_name"] = (names or {}).get(row["enterprise_id"], "")
-                self.case(row, q.last_event(engine, cid))
+                self.case(row, q.last_event(engine, cid), q.last_enterprise_event(engine, cid))
 
     # -- subscribing (event loop) ---------------------------------------------------------------
 
@@ -129,6 +148,12 @@ class Broadcaster:
                 loop.call_soon_threadsafe(_offer, queue, None)
             except RuntimeError:  # loop already closed
                 pass
+
+
+def _case_data(case: dict[str, Any], last: dict[str, Any] | None) -> dict[str, Any]:
+    seq = last["seq"] if last else 0
+    return {"change": "opened" if seq <= 1 else "changed", "event_type": last["type"] if last else None,
+            "case": CaseSummary.model_validate(case).model_dump(mode="json")}
 
 
 def _offer(queue: asyncio.Queue[Event | None], ev: Event | None) -> None:
@@ -198,7 +223,7 @@ def stream_user(request: Request, access_token: str | None = Query(
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "events `alert` and `case`, see center/API.md"}})
 async def stream(request: Request, principal: Principal = Depends(stream_user)) -> StreamingResponse:
-    """Server-sent events of new and changed alerts and cases (an enterprise: its own only)."""
+    """Server-sent events of new and changed alerts and cases (an enterprise: its own cases, as it may see them)."""
     broadcaster: Broadcaster = request.app.state.broadcaster
     last = request.headers.get("last-event-id")
     queue, backlog = broadcaster.subscribe(int(last) if last and last.isdigit() else None)
@@ -211,7 +236,7 @@ async def _events(broadcaster: Broadcaster, queue: asyncio.Queue[Event | None], 
     try:
         yield b": connected\n\n"  # lets the client (and proxies) see the stream is open
         for ev in backlog:
-            if scope is None or ev.enterprise_id == scope:
+            if ev.for_scope(scope):
                 yield ev.encode()
         while True:
             try:
@@ -221,7 +246,7 @@ async def _events(broadcaster: Broadcaster, queue: asyncio.Queue[Event | None], 
                 continue
             if ev is None:
                 return
-            if scope is None or ev.enterprise_id == scope:
+            if ev.for_scope(scope):
                 yield ev.encode()
     finally:
         broadcaster.unsubscribe(queue)

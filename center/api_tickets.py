@@ -11,7 +11,7 @@ from center import api_queries as q
 from center.api_cases import engine_of, names_of
 from center.api_models import TicketAction, TicketDetail, TicketOut
 from center.auth import Principal, officer_user, operator_or_officer
-from notify import workflow
+from notify import views, workflow
 from notify.cases import TransitionError
 
 router = APIRouter(tags=["tickets"])
@@ -35,14 +35,14 @@ def list_tickets(request: Request, status: str | None = None, limit: int = Query
 
 @router.get("/api/tickets/{ticket_id}", response_model=TicketDetail)
 def get_ticket(request: Request, ticket_id: str, who: Principal = Depends(operator_or_officer)) -> dict[str, Any]:
-    """A ticket with its case."""
+    """A ticket with its case (an officer's view: without server file paths, notify.views)."""
     engine = engine_of(request)
     row = q.ticket_row(engine, ticket_id, _officer_scope(who))
     if row is None:
         raise _not_found(ticket_id)
     case = q.case_detail(engine, row["case_id"], None)
     if case is not None:
-        case["enterprise_name"] = names_of(request).get(case["enterprise_id"], "")
+        case = views.case_for(who.role, {**case, "enterprise_name": names_of(request).get(case["enterprise_id"], "")})
     return {**row, "case": case}
 
 

@@ -20,12 +20,13 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 from sqlalchemy import Engine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from center import api_admin, api_cases, api_data, api_stream, api_tickets, health
+from center import api_admin, api_cases, api_data, api_stream, api_tickets, apidocs, health
 from center import metrics as metrics_api
 from center.api_models import AnswerIn
 from center.api_stream import Broadcaster, StorePoller
-from center.auth import UserTable
+from center.auth import FailedAuthLimiter, UserTable
 from center.metrics import Metrics
 from config.schema import Settings
 from ingest.influx import Influx
@@ -54,11 +55,15 @@ def create_app(settings: Settings, engine: Engine, *, influx: Influx | None = No
         finally:
             poller.stop()
 
-    app = FastAPI(title="envwatch monitoring center", version="1", description=DESCRIPTION, lifespan=lifespan)
+    # /docs is ours (center/apidocs.py: local files, no inline script); ReDoc and the OAuth2 redirect
+    # page would load from a CDN or run inline code, and the API has no use for them.
+    app = FastAPI(title="envwatch monitoring center", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None)
     st = app.state
     st.settings, st.engine, st.broadcaster = settings, engine, broadcaster
     st.influx = influx or Influx(settings.influxdb)
     st.users = UserTable(settings.center.users)
+    st.auth_limiter = FailedAuthLimiter(settings.center.auth_max_failures, settings.center.auth_failure_window_s)
     st.is_leader = is_leader
     st.instance_id = instance_id or settings.center.instance_id or socket.gethostname()
     st.ingest_subscribed = (lambda: ingest.wait_subscribed(0)) if ingest is not None else None
@@ -66,8 +71,49 @@ def create_app(settings: Settings, engine: Engine, *, influx: Influx | None = No
     for module in (api_admin, api_cases, api_tickets, api_data, api_stream, health, metrics_api):
         app.include_router(module.router)
     extra_schemas(app, [AnswerIn])
+    apidocs.mount(app)
     _mount_board(app)
+    app.add_middleware(SecurityHeaders)
     return app
+
+
+# Same origin only. The board and /docs need no inline code or style (board.js builds the DOM and sets
+# no style attributes; Swagger UI styles through the CSSOM), only data: images (the board's empty
+# favicon, Swagger UI's icons). connect-src 'self' covers fetch() and the EventSource of /api/stream.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "content-security-policy": CSP,
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cross-origin-opener-policy": "same-origin",
+}
+
+
+class SecurityHeaders:
+    """ASGI middleware adding SECURITY_HEADERS to every HTTP response (a header a route set itself stays).
+
+    Plain ASGI rather than BaseHTTPMiddleware: it only touches the response start, so the SSE stream
+    and uploads pass through untouched.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.raw = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = [*message.get("headers", []), *(h for h in self.raw if h[0] not in present)]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def extra_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:

@@ -3,6 +3,9 @@
 Readiness asks each dependency itself, with a short timeout, rather than trusting a client's
 state: the broker gets a TCP connection (plus whether this instance's ingest is subscribed), InfluxDB
 its /ping, the case store a `SELECT 1`. Any failing check makes the answer 503, naming it.
+
+The details (addresses, versions, driver messages, the instance and its leadership) are for
+operators: without a token, or with another role's, /readyz says only whether the service is ready.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 
-from center.api_models import Check, Health, Ready
+from center.api_models import Check, Health, Ready, ReadyPublic
+from center.auth import Principal, optional_user
 from config.schema import Settings
 from notify.store import reading
 
@@ -69,12 +73,15 @@ def healthz(request: Request) -> dict[str, Any]:
     return {"status": "ok", "instance": request.app.state.instance_id, "leader": _leader(request)}
 
 
-@router.get("/readyz", response_model=Ready, responses={503: {"model": Ready, "description": "a dependency is down"}})
-def readyz(request: Request) -> JSONResponse:
-    """Readiness: each dependency checked now; 503 when one is down."""
+@router.get("/readyz", response_model=Ready | ReadyPublic,
+            responses={503: {"model": Ready | ReadyPublic, "description": "a dependency is down"}})
+def readyz(request: Request, who: Principal | None = Depends(optional_user)) -> JSONResponse:
+    """Readiness: each dependency checked now; 503 when one is down. Details with an operator's token only."""
     st = request.app.state
     checks = {"broker": check_broker(st.settings, st.ingest_subscribed), "influxdb": check_influx(st.settings),
               "store": check_store(st.engine)}
     ready = all(c.ok for c in checks.values())
-    body = Ready(ready=ready, instance=st.instance_id, leader=_leader(request), checks=checks)
+    body: Ready | ReadyPublic = (Ready(ready=ready, instance=st.instance_id, leader=_leader(request), checks=checks)
+                                 if who is not None and who.role == "operator"
+                                 else ReadyPublic(ready=ready, status="ok" if ready else "not ready"))
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -389,13 +389,12 @@ def _station_sim(ref: StationRef, prefix: str, seed: int) -> _StationSim:
         flow = float(rng.uniform(800, 3000) if municipal else rng.uniform(20, 200))
         o2_mean, o2_sd, temp = 0.0, 0.0, 20.0
     key = ref.station.sm4_key
-    pw = ref.station.password
     return _StationSim(ref=ref, topic=f"{prefix}/up/station/{ref.station.mn}", medium=medium, fraction=fraction,
                        flow_m3h=flow, o2_mean=o2_mean, o2_sd=o2_sd, temp_c=temp,
                        area_m2=round(flow / 3600 / 15.0, 2) or 0.01,  # designed for ~15 m/s
                        phase=(float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0, 2 * math.pi))),
                        sm4_key=bytes.fromhex(key.get_secret_value()) if key else None,
-                       password=pw.get_secret_value() if pw else "123456", seed=seed)
+                       password=ref.station.hj212_pw, seed=seed)  # PW is sent in clear: never a secret
 
 
 @dataclass

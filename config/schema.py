@@ -96,7 +96,10 @@ class Station(_Model):
     units: dict[str, str] = Field(default_factory=dict)
     # HJ 212-2025 stations encrypt CP with SM4-ECB; the 128-bit key as 32 hex digits.
     sm4_key: SecretStr | None = None
-    password: SecretStr | None = None
+    password: SecretStr | None = None  # the station's MQTT password (envwatch broker acl)
+    # What the logger (and `envwatch simulate`) puts in HJ 212's PW field: not a secret, the standard's
+    # example value unless the site configures another; never the MQTT password, which a packet would leak.
+    hj212_pw: str = Field("123456", max_length=32, pattern=r"^[0-9A-Za-z]*$")
 
     @field_validator("pollutants")
     @classmethod
@@ -261,6 +264,11 @@ class NotifySettings(_Model):
     webhook_max_attempts: Annotated[int, Field(ge=1)] = 20
 
 
+# A token is the only thing between the internet and a role: long enough that guessing it, even at the
+# rate the failed-authentication limit allows, is hopeless. `secrets.token_urlsafe(32)` makes 43 characters.
+MIN_TOKEN_LENGTH = 24
+
+
 class User(_Model):
     """An API / board user. Give `token` (kept secret) or only its SHA-256 as `token_sha256`."""
 
@@ -270,6 +278,15 @@ class User(_Model):
     token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     enterprise_id: str | None = None  # role enterprise: whose cases and notices this user sees
     officer_id: str | None = None  # role officer
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"token too short ({len(v.get_secret_value())} characters): tokens need at least "
+                             f"{MIN_TOKEN_LENGTH}; make one with `python -c 'import secrets; "
+                             "print(secrets.token_urlsafe(32))'`")
+        return v
 
     @model_validator(mode="after")
     def _scoped(self) -> "User":
@@ -293,6 +310,10 @@ class CenterSettings(_Model):
     # Only one instance runs scheduled detection and the outbox: it holds a lease renewed this often.
     lease_ttl_s: Annotated[int, Field(ge=3, le=300)] = 15
     instance_id: str | None = None
+    # Failed authentication: after this many unknown tokens from one client address within the window,
+    # that address gets 429 (Retry-After) until the oldest failure leaves the window. Counted per instance.
+    auth_max_failures: Annotated[int, Field(ge=1)] = 10
+    auth_failure_window_s: Annotated[float, Field(gt=0)] = 60.0
 
 
 class StoreSettings(_Model):

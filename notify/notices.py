@@ -27,6 +27,7 @@ from sqlalchemy import Connection, select
 
 from config.schema import Enterprise, Officer, Outlet, Settings
 from config.tables import pollutants
+from notify import views
 from notify.tables import case_alerts, case_events, notices, tickets
 
 KINDS = ("rectification_notice", "reminder", "reopened", "closed", "ticket")
@@ -264,6 +265,12 @@ def _payload(nid: str, ctx: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _payload_for(audience: str, nid: str, ctx: Mapping[str, Any]) -> dict[str, Any]:
+    # What leaves the center for an enterprise is its allow-listed view (notify.views), whatever the context holds.
+    payload = _payload(nid, ctx)
+    return views.enterprise_payload(payload) if audience == "enterprise" else payload
+
+
 # -- recipients and the outbox -------------------------------------------------------------------
 
 def _recipients(settings: Settings, case: Mapping[str, Any], event: Mapping[str, Any],
@@ -330,7 +337,7 @@ def enqueue(conn: Connection, settings: Settings, case_row: Any, event_row: Any,
         nid = notice_id(decision)
         rows.append({"id": nid, "decision": decision, "case_id": case["id"], "kind": kind, "audience": audience,
                      "recipient": recipient, "channel": channel, "language": lang, "subject": subject, "body": body,
-                     "payload": _payload(nid, contexts[lang]), "created_at": recorded, "status": "pending",
+                     "payload": _payload_for(audience, nid, contexts[lang]), "created_at": recorded, "status": "pending",
                      "attempts": 0, "next_attempt_at": due})
     if rows:
         _insert_ignoring_duplicates(conn, rows)

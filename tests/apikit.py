@@ -23,7 +23,9 @@ from detect.base import Alert
 from detect.store import AlertStore
 from notify import workflow
 
-TOKENS = {"op": "op-token-123", "a": "ent-a-token-456", "b": "ent-b-token-789", "off": "officer-token-000"}
+# At least 24 characters: config refuses shorter tokens (config.schema.MIN_TOKEN_LENGTH).
+TOKENS = {"op": "op-token-123-0123456789abcdef", "a": "ent-a-token-456-0123456789abcdef",
+          "b": "ent-b-token-789-0123456789abcdef", "off": "officer-token-000-0123456789abcdef"}
 H = timedelta(hours=1)
 # Recent event times: answers and actions happen now, and an old case would be overdue by now.
 T0 = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 3 * H

@@ -27,7 +27,7 @@ from ingest.model import MobileFix
 from ingest.schema import mobile_line
 from notify import workflow
 from notify.store import make_engine
-from tests.apikit import T0, H, ServedApp, alert, center_overrides, registry, seed_case, serve
+from tests.apikit import T0, TOKENS, H, ServedApp, alert, center_overrides, registry, seed_case, serve
 from tests.detect_helpers import minute_lines
 
 
@@ -227,7 +227,7 @@ def test_stream_carries_store_changes_and_actions_and_scopes_enterprises(env: di
     srv: ServedApp = env["srv"]
     with srv.client("op") as op_c, srv.client() as a_c:
         op = _sse(op_c, "/api/stream")
-        ent = _sse(a_c, f"/api/stream?access_token={'ent-a-token-456'}")
+        ent = _sse(a_c, f"/api/stream?access_token={TOKENS['a']}")
         assert next(op)[0] == "open" and next(ent)[0] == "open"
         # Written straight into the store, as another instance would: the poller must find them.
         b_case = seed_case(env["engine"], env["settings"], "EB", T0)

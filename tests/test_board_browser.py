@@ -36,7 +36,7 @@ from tests.detect_helpers import lookup, minute_lines, write
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TOKEN = "operator-secret-token"
+TOKEN = "operator-secret-token-for-the-board"
 SO2 = "a21026"
 WAIT_MS = 20_000  # an upper bound for a condition, not a sleep: the tests go on as soon as it holds
 
