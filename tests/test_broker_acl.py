@@ -12,6 +12,7 @@ import queue
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,10 +88,10 @@ class Peer:
     """
 
     def __init__(self, broker: BrokerSettings, user: str | None, password: str | None,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, protocol: int = mqtt.MQTTv5) -> None:
         b = broker.model_copy(update={"username": user, "password": SecretStr(password) if password else None,
                                       "account_per_connection": False})
-        self.client = make_client(b, client_id or f"t-{user}-{id(self)}")
+        self.client = make_client(b, client_id or f"t-{user}-{id(self)}", protocol=protocol)
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.subacks: queue.Queue[Any] = queue.Queue()
         self.pubacks: dict[int, Any] = {}
@@ -144,8 +145,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 def peers(secured: Settings) -> Iterator[Any]:
     made: list[Peer] = []
 
-    def make(user: str | None, password: str | None, client_id: str | None = None) -> Peer:
-        made.append(Peer(secured.broker, user, password, client_id))
+    def make(user: str | None, password: str | None, client_id: str | None = None,
+             protocol: int = mqtt.MQTTv5) -> Peer:
+        made.append(Peer(secured.broker, user, password, client_id, protocol))
         return made[-1]
 
     yield make
@@ -280,12 +282,48 @@ def test_wrong_password_unknown_user_and_anonymous_are_refused(secured: Settings
         assert reason in ("Not authorized", "Bad user name or password"), (user, reason)
 
 
+# -- message size -------------------------------------------------------------------------------------
+
+
+def test_conf_sets_the_packet_limit_and_the_queue(tmp_path: Path) -> None:
+    raw = _unmask(_settings(1883).model_dump(mode="python"))
+    raw["broker"]["max_message_bytes"] = 65536
+    write_acl(from_mapping(raw, env={}), tmp_path, warn=lambda _w: None)
+    conf = (tmp_path / CONF_FILE).read_text()
+    assert "\nmax_packet_size 65536\n" in conf and "\nmax_queued_messages 1000000\n" in conf
+    assert "\nautosave_interval 10\n" in conf
+    assert "\nuse_username_as_clientid true\n" in conf
+    assert "max_packet_size 262144" in (write_acl(_settings(1883), tmp_path / "d", warn=lambda _w: None)
+                                        and (tmp_path / "d" / CONF_FILE).read_text())  # the default, 256 KiB
+
+
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv5, mqtt.MQTTv311])
+def test_a_1_mb_publish_is_refused_by_the_broker_and_legit_traffic_flows(peers: Any, protocol: int) -> None:
+    """broker.max_message_bytes (256 KiB) as max_packet_size: a station's 1 MB message is never
+    delivered (the broker drops the connection: v5 clients were told the limit in CONNACK, v3.1.1
+    ones cannot be); a 10 KB frame before and after it arrives as usual."""
+    ingest = peers(*SVC)
+    ingest.subscribe(f"{P}/up/#")
+    station = peers("MN-A", "a-secret", protocol=protocol)
+    frame = b"##" + b"0" * 10_000  # about the largest HJ 212 frame
+    assert station.publish(f"{P}/up/station/MN-A", frame) == "Success"
+    station.client.publish(f"{P}/up/station/MN-A", b"x" * (1 << 20), qos=1)
+    assert _gone(station, 3.0), "the broker kept the connection of a client that sent 1 MB"
+    station.close()
+    again = peers("MN-A", "a-secret", protocol=protocol)
+    assert again.publish(f"{P}/up/station/MN-A", b"after") == "Success"
+    assert [ingest.next(), ingest.next()] == [(f"{P}/up/station/MN-A", frame), (f"{P}/up/station/MN-A", b"after")]
+    assert ingest.messages.empty()
+
+
 # -- sessions: one account, its own sessions ---------------------------------------------------------
 
 
 def _gone(peer: Peer, wait_s: float = 0.5) -> bool:
     """True if the broker dropped `peer`'s connection (within wait_s: a takeover is immediate)."""
-    threading.Event().wait(wait_s)
+    deadline = time.monotonic() + wait_s
+    while not peer.disconnects and time.monotonic() < deadline:
+        time.sleep(0.02)
     return bool(peer.disconnects)
 
 
