@@ -363,6 +363,41 @@ def test_without_the_binding_a_station_takes_over_the_service(tmp_path: Path) ->
         svc.stop()
 
 
+def test_the_service_connections_work_together_under_the_binding(secured: Settings, peers: Any,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The real clients of one instance, each logged in as its own account: the answers subscriber
+    receives an answer, the alert publisher and the notice channel publish, the start-up check
+    connects and reads the version, and none of them drops another."""
+    from detect.publish import AlertPublisher
+    from notify.answers_mqtt import AnswerSubscriber
+    from notify.channels import MQTTChannel
+    from center.preflight import check_broker
+
+    invalid: queue.Queue[str] = queue.Queue()
+    ent = peers("entX", "x-secret")
+    ent.subscribe(f"{P}/enterprise/entX/notice")
+    answers = AnswerSubscriber(secured, on_answer=lambda _a: None, on_invalid=lambda t, _p, _w: invalid.put(t))
+    alerts = AlertPublisher(secured.broker, timeout_s=10).start()
+    channel = MQTTChannel(secured)
+    try:
+        assert answers.subscribed.wait(10)
+        with caplog.at_level("WARNING"):
+            channel.deliver({"id": "N1", "kind": "rectification_notice", "audience": "enterprise",
+                             "recipient": "entX", "subject": "s", "body": "b", "payload": {}})
+            assert ent.next()[0] == f"{P}/enterprise/entX/notice"
+            alerts([{"id": "A1"}])
+            ok = check_broker(secured.broker)
+            assert ok.ok and f"connected as {CHECK}" in ok.detail and "mosquitto version 2." in ok.detail
+            assert ent.publish(f"{P}/enterprise/entX/answer", b"not an answer") == "Success"
+            assert invalid.get(timeout=10) == f"{P}/enterprise/entX/answer"
+        assert alerts._connected.is_set() and channel._connected.is_set()
+        assert not [r for r in caplog.records if "refused" in r.getMessage() or "disconnect" in r.getMessage()]
+    finally:
+        channel.close()
+        alerts.close()
+        answers.close()
+
+
 def _city(port: int, influx: Any, state_dir: Path, **broker: Any) -> Settings:
     """The ingest tests' registry with an MQTT password per station, on a secured broker."""
     from tests.test_consumer import REGISTRY
