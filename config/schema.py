@@ -41,8 +41,36 @@ class BrokerSettings(_Model):
     tls: TLSSettings | None = None
     # Topic layout; {mn} / {device} / {enterprise} are filled in per station, device, enterprise.
     topic_prefix: str = "envwatch"
-    # Shared-subscription group: workers with the same group split the stream between them.
-    shared_group: str | None = "envwatch-ingest"
+    # Shared-subscription group: workers with the same group split the stream between them. Off by
+    # default: Mosquitto (1.x, 2.0, 2.1's file persistence) does not save shared subscriptions, so
+    # readings published after a broker restart and before the workers re-subscribe are lost.
+    shared_group: str | None = None
+    # Scale-out that survives a broker restart: worker `partition` of `partitions` subscribes
+    # (plain, persistent) to the topics of its share of the registry's stations and devices.
+    partitions: Annotated[int, Field(ge=1, le=64)] = 1
+    partition: Annotated[int, Field(ge=0)] = 0
+    # True (what `envwatch broker acl` generates, with use_username_as_clientid): each connection
+    # logs in as its own account named after its client id ({client_id}, {client_id}-answers, ...)
+    # with broker.password, so no other account can take its session. False: every connection
+    # logs in as broker.username (a broker configured by hand).
+    account_per_connection: bool = True
+    # Client ids of every envwatch instance and ingest worker on this broker (each runs with its
+    # own client_id); `envwatch broker acl` makes accounts for these and for client_id.
+    instances: list[str] = Field(default_factory=list)
+    # Largest MQTT packet the broker accepts (Mosquitto max_packet_size); an HJ 212 frame is <10 KB.
+    max_message_bytes: Annotated[int, Field(ge=1024, le=268_435_455)] = 256 * 1024
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "BrokerSettings":
+        if self.partition >= self.partitions:
+            raise ValueError(f"partition {self.partition} is not below partitions {self.partitions}")
+        if self.partitions > 1 and self.shared_group:
+            raise ValueError("use either partitions or shared_group, not both")
+        if self.account_per_connection and self.username and self.username != self.client_id:
+            raise ValueError(f"with account_per_connection each connection logs in as its client id "
+                             f"({self.client_id!r}, {self.client_id}-answers, ...): leave username unset "
+                             f"(or equal to client_id), or set account_per_connection: false")
+        return self
 
 
 class InfluxSettings(_Model):
@@ -331,6 +359,14 @@ class Settings(_Model):
     notify: NotifySettings = NotifySettings()
     center: CenterSettings = CenterSettings()
     registry: Registry = Registry()
+
+    @model_validator(mode="after")
+    def _partitions_see_every_publisher(self) -> "Settings":
+        # A partitioned worker subscribes only to registered stations' and devices' topics.
+        if self.broker.partitions > 1 and self.ingest.accept_unknown_stations:
+            raise ValueError("broker.partitions > 1 subscribes to registered stations only: "
+                             "ingest.accept_unknown_stations must be false")
+        return self
 
     def store_url(self) -> str:
         if self.store.url is not None:

@@ -27,7 +27,9 @@ Failure handling:
 Topics: stations publish to {prefix}/up/station/{mn}, drones and vehicles to
 {prefix}/up/mobile/{device}. Payloads are self-describing; the topic is a cross-check only, so a
 station cannot publish for another (broker ACLs are per topic) -> bad_field.
-Several workers split the stream through the shared subscription $share/{group}/{prefix}/up/#;
+Several workers split the stream by broker.partitions (each a plain subscription to its share of
+the station and device topics, kept by the broker across restarts) or, opt-in, through the shared
+subscription $share/{group}/{prefix}/up/# (lost by Mosquitto across a restart: see the README);
 each needs its own client_id (its session and its buffer file are keyed by it).
 """
 
@@ -61,7 +63,7 @@ from ingest.decode import decode_payload, key_lookup
 from ingest.influx import Influx, InfluxRejected, InfluxUnavailable
 from ingest.model import CHINA_TZ, Kind, MobileFix, Packet, Reason, Rejected
 from ingest.schema import event_line, mobile_line, station_lines
-from ingest.mqtt import make_client
+from ingest.mqtt import ingest_topics, make_client, probe, shared_subscription_warning
 
 if TYPE_CHECKING:
     from ingest.offload import DecodeProcess, Job
@@ -73,6 +75,7 @@ SPLIT_TIMEOUT_S = 60.0  # parts of a split packet (Flag D) older than this are d
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 10.0
 STATUS_EVERY_S = 10.0
+SUBSCRIBE_CHUNK = 100  # topic filters per SUBSCRIBE packet (partitioned workers have one per station)
 INFLUX_TOPIC = "influxdb"  # the dead-letter topic of lines InfluxDB refused
 # HTTP statuses of a write that InfluxDB refused because of the lines themselves (parse error,
 # field type conflict, body too large): only these are bisected and dead-lettered.
@@ -333,6 +336,7 @@ class Ingest:
         self._pending = threading.Event()  # the buffer got lines
         self._drained = threading.Event()  # the buffer went below max_bytes
         self._subscribed = threading.Event()
+        self._subacks_due: set[int] = set()  # SUBSCRIBE packets of the current connection not yet granted
         self._threads: list[threading.Thread] = []
         self._client: mqtt.Client | None = None
         self.buffer: DiskBuffer | None = None
@@ -343,10 +347,17 @@ class Ingest:
     # -- public surface ------------------------------------------------------------------------
 
     @property
+    def topic_filters(self) -> list[str]:
+        """What this worker subscribes to (ingest.mqtt.ingest_topics)."""
+        return ingest_topics(self.settings.broker, self.lookup.stations, self.lookup.devices)
+
+    @property
     def topic_filter(self) -> str:
-        b = self.settings.broker
-        topic = f"{b.topic_prefix}/up/#"
-        return f"$share/{b.shared_group}/{topic}" if b.shared_group else topic
+        """The subscription in one line, for the log."""
+        b, topics = self.settings.broker, self.topic_filters
+        if b.partitions == 1:
+            return topics[0]
+        return f"{len(topics)} station and device topics (partition {b.partition} of {b.partitions})"
 
     def start(self) -> None:
         """Open the buffer and dead-letter store, connect (in the background) and start the threads."""
@@ -454,14 +465,25 @@ class Ingest:
             log.error("MQTT connect to %s:%s refused: %s", self.settings.broker.host, self.settings.broker.port, rc)
             return
         log.info("MQTT connected (session present: %s)", flags.session_present)
-        # Re-subscribing on a resumed session is harmless and covers a broker that lost it.
-        client.subscribe(self.topic_filter, options=SubscribeOptions(qos=1))
+        # Re-subscribing on a resumed session is harmless and covers a broker that lost it (Mosquitto
+        # does not restore shared subscriptions after a restart).
+        topics = self.topic_filters
+        self._subacks_due.clear()
+        if not topics:
+            log.warning("partition %d of %d holds no station or device: nothing to subscribe to",
+                        self.settings.broker.partition, self.settings.broker.partitions)
+            self._subscribed.set()
+        for i in range(0, len(topics), SUBSCRIBE_CHUNK):
+            _rc, mid = client.subscribe([(t, SubscribeOptions(qos=1)) for t in topics[i:i + SUBSCRIBE_CHUNK]])
+            self._subacks_due.add(mid)
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, codes: list[Any], _p: Any) -> None:
         if any(c.is_failure for c in codes):
             log.error("subscription to %s refused: %s", self.topic_filter, codes)
             return
-        self._subscribed.set()
+        self._subacks_due.discard(mid)
+        if not self._subacks_due:
+            self._subscribed.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if not self._stopping.is_set():
@@ -673,5 +695,9 @@ def run(settings: Settings) -> None:
         logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[RichHandler(show_path=False)])
         for name in ("envwatch", "ingest"):
             logging.getLogger(name).setLevel(logging.INFO)
+    if settings.broker.shared_group:
+        warning = shared_subscription_warning(settings.broker, probe(settings.broker)[1])
+        if warning:
+            log.warning("%s", warning)
     Ingest(settings).run()
 
