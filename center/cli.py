@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
+from center.cliopts import (App, check_range, detector_kinds, emit_csv, emit_json, one_of, output_format,
+                            parse_time_arg, require_port, require_store)
 from config import ConfigError, Settings, load
+from config.loader import resolve_path
+from ingest.model import Reason
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="envwatch: remote supervision of emission sources")
+# App: a bad argument is one line on stderr and exit code 2 (center/cliopts.py).
+app = App(no_args_is_help=True, add_completion=False, help="envwatch: remote supervision of emission sources")
 config_app = typer.Typer(no_args_is_help=True, help="Configuration files")
 services_app = typer.Typer(no_args_is_help=True, help="Local Mosquitto and InfluxDB for demo and tests")
 deadletters_app = typer.Typer(no_args_is_help=True, help="Payloads that were rejected, with their reasons")
@@ -40,25 +46,42 @@ app.add_typer(deadletters_app, name="deadletters")
 
 err = Console(stderr=True)
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (or $ENVWATCH_CONFIG)")]
+KindsOpt = Annotated[Optional[list[str]], typer.Option("--kind", "-k", help="only these detector kinds",
+                                                       callback=one_of(detector_kinds, "detector kind"))]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON on stdout instead of a table")]
+CsvOpt = Annotated[bool, typer.Option("--csv", help="CSV on stdout instead of a table")]
 
 
 def settings_or_exit(path: Path | None) -> Settings:
     try:
         return load(path)
     except ConfigError as exc:
-        err.print(f"[red]configuration invalid[/red] {exc}")
+        err.print(f"[red]configuration invalid[/red] {exc}", markup=False, highlight=False)
         raise typer.Exit(2) from exc
+
+
+def config_source(path: Path | None) -> str:
+    """The config file a command uses (--config or $ENVWATCH_CONFIG), for messages."""
+    return str(resolve_path(path))
 
 
 @config_app.command("check")
 def config_check(file: Path) -> None:
-    """Validate FILE and list every problem with its key path."""
+    """Validate FILE: every problem with its file, line and key path, including what would only fail at run
+    time (URLs without a scheme, users of unknown enterprises or officers, unknown detector parameters)."""
+    from config.loader import Problem, key_lines, line_of
+    from detect.cli import detector_problems
+
     try:
         s = load(file)
+        problems = [Problem(path, msg) for path, msg in detector_problems(s)]
+        if problems:
+            lines = key_lines(file.read_text(encoding="utf-8"))
+            raise ConfigError(str(file), [Problem(p.path, p.message, line_of(lines, p.path)) for p in problems])
     except ConfigError as exc:
-        err.print(f"[red]{exc.source}: {len(exc.problems)} problem(s)[/red]")
+        err.print(f"{exc.source}: {len(exc.problems)} problem(s)", style="red", markup=False, highlight=False)
         for p in exc.problems:
-            err.print(f"  [bold]{p.path}[/bold]: {p.message}")
+            err.print(f"  {p.located(exc.source)}", markup=False, highlight=False)
         raise typer.Exit(1) from exc
     stations = sum(len(o.stations) for e in s.registry.enterprises for o in e.outlets)
     Console().print(f"[green]ok[/green] {file}: {len(s.registry.enterprises)} enterprises, {stations} stations, "
@@ -107,48 +130,59 @@ def simulate(
 
 @app.command()
 def replay(
-    file: Path,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="raw packets, one per line")],
     config: ConfigOpt = None,
-    rate: Annotated[float, typer.Option(help="messages per second, 0 = as fast as possible")] = 0.0,
+    rate: Annotated[float, typer.Option(min=0.0, help="messages per second, 0 = as fast as possible")] = 0.0,
+    progress: Annotated[bool, typer.Option(help="progress bar on stderr")] = True,
 ) -> None:
     """Publish a file of raw packets (one per line) to the stations' topics."""
+    from rich.progress import Progress
+
     from center.simulate import replay as do_replay
 
-    n = do_replay(settings_or_exit(config), file, rate=rate)
+    settings = settings_or_exit(config)
+    if not progress:
+        n = do_replay(settings, file, rate=rate)
+    else:
+        with Progress(console=err, transient=False) as bar:
+            task = bar.add_task("replay", total=sum(1 for line in file.open("rb") if line.strip(b"\r\n")))
+            n = do_replay(settings, file, rate=rate, on_published=lambda: bar.advance(task))
     Console().print(f"published {n} payloads")
 
 
-TimeOpt = Annotated[str, typer.Option(help="ISO-8601; without an offset, China time (UTC+08:00)")]
+TimeOpt = Annotated[datetime, typer.Option(parser=parse_time_arg, metavar="TIME",
+                                           help="ISO-8601; without an offset, China time (UTC+08:00)")]
+FromOpt = Annotated[datetime, typer.Option("--from", parser=parse_time_arg, metavar="TIME",
+                                           help="start, ISO-8601 (China time without offset)")]
 
 
 @app.command()
-def detect(
-    from_: Annotated[str, typer.Option("--from", help="start, ISO-8601 (China time without offset)")],
-    to: TimeOpt,
-    kind: Annotated[Optional[list[str]], typer.Option("--kind", "-k", help="only these detector kinds")] = None,
-    config: ConfigOpt = None,
-) -> None:
+def detect(from_: FromOpt, to: TimeOpt, kind: KindsOpt = None, config: ConfigOpt = None) -> None:
     """Evaluate detectors over a past range [FROM, TO); alerts are stored and published, never duplicated."""
-    from detect.cli import detect_range, parse_time, summary
+    from detect.cli import detect_range, summary
 
-    reports = detect_range(settings_or_exit(config), parse_time(from_), parse_time(to), kinds=kind or None)
+    check_range(from_, to)
+    reports = detect_range(settings_or_exit(config), from_, to, kinds=kind or None)
     Console().print(summary(reports))
 
 
 @alerts_app.command("export")
 def alerts_export(
-    from_: Annotated[str, typer.Option("--from", help="start, ISO-8601 (China time without offset)")],
+    from_: FromOpt,
     to: TimeOpt,
     out: Annotated[str, typer.Option(help="file to write, - for stdout")] = "-",
-    kind: Annotated[Optional[list[str]], typer.Option("--kind", "-k")] = None,
+    kind: KindsOpt = None,
+    csv_: CsvOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Write alerts whose window overlaps [FROM, TO) as JSON Lines."""
-    from detect.cli import export_alerts, parse_time
+    """Write alerts whose window overlaps [FROM, TO) as JSON Lines (or CSV with --csv)."""
+    from detect.cli import export_alerts
 
+    check_range(from_, to)
     settings = settings_or_exit(config)
+    require_store(settings, config_source(config))
     target = sys.stdout if out == "-" else out
-    n = export_alerts(settings, parse_time(from_), parse_time(to), target, kinds=kind or None)
+    n = export_alerts(settings, from_, to, target, kinds=kind or None, fmt="csv" if csv_ else "jsonl")
     err.print(f"{n} alerts")
 
 
@@ -188,14 +222,17 @@ def evidence_verify(
 @services_app.command("up")
 def services_up(
     state_dir: Annotated[Path, typer.Option(help="where the services keep their data")] = Path(".state"),
-    mqtt_port: int = 1883,
-    influx_port: int = 8086,
+    mqtt_port: Annotated[int, typer.Option(min=1, max=65535)] = 1883,
+    influx_port: Annotated[int, typer.Option(min=1, max=65535)] = 8086,
 ) -> None:
     """Start local Mosquitto and InfluxDB on loopback (reuses running ones)."""
-    from center.devservices import ensure_up
+    from center.devservices import ServiceError, ensure_up
 
-    for line in ensure_up(state_dir, mqtt_port=mqtt_port, influx_port=influx_port):
-        Console().print(line)
+    try:
+        for line in ensure_up(state_dir, mqtt_port=mqtt_port, influx_port=influx_port):
+            Console().print(line)
+    except ServiceError as exc:
+        _service_error(exc)
 
 
 @services_app.command("down")
@@ -207,24 +244,59 @@ def services_down(state_dir: Annotated[Path, typer.Option()] = Path(".state")) -
         Console().print(line)
 
 
+ReasonOpt = Annotated[Optional[str], typer.Option(help="only this reason",
+                                                  callback=one_of([r.value for r in Reason], "reason"))]
+
+
 @deadletters_app.command("list")
 def deadletters_list(
     config: ConfigOpt = None,
-    reason: Annotated[Optional[str], typer.Option(help="only this reason")] = None,
-    limit: int = 20,
+    reason: ReasonOpt = None,
+    limit: Annotated[int, typer.Option(min=1)] = 20,
+    json_: JsonOpt = False,
+    csv_: CsvOpt = False,
 ) -> None:
     """Show the newest dead letters (reason, detail, topic, raw payload)."""
     from ingest.deadletter import cli_list
+    from ingest.deadletter_replay import FIELDS, letters
 
-    cli_list(settings_or_exit(config), reason=reason, limit=limit)
+    fmt = output_format(json_, csv_)
+    settings = settings_or_exit(config)
+    if fmt == "table":
+        cli_list(settings, reason=reason, limit=limit)
+        return
+    rows = letters(settings, reason=reason, limit=limit)
+    emit_json(rows) if fmt == "json" else emit_csv(rows, FIELDS)
 
 
 @deadletters_app.command("count")
-def deadletters_count(config: ConfigOpt = None) -> None:
+def deadletters_count(config: ConfigOpt = None, json_: JsonOpt = False, csv_: CsvOpt = False) -> None:
     """Count dead letters by reason."""
     from ingest.deadletter import cli_count
+    from ingest.deadletter_replay import counts
 
-    cli_count(settings_or_exit(config))
+    fmt = output_format(json_, csv_)
+    settings = settings_or_exit(config)
+    if fmt == "table":
+        cli_count(settings)
+        return
+    rows = [{"reason": r, "count": n} for r, n in counts(settings).items()]
+    emit_json(rows) if fmt == "json" else emit_csv(rows, ("reason", "count"))
+
+
+@deadletters_app.command("replay")
+def deadletters_replay(
+    config: ConfigOpt = None,
+    reason: ReasonOpt = None,
+    progress: Annotated[bool, typer.Option(help="progress bar on stderr")] = True,
+    json_: JsonOpt = False,
+) -> None:
+    """Re-feed stored dead letters through the current decoder and registry (e.g. after registering a station):
+    those that pass now are written to InfluxDB and marked replayed; the others keep their new reason.
+    Running it again changes nothing."""
+    from ingest.deadletter_replay import replay_cli
+
+    replay_cli(settings_or_exit(config), reason=reason, progress=progress, as_json=json_, console=Console(), err=err)
 
 
 @app.command("run")
@@ -232,7 +304,10 @@ def run_service(config: ConfigOpt = None) -> None:
     """Run the whole system as one service: ingest, scheduled detection, cases and delivery, HTTP API and board."""
     from center.service import run
 
-    raise typer.Exit(run(settings_or_exit(config)))
+    settings = settings_or_exit(config)
+    require_port(settings.center.host, settings.center.port, "HTTP API and board",
+                 f"center.port in {config_source(config)}")
+    raise typer.Exit(run(settings))
 
 
 @app.command()
@@ -240,11 +315,28 @@ def demo(
     config: ConfigOpt = Path("config/examples/demo-city.yaml"),
     speedup: Annotated[float, typer.Option(help="simulated seconds per real second while catching up (0: as fast as possible)")] = 0.0,
     seconds: Annotated[Optional[float], typer.Option(help="stop after this many real seconds")] = None,
+    mqtt_port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Mosquitto port (default broker.port)")] = None,
+    influx_port: Annotated[Optional[int], typer.Option(min=1, max=65535,
+                                                       help="influxd port (default: the port of influxdb.url)")] = None,
+    http_port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="board and API port (default center.port)")] = None,
 ) -> None:
     """Start local services, the whole service and the simulator with injected problems; open the board."""
-    from center.demo import run
+    from center.demo import run, with_ports
+    from center.devservices import ServiceError
 
-    run(settings_or_exit(config), speedup=speedup, seconds=seconds)
+    settings = with_ports(settings_or_exit(config), mqtt_port, influx_port, http_port)
+    require_port(settings.center.host, settings.center.port, "HTTP API and board", "--http-port")
+    try:
+        run(settings, speedup=speedup, seconds=seconds)
+    except ServiceError as exc:
+        _service_error(exc)
+
+
+def _service_error(exc: Exception) -> None:
+    """A local service that could not start (its port taken by another program): one line, exit 2."""
+    option = "--influx-port" if str(exc).startswith("influxd") else "--mqtt-port"
+    err.print(f"{str(exc).splitlines()[0]}; choose another with {option}", markup=False, highlight=False)
+    raise typer.Exit(2) from exc
 
 
 if __name__ == "__main__":
