@@ -518,12 +518,18 @@ class Reassembler:
         """Return `packet` if it is whole, the merged packet when its last part arrives, else None.
 
         A re-delivered part replaces the earlier copy. The merged packet has the D bit cleared
-        and no PNUM/PNO, so it is handled like any unsplit packet.
+        and no PNUM/PNO, so it is handled like any unsplit packet. A part whose PNUM disagrees
+        with the group's (set by its first part) is refused (Rejected bad_field) and not kept:
+        it would otherwise be swallowed when the group completes.
         """
         if not packet.split or packet.pnum is None or packet.pno is None:
             return packet
         key = (packet.mn, packet.qn, packet.cn)
         g = self._groups.get(key)
+        if g is not None and packet.pnum != g.pnum:
+            raise Rejected(Reason.BAD_FIELD, f"split part PNUM={packet.pnum};PNO={packet.pno} disagrees with "
+                                             f"PNUM={g.pnum} of the earlier parts of MN={packet.mn} "
+                                             f"QN={packet.qn} CN={packet.cn}")
         if g is None:
             g = self._groups[key] = SplitGroup(key, packet.pnum, self.clock())
         g.parts[packet.pno] = packet
@@ -531,6 +537,10 @@ class Reassembler:
             return None
         del self._groups[key]
         return _merge([g.parts[i] for i in range(1, g.pnum + 1)])
+
+    def drop(self, key: tuple[str, str | None, str]) -> SplitGroup | None:
+        """Remove and return one group (incomplete: the caller dead-letters its parts)."""
+        return self._groups.pop(key, None)
 
     def expire(self, now_monotonic: float | None = None) -> list[SplitGroup]:
         """Remove and return groups first seen more than timeout_s ago (dead-letter: incomplete_split)."""

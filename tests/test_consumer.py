@@ -300,7 +300,8 @@ def test_dead_letter_cli_reads_the_ingest_store(settings_factory: Callable[..., 
     cfg.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     envwatch = Path(sys.executable).with_name("envwatch")
     out = subprocess.run([str(envwatch), "deadletters", "list", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=60, env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"})
+                         capture_output=True, text=True, timeout=60, env={"COLUMNS": "250", "PATH": "/usr/bin:/bin",
+                              "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
     assert out.returncode == 0, out.stderr
     assert "bad_length" in out.stdout and "##garbage" in out.stdout
 
@@ -318,3 +319,74 @@ def test_pipeline_decrypts_hj212_2025_with_the_registry_key(settings_factory: Ca
         Message(station_topic(settings, mn), payload, 1, 1, datetime.now(timezone.utc)), batch)
     assert batch.dead == [] and len(batch.lines) == 1
     assert f"mn={mn}" in batch.lines[0] and "avg=3.5" in batch.lines[0]
+
+
+def split_part(mn: str, qn: str, pnum: int, pno: int, values: dict[str, dict[str, float | str]]) -> bytes:
+    return hj212.encode(hj212.build_segment(mn=mn, cn="2061", st="31", qn=qn, pnum=pnum, pno=pno,
+                                            data_time=T0, values=values))
+
+
+def test_split_part_with_inconsistent_pnum_is_dead_lettered_not_swallowed(
+        settings_factory: Callable[..., Settings], mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
+    """Issue 15.3: parts PNUM 2, 5, 2 of one MN/QN/CN: the two consistent ones are reassembled,
+    the PNUM=5;PNO=4 part is a dead letter with the reason, byte-exact (it used to vanish)."""
+    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1})
+    qn = "20260101000000009"
+    first = split_part(MN_GAS, qn, 2, 1, {"a21026": {"avg": 1.0}})
+    odd = split_part(MN_GAS, qn, 5, 4, {"a34013": {"avg": 4.0}})
+    last = split_part(MN_GAS, qn, 2, 2, {"a21002": {"avg": 2.0}})
+    topic = station_topic(settings, MN_GAS)
+    pub = mqtt_client_factory()
+    with Ingest(settings, split_timeout_s=30) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, [(topic, first), (topic, odd), (topic, last)])
+        wait_until("all three parts acked", drained(ing, 3))
+    assert count_points(settings, "station_hour") == 2
+    [d] = dead_letters(settings)
+    assert (d.reason, d.raw) == (Reason.BAD_FIELD, odd)
+    assert "PNUM=5;PNO=4 disagrees with PNUM=2" in d.detail
+
+
+def test_incomplete_split_parts_do_not_hold_other_stations(
+        settings_factory: Callable[..., Settings], mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
+    """Issue 15.4: 1,500 parts that never complete (more than receive_maximum), then 500 ordinary
+    packets of another station: the ordinary ones land at once, not after the split timeout;
+    every part ends as a dead letter (the bound per station dead-letters the oldest early, the
+    rest expire), none is lost."""
+    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1, "receive_maximum": 1000,
+                                                  "split_parts_per_station": 50})
+    parts = [(station_topic(settings, MN_GAS), split_part(MN_GAS, f"2026010100{i:07d}", 2, 1, {"a21026": {"avg": 1.0}}))
+             for i in range(1500)]
+    ordinary = [(station_topic(settings, MN_WATER), minute_packet(MN_WATER, i, gas=False)) for i in range(500)]
+    pub = mqtt_client_factory()
+    with Ingest(settings, split_timeout_s=120) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, parts + ordinary)
+        started = time.monotonic()
+        wait_until("the ordinary packets written", lambda: count_points(settings, "station_minute") == 1000, timeout=30)
+        assert time.monotonic() - started < 30  # far below the 120 s split timeout
+        wait_until("all acked but the 50 parts held", lambda: ing.counters()["acked"] == 2000 - 50)
+        c = ing.counters()
+    assert c["dead_letters"] == {"incomplete_split": 1450}
+    letters = dead_letters(settings)
+    assert {d.raw for d in letters} == {p for _, p in parts[:1450]}
+    assert all("split_parts_per_station" in d.detail for d in letters)
+
+
+def test_held_parts_are_bounded_in_all_and_expire_on_their_own(settings_factory: Callable[..., Settings]) -> None:
+    """Without a broker: parts of many stations held past a quarter of receive_maximum push out
+    the oldest group; the rest expire after the timeout; each part is a dead letter once."""
+    from ingest.consumer import Batch, Message, Pipeline
+    from config.lookup import Lookup
+
+    settings = settings_factory(REGISTRY, ingest={"receive_maximum": 8, "accept_unknown_stations": True})
+    pipe = Pipeline(settings, Lookup(settings.registry), split_timeout_s=60)
+    batch = Batch()
+    mns = [f"MN{i:02d}" for i in range(4)]
+    for i, mn in enumerate(mns):
+        payload = split_part(mn, f"q{i}", 3, 1, {"a21026": {"avg": 1.0}})
+        pipe.feed(Message(station_topic(settings, mn), payload, i, 1, datetime.now(timezone.utc)), batch)
+    assert pipe.held == 2 and len(batch.dead) == 2  # a quarter of 8
+    assert "a quarter of ingest.receive_maximum" in batch.dead[0].detail
+    pipe.expire(batch, now=time.monotonic() + 61)
+    assert pipe.held == 0 and len(batch.dead) == 4 and len(batch.done) == 4

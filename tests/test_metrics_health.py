@@ -30,7 +30,8 @@ from tests.apikit import T0, ServedApp, center_overrides, registry, seed_case, s
 NAMES = ("envwatch_ingest_messages_total", "envwatch_ingest_readings_written_total",
          "envwatch_ingest_dead_letters_total", "envwatch_ingest_buffer_depth",
          "envwatch_detect_job_duration_seconds_count", "envwatch_detect_job_lag_seconds", "envwatch_alerts",
-         "envwatch_cases", "envwatch_notices", "envwatch_delivery_failures", "envwatch_leader")
+         "envwatch_cases", "envwatch_notices", "envwatch_delivery_failures", "envwatch_leader",
+         "envwatch_ingest_disk_paused", "envwatch_ingest_disk_errors_total")
 
 
 def _registry_with_dead_webhook() -> dict[str, Any]:
@@ -101,6 +102,7 @@ def test_metrics_move_with_ingest_detection_and_the_store(running: dict[str, Any
     for reason, n in reasons.items():
         assert sample(after, "envwatch_ingest_dead_letters_total", reason=reason) == n
     assert sample(after, "envwatch_ingest_buffer_depth") == 0
+    assert sample(after, "envwatch_ingest_disk_paused") == 0
     assert sample(after, "envwatch_detect_job_duration_seconds_count", job="detect:exceedance") == 1
     assert (sample(after, "envwatch_detect_job_lag_seconds", job="detect:exceedance") or 0) > 0
     assert sample(after, "envwatch_alerts", kind="exceedance", status="open") == 1
@@ -116,7 +118,7 @@ def test_healthz_and_readyz_report_each_dependency(running: dict[str, Any], infl
         ready = c.get("/readyz")
         assert ready.status_code == 200
         assert {k: v["ok"] for k, v in ready.json()["checks"].items()} == {"broker": True, "influxdb": True,
-                                                                           "store": True}
+                                                                           "store": True, "ingest": True}
         influxd.stop()
         try:
             down = c.get("/readyz")
