@@ -300,6 +300,11 @@ class Pipeline:
             raise Rejected(Reason.BAD_FIELD, f"payload {what} {ident!r} does not match topic {topic!r}")
 
     def _check_time(self, t: datetime, batch: Batch) -> None:
+        problem = self._time_problem(t, batch)
+        if problem is not None:
+            raise Rejected(Reason.BAD_TIME, problem)
+
+    def _time_problem(self, t: datetime, batch: Batch) -> str | None:
         if batch.clock is None:
             now = datetime.now(timezone.utc)
             batch.clock = (now, _china(now + self._future))
@@ -307,11 +312,11 @@ class Pipeline:
         # The bounds are in China time, like every HJ 212 DataTime: aware datetimes that share a
         # tzinfo compare without working out UTC offsets (same result, ~30 times faster).
         if t > latest:
-            raise Rejected(Reason.BAD_TIME, f"time {t.isoformat()} is more than "
-                                            f"{self._future.total_seconds():g}s ahead of now ({now:%Y-%m-%dT%H:%M:%SZ})")
+            return (f"time {t.isoformat()} is more than {self._future.total_seconds():g}s ahead of now "
+                    f"({now:%Y-%m-%dT%H:%M:%SZ})")
         if t < self._earliest_cn:
-            raise Rejected(Reason.BAD_TIME, f"time {t.isoformat()} is before ingest.earliest "
-                                            f"{self._earliest.isoformat()}")
+            return f"time {t.isoformat()} is before ingest.earliest {self._earliest.isoformat()}"
+        return None
 
     def _feed_part(self, part: Packet, msg: Message, batch: Batch) -> None:
         key = _group_key(part)
@@ -339,7 +344,13 @@ class Pipeline:
             self._check_line("".join(lines))  # one scan for the whole packet, before any line is added
             batch.lines += lines
         else:
-            batch.lines.append(self._check_line(event_line(packet, ref, received)))
+            when, source = hj212.event_time(packet)
+            if when is None or (source == "qn" and self._time_problem(when, batch) is not None):
+                # The QN is an identifier first: a logger with a wrong clock is still seen now.
+                when, source = received, "arrival"
+            elif source != "data_time":  # DataTime was checked with the packet
+                self._check_time(when, batch)
+            batch.lines.append(self._check_line(event_line(packet, ref, received, (when, source))))
             batch.events[packet.kind.value] += 1
 
     @staticmethod

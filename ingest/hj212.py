@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from config.tables import code_2005_to_2017
-from ingest.model import CHINA_TZ, INTERVALS, Packet, Reason, Rejected, Value
+from ingest.model import CHINA_TZ, INTERVALS, Kind, Packet, Reason, Rejected, Value
 
 KeyFor = Callable[[str], "bytes | None"]
 
@@ -340,6 +340,34 @@ def _either(val: str) -> Value:
     except ValueError:
         return val
     return f if f - f == 0 else val
+
+
+# CP items that give an event packet's own time, in order of preference (after DataTime).
+_EVENT_TIME_KEYS = (("AlarmTime", "alarm_time"), ("RestartTime", "restart_time"), ("SystemTime", "system_time"))
+
+
+def event_time(p: Packet) -> tuple[datetime | None, str]:
+    """The time a non-readings packet carries and where it came from (schema.event_line's
+    time_source): DataTime, AlarmTime, RestartTime, SystemTime, else the QN's time (not for
+    answers, CN 9011-9014, whose QN is that of the request they answer); (None, "arrival") if none.
+
+    A time item that is present but malformed is bad_field; a QN that is not a time is no time.
+    """
+    if p.data_time is not None:
+        return p.data_time, "data_time"
+    for key, source in _EVENT_TIME_KEYS:
+        text = p.extra.get(key)
+        if text is not None:
+            try:
+                return parse_data_time(text), source
+            except Rejected:
+                raise _bad(f"{key} {text[:20]!r} is not YYYYMMDDhhmmss[zzz]") from None
+    if p.qn is not None and p.kind is not Kind.ANSWER and len(p.qn) == 17:
+        try:
+            return parse_data_time(p.qn), "qn"
+        except Rejected:
+            pass
+    return None, "arrival"
 
 
 _TIME_CACHE: dict[str, datetime] = {}

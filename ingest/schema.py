@@ -13,7 +13,13 @@ Mobile samples (drones, survey vehicles):
 
 Station events (heartbeats, status, alarms, restarts): counted and kept for the offline detector.
     station_event  tags mn, enterprise, kind (heartbeat|status|alarm|restart|answer|other), cn
-                   fields seen=1i, plus the packet's own numeric CP values (e.g. SB1_RS)
+                   fields seen=1i, time_source (string, see below), plus the packet's own numeric
+                   CP values (e.g. SB1_RS)
+    The timestamp is the packet's own time (hj212.event_time): DataTime, else AlarmTime (2072),
+    RestartTime (2081) or SystemTime, else the QN (YYYYMMDDhhmmsszzz, the time the logger made
+    the packet; not for answers, whose QN is the request's); time_source names which
+    (data_time|alarm_time|restart_time|system_time|qn). Only a packet with none of them is
+    stamped with the time the ingest received it, time_source "arrival".
 """
 
 from __future__ import annotations
@@ -131,11 +137,14 @@ def _scale(code: str, units: dict[str, str]) -> float:
     return _TO_CANONICAL.get((sent, table.unit), 1.0)
 
 
-def event_line(packet: Packet, ref: StationRef | None, received: datetime) -> str:
-    """One point per non-readings packet, stamped with DataTime if sent, else the receive time."""
-    ts = _epoch_s(packet.data_time or received)
+def event_line(packet: Packet, ref: StationRef | None, received: datetime,
+               at: tuple[datetime, str] | None = None) -> str:
+    """One point per non-readings packet, stamped `at` = (time, its source: see TIME_SOURCES);
+    by default DataTime if sent, else the receive time ("arrival")."""
+    when, source = at or ((packet.data_time, "data_time") if packet.data_time else (received, "arrival"))
+    ts = _epoch_s(when)
     ent = _esc_tag(ref.enterprise.id) if ref else "_unknown"
-    fields = ["seen=1i"]
+    fields = ["seen=1i", f'time_source="{source}"']
     for code, vals in packet.values.items():
         for name, v in vals.items():
             if not isinstance(v, str):

@@ -390,3 +390,39 @@ def test_held_parts_are_bounded_in_all_and_expire_on_their_own(settings_factory:
     assert "a quarter of ingest.receive_maximum" in batch.dead[0].detail
     pipe.expire(batch, now=time.monotonic() + 61)
     assert pipe.held == 0 and len(batch.dead) == 4 and len(batch.done) == 4
+
+
+def test_events_take_their_time_from_the_packet(settings_factory: Callable[..., Settings],
+                                                mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
+    """Issue 15.5: a backlog of alarms published at once lands as one point per AlarmTime (not
+    collapsed onto the arrival second); a heartbeat with a QN takes the QN's time; only a packet
+    without any time is stamped on arrival, and says so in time_source."""
+    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1})
+    topic = station_topic(settings, MN_GAS)
+
+    def alarm(i: int) -> bytes:
+        t = hj212.format_data_time(T0 + timedelta(minutes=i))
+        return hj212.encode(f"QN=20990101000000000;ST=31;CN=2072;PW=1;MN={MN_GAS};Flag=5;"
+                            f"CP=&&AlarmTime={t};a21026-Ala=16.00,AlarmType=1&&")
+
+    qn_time = T0 + timedelta(hours=2, seconds=7)
+    with_qn = hj212.encode(f"QN={hj212.format_data_time(qn_time)}123;ST=31;CN=8013;PW=1;MN={MN_GAS};Flag=4;"
+                           f"CP=&&HeartbeatTime=120&&")
+    bare = hj212.encode(f"ST=31;CN=8013;PW=1;MN={MN_GAS};Flag=4;CP=&&HeartbeatTime=120&&")
+    bad_alarm = hj212.encode(f"ST=31;CN=2072;PW=1;MN={MN_GAS};Flag=4;CP=&&AlarmTime=2016-08-24;a21026-Ala=1&&")
+    pub = mqtt_client_factory()
+    with Ingest(settings) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, [(topic, alarm(i)) for i in range(30)] + [(topic, with_qn), (topic, bare), (topic, bad_alarm)])
+        wait_until("all acked and written", drained(ing, 33))
+    with Influx(settings.influxdb) as influx:
+        [s] = influx.query('SELECT seen, time_source, "a21026_ala" FROM station_event WHERE kind = \'alarm\'')
+        rows = s.values
+        assert [r[0] for r in rows] == [int((T0 + timedelta(minutes=i)).timestamp()) for i in range(30)]
+        assert {r[2] for r in rows} == {"alarm_time"} and {r[3] for r in rows} == {16.0}
+        [h] = influx.query("SELECT seen, time_source FROM station_event WHERE kind = 'heartbeat'")
+    by_source = {r[2]: r[0] for r in h.values}
+    assert by_source["qn"] == int(qn_time.timestamp())
+    assert abs(by_source["arrival"] - time.time()) < 120
+    [d] = dead_letters(settings)
+    assert d.raw == bad_alarm and "AlarmTime" in d.detail
