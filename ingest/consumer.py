@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import signal
 import sqlite3
 import sys
@@ -87,6 +88,8 @@ INFLUX_TOPIC = "influxdb"  # the dead-letter topic of lines InfluxDB refused
 # HTTP statuses of a write that InfluxDB refused because of the lines themselves (parse error,
 # field type conflict, body too large): only these are bisected and dead-lettered.
 DATA_REFUSED = frozenset({400, 413, 422})
+# InfluxDB 1.x: 'field type conflict: input field "zs_max" on measurement "station_minute" is type ...'
+CONFLICT_FIELD = re.compile(r'input field "((?:[^"\\]|\\.)*)" on measurement')
 
 
 # --------------------------------------------------------------------------------------------
@@ -788,15 +791,28 @@ class Ingest:
             if exc.status not in DATA_REFUSED:
                 raise
             if len(lines) == 1:
-                self.deadletters.add(DeadLetter(INFLUX_TOPIC, Reason.BAD_FIELD, exc.server_message,
-                                                lines[0].encode()))
-                self._counters.dead([Reason.BAD_FIELD.value])
+                self._refused_line(lines[0], exc.server_message)
                 return
             half = len(lines) // 2
             self._write_bisect(lines[:half])
             self._write_bisect(lines[half:])
             return
         self._counters.add("readings_written", len(lines))
+
+    def _refused_line(self, line: str, message: str) -> None:
+        """Dead-letter a line InfluxDB refused; for a field type conflict, only the field named in
+        the refusal (as a one-field line), and write the line's other fields again."""
+        assert self.deadletters is not None
+        conflict = CONFLICT_FIELD.search(message)
+        split = split_fields(line, conflict.group(1)) if conflict else None
+        if split is not None:
+            rest, alone = split
+            self.deadletters.add(DeadLetter(INFLUX_TOPIC, Reason.BAD_FIELD, message, alone.encode()))
+            self._counters.dead([Reason.BAD_FIELD.value])
+            self._write_bisect([rest])
+            return
+        self.deadletters.add(DeadLetter(INFLUX_TOPIC, Reason.BAD_FIELD, message, line.encode()))
+        self._counters.dead([Reason.BAD_FIELD.value])
 
     def _close(self) -> None:
         if any(t.is_alive() for t in self._threads):
@@ -808,6 +824,49 @@ class Ingest:
             if res is not None:
                 res.close()
         self.buffer = self.deadletters = self.influx = self._decoder = None
+
+
+def split_fields(line: str, name: str) -> tuple[str, str] | None:
+    """(the line without field `name`, the line with only that field), or None if the line has
+    no such field or no other one. Lines are ours (ingest.schema): key, fields, timestamp."""
+    key_end = _unescaped_space(line)
+    ts_at = line.rfind(" ")
+    if key_end < 0 or ts_at <= key_end:
+        return None
+    key, ts = line[:key_end], line[ts_at:]
+    fields = _field_items(line[key_end + 1:ts_at])
+    keep = [f for f in fields if f.split("=", 1)[0] != name]
+    if not keep or len(keep) == len(fields):
+        return None
+    alone = [f for f in fields if f.split("=", 1)[0] == name]
+    return f"{key} {','.join(keep)}{ts}", f"{key} {','.join(alone)}{ts}"
+
+
+def _unescaped_space(line: str) -> int:
+    i = 0
+    while True:
+        i = line.find(" ", i)
+        if i <= 0 or line[i - 1] != "\\":
+            return i
+        i += 1
+
+
+def _field_items(text: str) -> list[str]:
+    """`a=1.0,flag="x,y"` -> ['a=1.0', 'flag="x,y"']: commas inside quoted strings kept."""
+    items, start, quoted, i = [], 0, False, 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and quoted:
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == "," and not quoted:
+            items.append(text[start:i])
+            start = i + 1
+        i += 1
+    items.append(text[start:])
+    return items
 
 
 def _exit_process(why: str) -> None:

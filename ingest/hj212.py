@@ -136,7 +136,8 @@ def field_name(suffix: str) -> str:
     return name
 
 
-def _suffix(name: str) -> str:
+def field_suffix(name: str) -> str:
+    """`zs_avg` -> `ZsAvg`: the CP key suffix of a field name (field_name's inverse)."""
     s = _NAME_TO_SUFFIX.get(name)
     return s if s is not None else "".join(p[:1].upper() + p[1:] for p in name.split("_"))
 
@@ -300,7 +301,14 @@ def _parse_cp(cp: str, p: Packet) -> None:
 
 
 def _parse_cp_items(cp: str, p: Packet) -> None:
-    """CP items one by one into p.values / p.extra, rejecting the first bad one."""
+    """CP items one by one into p.values / p.extra, rejecting the first bad one.
+
+    Numbers follow HJ 212's syntax only: optional sign, ASCII digits with at most one decimal
+    point, optional exponent. float() also takes `1_000`, surrounding spaces, full-width or
+    Arabic-Indic digits, inf and nan: once it has parsed the text (so the syntax is otherwise
+    float's), refusing non-ASCII text, `_` and spaces, and non-finite results leaves exactly
+    that (the CP is already free of control characters).
+    """
     values, extra, orig, cache = p.values, p.extra, p.original_codes, _KEY_CACHE
     # `;` groups one pollutant's fields, but every field names its code: one flat split suffices.
     for item in cp.replace(";", ",").split(","):
@@ -318,6 +326,8 @@ def _parse_cp_items(cp: str, p: Packet) -> None:
                 raise _bad(f"CP item {item[:40]!r}: value is not a number") from None
             if v - v != 0:  # inf or nan
                 raise _bad(f"CP item {item[:40]!r}: value is not finite")
+            if not val.isascii() or "_" in val or " " in val:
+                raise _bad(f"CP item {item[:40]!r}: value is not an HJ 212 number")
         elif mode == 2:
             v = val
         elif mode == 0:
@@ -339,7 +349,7 @@ def _either(val: str) -> Value:
         f = float(val)
     except ValueError:
         return val
-    return f if f - f == 0 else val
+    return f if f - f == 0 and val.isascii() and "_" not in val and " " not in val else val
 
 
 # CP items that give an event packet's own time, in order of preference (after DataTime).
@@ -502,7 +512,7 @@ def build_segment(*, mn: str, cn: str, st: str, pw: str = "123456", qn: str | No
         parts = []
         for name, v in fields.items():
             txt = _text(v, "value") if isinstance(v, str) else format_number(v)
-            parts.append(f"{_text(code, 'code')}-{_suffix(name)}={txt}")
+            parts.append(f"{_text(code, 'code')}-{field_suffix(name)}={txt}")
         if parts:
             groups.append(",".join(parts))
     cp = ";".join(groups)

@@ -426,3 +426,85 @@ def test_events_take_their_time_from_the_packet(settings_factory: Callable[..., 
     assert abs(by_source["arrival"] - time.time()) < 120
     [d] = dead_letters(settings)
     assert d.raw == bad_alarm and "AlarmTime" in d.detail
+
+
+def test_implausible_values_are_kept_flagged_and_never_a_valid_minute(
+        settings_factory: Callable[..., Settings], mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
+    """Issue 15.6: 1.7e308 and 5e9 mg/m3 SO2 are stored (as avg_implausible, zs_avg_implausible,
+    named in `implausible`), but the hourly valid mean counts only the plausible minute."""
+    from detect.base import Window
+    from detect.source import ReadingSource
+
+    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1})
+    hour = T0.replace(minute=0) - timedelta(hours=1)
+
+    def minute(i: int, avg: float, zs: float) -> bytes:
+        return hj212.encode(hj212.build_segment(mn=MN_GAS, cn="2051", st="31", flag=4, data_time=hour + timedelta(minutes=i),
+                                                values={"a21026": {"avg": avg, "zs_avg": zs, "flag": "N"}}))
+
+    topic = station_topic(settings, MN_GAS)
+    pub = mqtt_client_factory()
+    with Ingest(settings) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, [(topic, minute(0, 10.0, 12.0)), (topic, minute(1, 1.7e308, 5e9))])
+        wait_until("both written", drained(ing, 2))
+    with Influx(settings.influxdb) as influx:
+        [s] = influx.query("SELECT avg, zs_avg, avg_implausible, zs_avg_implausible, implausible, flag "
+                           "FROM station_minute")
+        rows = [dict(zip(s.columns, v)) for v in s.values]
+        assert rows[0]["avg"] == 10.0 and rows[0]["implausible"] is None
+        assert rows[1]["avg"] is None and rows[1]["avg_implausible"] == 1.7e308
+        assert rows[1]["zs_avg_implausible"] == 5e9 and rows[1]["implausible"] == "avg,zs_avg"
+        window = Window(hour.astimezone(timezone.utc), (hour + timedelta(hours=1)).astimezone(timezone.utc))
+        agg = ReadingSource(influx).hourly_valid_means(window, pollutants=["a21026"])
+        minutes = ReadingSource(influx).minutes(window, pollutants=["a21026"])
+    assert agg["count"].tolist() == [1] and agg["mean"].tolist() == [12.0]
+    assert minutes["zs_avg"].notna().sum() == 1  # the minute path reads no value for it either
+
+
+def test_codes_outside_registry_and_table_share_one_catch_all_series(
+        settings_factory: Callable[..., Settings], mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
+    """Issue 15.6: one 9,999-byte packet of ~900 invented codes used to make ~900 series; now
+    they are one `_other` series per station and interval, their values kept as text."""
+    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1})
+    head = f"QN=20260101000000000;ST=31;CN=2051;PW=1;MN={MN_GAS};Flag=4;CP=&&DataTime={hj212.format_data_time(T0)}"
+    items, i = [], 0
+    while len(head) + sum(len(x) + 1 for x in items) < 9900:
+        items.append(f"x{i:04d}-Avg=1")
+        i += 1
+    seg = head + ";a21026-Avg=3.5;" + ";".join(items) + "&&"
+    topic = station_topic(settings, MN_GAS)
+    pub = mqtt_client_factory()
+    with Ingest(settings) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, [(topic, hj212.encode(seg))])
+        wait_until("written", drained(ing, 1))
+    with Influx(settings.influxdb) as influx:
+        series = influx.query("SHOW SERIES FROM station_minute")
+        [other] = influx.query("SELECT other FROM station_minute WHERE pollutant = '_other'")
+    assert sum(len(s.values) for s in series) == 2  # a21026 and _other
+    text = other.values[0][1]
+    assert text.split(",")[:2] == ["x0000-Avg=1.0", "x0001-Avg=1.0"] and len(text.split(",")) == len(items)
+    assert count_points(settings, "station_minute") == 1  # a21026's avg
+
+
+def test_tag_values_are_escaped_exactly_as_line_protocol_defines(
+        settings_factory: Callable[..., Settings], mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
+    """Issue 15.6: an MN with backslashes is stored as sent (it used to be doubled); one ending
+    in a backslash cannot be stored at all and is dead-lettered raw, not as line protocol."""
+    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1, "accept_unknown_stations": True})
+    mns = ["AB\\CD", "A B,C=D\\\\E", "AB\\"]
+    packets = [(station_topic(settings, mn), json.dumps({"mn": mn, "cn": "2051", "data_time": T0.isoformat(),
+                                                         "values": {"a21026": {"avg": 1.0}}}).encode())
+               for mn in mns]
+    pub = mqtt_client_factory()
+    with Ingest(settings) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, packets)
+        wait_until("all acked", drained(ing, 3))
+    with Influx(settings.influxdb) as influx:
+        [tags] = influx.query('SHOW TAG VALUES FROM station_minute WITH KEY = "mn"')
+    assert sorted(v[1] for v in tags.values) == sorted(mns[:2])
+    [d] = dead_letters(settings)
+    assert (d.reason, d.raw, d.topic) == (Reason.BAD_FIELD, packets[2][1], packets[2][0])
+    assert "backslash" in d.detail
