@@ -292,6 +292,7 @@ def test_full_disk_pauses_acks_and_recovers_by_itself(settings_factory: Callable
         time.sleep(1.5)
         c = ing.counters()
         assert c["acked"] == 50 and c["disk_paused"] == 1 and c["disk_errors"] >= 2
+        assert "writer:" in c["disk_problem"] and "commit:" in c["disk_problem"]
         assert all(t.is_alive() for t in ing._threads)
         (small_fs / "filler").unlink()
         wait_until("everything written after space returned", drained(ing, 100))
