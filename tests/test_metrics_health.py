@@ -113,7 +113,7 @@ def test_metrics_move_with_ingest_detection_and_the_store(running: dict[str, Any
 
 def test_healthz_and_readyz_report_each_dependency(running: dict[str, Any], influxd: Service) -> None:
     srv: ServedApp = running["srv"]
-    with srv.client() as c:
+    with srv.client("op") as c:  # the checks' details are for operators
         assert c.get("/healthz").json()["status"] == "ok"
         ready = c.get("/readyz")
         assert ready.status_code == 200
@@ -161,7 +161,7 @@ def test_readyz_and_metrics_show_an_ingest_paused_by_a_full_disk(
                 topic = f"{settings.broker.topic_prefix}/up/station/MN-A-01"
                 pub.publish(topic, station_packet("MN-A-01", T0, 20.0), qos=1).wait_for_publish(5)
                 wait_for(lambda: ingest.counters()["disk_paused"] == 1, "the ingest paused", timeout=20)
-                with srv.client() as c:
+                with srv.client("op") as c:  # the checks' details are for operators
                     ready = c.get("/readyz")
                     text = c.get("/metrics").text
                 assert ready.status_code == 503
@@ -171,7 +171,7 @@ def test_readyz_and_metrics_show_an_ingest_paused_by_a_full_disk(
                 assert (sample(text, "envwatch_ingest_disk_errors_total") or 0) >= 1
                 (mnt / "filler").unlink()
                 wait_for(lambda: ingest.counters()["readings_written"] >= 1, "the reading written", timeout=20)
-                with srv.client() as c:
+                with srv.client("op") as c:
                     assert c.get("/readyz").json()["checks"]["ingest"]["ok"] is True
                     assert sample(c.get("/metrics").text, "envwatch_ingest_disk_paused") == 0
             finally:
