@@ -67,6 +67,7 @@ def create_app(settings: Settings, engine: Engine, *, influx: Influx | None = No
     st.is_leader = is_leader
     st.instance_id = instance_id or settings.center.instance_id or socket.gethostname()
     st.ingest_subscribed = (lambda: ingest.wait_subscribed(0)) if ingest is not None else None
+    st.ingest_problem = ingest.problem if ingest is not None else None
     st.metrics = metrics or Metrics(engine, ingest.counters if ingest is not None else None, is_leader)
     for module in (api_admin, api_cases, api_tickets, api_data, api_stream, health, metrics_api):
         app.include_router(module.router)

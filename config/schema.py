@@ -99,6 +99,11 @@ class IngestSettings(_Model):
     accept_unknown_stations: bool = False
     # Decode in a child process (ingest/offload.py): one worker then uses two cores.
     decode_process: bool = False
+    # A dead letter keeps at most this prefix of an oversized payload, with its size and SHA-256.
+    deadletter_max_bytes: Annotated[int, Field(ge=256)] = 64 * 1024
+    # Parts of incomplete split packets one station may have held (unacked) at a time; beyond
+    # that its oldest incomplete packet is dead-lettered (incomplete_split).
+    split_parts_per_station: Annotated[int, Field(ge=1)] = 64
 
 
 class Limit(_Model):
