@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 from sqlalchemy import Engine
 
-from center import api_admin, api_cases, api_data, api_stream, api_tickets, health
+from center import api_admin, api_cases, api_data, api_stream, api_tickets, guard, health
 from center import metrics as metrics_api
 from center.api_models import AnswerIn
 from center.api_stream import Broadcaster, StorePoller
@@ -54,7 +54,9 @@ def create_app(settings: Settings, engine: Engine, *, influx: Influx | None = No
         finally:
             poller.stop()
 
-    app = FastAPI(title="envwatch monitoring center", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="envwatch monitoring center", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  max_body_size=settings.center.max_body_bytes, dependencies=[Depends(guard.outside_input)])
+    guard.install(app)
     st = app.state
     st.settings, st.engine, st.broadcaster = settings, engine, broadcaster
     st.influx = influx or Influx(settings.influxdb)
