@@ -153,10 +153,13 @@ def _invalid(exc: ValidationError) -> HTTPException:
     return HTTPException(422, detail=exc.errors(include_url=False, include_context=False, include_input=False))
 
 
+FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")  # a form without files is urlencoded
+
+
 async def _read_answer(request: Request, limits: AnswerLimits) -> tuple[AnswerIn, list[Attachment]]:
     """The answer and its decoded attachments, every limit checked before anything big is decoded."""
     try:
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if request.headers.get("content-type", "").startswith(FORMS):
             body, files = await _read_multipart(request, limits)
         else:
             body, files = await _read_json(request, limits)
@@ -194,13 +197,14 @@ async def _read_json(request: Request, limits: AnswerLimits) -> tuple[AnswerIn, 
 
 async def _read_multipart(request: Request, limits: AnswerLimits) -> tuple[AnswerIn, list[Attachment]]:
     try:
-        # Text fields up to the text limit in UTF-8 (4 bytes a character at most).
-        form = await request.form(max_files=limits.max_attachments, max_part_size=limits.max_text_chars * 4 + 1024)
+        # Text fields up to the text limit, percent-encoded UTF-8 in a urlencoded form (12 bytes a character).
+        form = await request.form(max_files=limits.max_attachments, max_part_size=limits.max_text_chars * 12 + 1024)
     except StarletteHTTPException as exc:
         if exc.status_code != 400:  # 413 from the body limit stays a 413
             raise
-        raise HTTPException(422, detail=f"the multipart body cannot be taken: {exc.detail} (limits: "
-                                        f"{limits.max_attachments} attachments, notify.answers)") from exc
+        raise HTTPException(422, detail=f"the form cannot be read: {exc.detail} (an answer carries at most "
+                                        f"{limits.max_attachments} attachments, notify.answers.max_attachments, and "
+                                        f"{limits.max_text_chars} characters of text, max_text_chars)") from exc
     fields = {k: form.get(k) for k in ("answer_id", "type", "text") if isinstance(form.get(k), str)}
     body = AnswerIn.model_validate({"text": "", **fields})
     uploads = form.getlist("attachments")

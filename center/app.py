@@ -55,8 +55,8 @@ def create_app(settings: Settings, engine: Engine, *, influx: Influx | None = No
             poller.stop()
 
     app = FastAPI(title="envwatch monitoring center", version="1", description=DESCRIPTION, lifespan=lifespan,
-                  max_body_size=settings.center.max_body_bytes, dependencies=[Depends(guard.outside_input)])
-    guard.install(app)
+                  dependencies=[Depends(guard.outside_input)])
+    guard.install(app, settings.center.max_body_bytes)
     st = app.state
     st.settings, st.engine, st.broadcaster = settings, engine, broadcaster
     st.influx = influx or Influx(settings.influxdb)

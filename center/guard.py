@@ -1,11 +1,11 @@
 """What the HTTP service refuses before a route runs, and how every refusal reads: a 4xx with a reason.
 
-    app = FastAPI(..., max_body_size=settings.center.max_body_bytes, dependencies=[Depends(outside_input)])
-    install(app)                          # the error handlers below
+    app = FastAPI(..., dependencies=[Depends(outside_input)])
+    install(app, settings.center.max_body_bytes)     # the body limit and the error handlers below
     t = check_time(parse(text), "from")   # 422 outside YEARS
 
-- A body larger than center.max_body_bytes: 413 saying the limit (Starlette's body limit: checked
-  against Content-Length and counted while streamed, so the body is never buffered first).
+- A body larger than center.max_body_bytes: 413 saying the limit, from its Content-Length before
+  the route runs, or counted while it streams in, so it is never buffered first (BodyLimit).
 - A control character (NUL, line break, ...) in the path or in a query parameter: 400.
 - An id in a path or query parameter (`case_id`, `alert_id`, `ticket_id`, `enterprise_id`,
   `enterprise`, `device`, `mn`, `outlet`): 400 unless it matches its pattern in config/ids.py.
@@ -25,7 +25,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from config import ids
 
@@ -35,7 +36,41 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 ID_PARAMS: dict[str, ids.Kind] = {
     "case_id": "case", "alert_id": "alert", "ticket_id": "ticket", "enterprise_id": "enterprise",
     "enterprise": "enterprise", "device": "device", "mn": "mn", "outlet": "outlet"}
-STARLETTE_TOO_LARGE = "Content Too Large"  # the detail of Starlette's body-limit exception
+
+
+class BodyLimit:
+    """ASGI middleware: 413 with the limit for a request body over `limit` bytes.
+
+    Starlette's RequestBodyLimitMiddleware does the same but answers a declared oversize body with
+    a bare "Content Too Large" in place of whatever the app sent; this one says which setting."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    def detail(self) -> str:
+        return (f"the request body is larger than {self.limit} bytes (center.max_body_bytes); "
+                "send fewer or smaller attachments")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            await JSONResponse({"detail": self.detail()}, status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:  # raised inside the route: the app's handlers answer the 413
+                    raise HTTPException(413, detail=self.detail())
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def outside_input(request: Request) -> None:
@@ -71,9 +106,9 @@ def _fields(exc: RequestValidationError) -> list[dict[str, Any]]:
             for e in exc.errors()]
 
 
-def install(app: FastAPI) -> None:
-    """Register the error handlers that keep client mistakes 4xx with a reason."""
-    limit = app.max_body_size
+def install(app: FastAPI, max_body_bytes: int) -> None:
+    """Add the body limit and the error handlers that keep client mistakes 4xx with a reason."""
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
@@ -88,13 +123,5 @@ def install(app: FastAPI) -> None:
         return JSONResponse({"detail": "a value in this request cannot be stored or compared "
                                        f"({type(exc.orig).__name__}): check the ids and texts sent"}, status_code=400)
 
-    @app.exception_handler(413)
-    async def _too_large(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = exc.detail
-        if detail == STARLETTE_TOO_LARGE:
-            detail = (f"the request body is larger than {limit} bytes (center.max_body_bytes); send fewer or "
-                      "smaller attachments")
-        return JSONResponse({"detail": detail}, status_code=413, headers=exc.headers)
 
-
-__all__ = ["ID_PARAMS", "YEARS", "check_range", "check_time", "install", "outside_input"]
+__all__ = ["ID_PARAMS", "BodyLimit", "YEARS", "check_range", "check_time", "install", "outside_input"]
