@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,8 +17,8 @@ from config import ids
 from config.ids import attachment_name
 from config.schema import AnswerLimits
 from notify import workflow
-from notify.answers_mqtt import Attachment
-from notify.attachments import LimitExceeded, check_base64_size, check_count, check_size, check_text
+from notify.answers_mqtt import Attachment, decode_attachments
+from notify.attachments import LimitExceeded, check_count, check_size, check_text
 from notify.cases import TransitionError
 from notify.events import append_event
 
@@ -180,19 +178,7 @@ async def _read_json(request: Request, limits: AnswerLimits) -> tuple[AnswerIn, 
         raise HTTPException(422, detail="empty body: send the answer as JSON {answer_id, type, text, attachments} "
                                         "or as multipart/form-data")
     body = AnswerIn.model_validate_json(raw)
-    check_count(len(body.attachments), limits)
-    files, total = [], 0
-    for a in body.attachments:
-        name = attachment_name(a.name)
-        check_base64_size(name, len(a.content_base64), total, limits)  # refuse before decoding
-        try:
-            data = base64.b64decode(a.content_base64, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise HTTPException(422, detail=f"attachment {name!r}: content_base64 is not base64") from exc
-        total += len(data)
-        check_size(name, len(data), total, limits)
-        files.append(Attachment(name, data))
-    return body, files
+    return body, decode_attachments([(a.name, a.content_base64) for a in body.attachments], limits)
 
 
 async def _read_multipart(request: Request, limits: AnswerLimits) -> tuple[AnswerIn, list[Attachment]]:

@@ -113,23 +113,29 @@ def parse_answer(topic: str, payload: bytes, prefix: str, received_at: datetime 
 def _attachments(items: Any, limits: AnswerLimits) -> list[Attachment]:
     if not isinstance(items, list):
         raise InvalidAnswer("`attachments` must be a list")
-    check_count(len(items), limits)
-    out, total = [], 0
     for i, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidAnswer(f"attachments[{i}] needs a `name`")
-        encoded = item.get("content_base64", "")
-        if not isinstance(encoded, str):
+        if not isinstance(item.get("content_base64", ""), str):
             raise InvalidAnswer(f"attachments[{i}]: content_base64 must be a string")
+    return decode_attachments([(item["name"], item.get("content_base64", "")) for item in items], limits)
+
+
+def decode_attachments(items: list[tuple[str, str]], limits: AnswerLimits) -> list[Attachment]:
+    """(name, base64) pairs decoded, names cleaned, within `limits`: an oversized one is refused
+    before it is decoded. LimitExceeded (413/422) or ValueError (bad name or base64) otherwise."""
+    check_count(len(items), limits)
+    out, total = [], 0
+    for i, (raw_name, encoded) in enumerate(items):
         try:
-            name = attachment_name(item["name"])
+            name = attachment_name(raw_name)
         except ValueError as exc:
-            raise InvalidAnswer(f"attachments[{i}]: {exc}") from exc
-        check_base64_size(name, len(encoded), total, limits)  # before decoding anything big
+            raise ValueError(f"attachments[{i}]: {exc}") from exc
+        check_base64_size(name, len(encoded), total, limits)
         try:
             content = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise InvalidAnswer(f"attachments[{i}]: content_base64 is not base64: {exc}") from exc
+            raise ValueError(f"attachment {name!r}: content_base64 is not base64") from exc
         total += len(content)
         check_size(name, len(content), total, limits)
         out.append(Attachment(name, content))
@@ -188,4 +194,4 @@ class AnswerSubscriber:
 
 
 __all__ = ["ANSWER_TYPES", "Answer", "AnswerSubscriber", "Attachment", "InvalidAnswer", "answer_filter",
-           "parse_answer"]
+           "decode_attachments", "parse_answer"]

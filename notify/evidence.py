@@ -15,7 +15,8 @@ A package is one folder (and a .zip of it) holding:
     manifest.sha256  SHA-256 of manifest.json (sha256sum format)
 
 `verify` recomputes every file hash, the manifest hash and the event chain (notify/events.py's
-canonical form). A package rebuilt wholesale by someone who edited history would still be
+canonical form), and refuses a package whose entries are not exactly the manifest's (a zip entry
+twice, a subfolder, a file beside the package folder, an extra or a missing file). A package rebuilt wholesale by someone who edited history would still be
 self-consistent: what pins it is the manifest digest recorded elsewhere (the ticket's
 evidence_digest), hence `expected_digest`.
 """
