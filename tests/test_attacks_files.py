@@ -31,6 +31,7 @@ from config.schema import InfluxSettings
 from notify.evidence import verify
 from notify.store import make_engine
 from tests.apikit import SERVICE_ENV, T0, auth, seed_case, service_argv, service_config, wait_for
+from tests.casekit import pg_cluster  # noqa: F401 - the fixture: the run's PostgreSQL
 from tests.test_evidence import package  # noqa: F401 - the fixture: a real package built from InfluxDB
 
 MAX_BODY = 1024 * 1024
@@ -314,6 +315,10 @@ def test_bad_requests_get_a_4xx_with_a_reason_never_a_500(svc: dict[str, Any]) -
         ("op", "GET", "/api/mobile", {"params": {"device": "UAV1\nSELECT"}}, 400),
         ("op", "GET", "/api/mobile", {"params": {"device": "x' OR '1'='1"}}, 400),
         ("op", "GET", "/api/mobile", {"params": {"device": "../../etc"}}, 400),
+        ("op", "GET", f"/api/cases/{cid}/readings", {"params": {"margin_h": "nan"}}, 422),
+        ("op", "GET", f"/api/cases/{cid}/readings", {"params": {"margin_h": "inf"}}, 422),
+        ("op", "GET", "/api/cases", {"params": {"limit": "1e99"}}, 422),
+        ("op", "GET", "/api/alerts", {"params": {"from": "2025-01-01T00:00:00+99:00"}}, 422),
         ("op", "GET", "/api/stream", {"headers": {"Last-Event-ID": b"\xb2"}}, 400),
         ("op", "GET", "/api/stream", {"headers": {"Last-Event-ID": "12abc"}}, 400),
         ("op", "POST", "/api/emergencies", {"json": {"level": "red", "start": "0001-01-01T00:00:00",
@@ -412,3 +417,36 @@ def test_envwatch_evidence_verify_refuses_a_zip_with_a_tampered_entry_first(
     ok = subprocess.run([sys.executable, "-m", "center.cli", "evidence", "verify", str(path.with_suffix(".zip")),
                          "--digest", digest], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_values_postgresql_cannot_hold_are_a_400_not_a_500(settings_factory: Callable[..., Any],
+                                                           pg_cluster: Any) -> None:
+    """NUL in free text of a body: SQLite keeps it, PostgreSQL's text cannot hold it (DataError -> 400)."""
+    from center.app import create_app
+    from center.service import prepare_store
+    from tests.apikit import center_overrides, registry, serve
+    from tests.casekit import drop_pg_database, pg_database
+
+    url = pg_database()
+    engine = make_engine(url)
+    prepare_store(engine)
+    settings = settings_factory(registry(), **center_overrides())
+    served = serve(create_app(settings, engine, poll_s=0.2))
+    try:
+        cid = seed_case(engine, settings, "EA", T0)
+        with served.client("op") as c:
+            dismiss = c.post(f"/api/cases/{cid}/actions", json={"action": "dismiss", "reason": "a\x00b"})
+            emergency = c.post("/api/emergencies", json={"level": "red", "start": "2026-01-01T00:00:00",
+                                                         "end": "2026-01-02T00:00:00", "note": "\x00"})
+            fine = c.post(f"/api/cases/{cid}/actions", json={"action": "dismiss", "reason": "false alarm"})
+        with served.client("a") as c:
+            text = c.post(f"/api/cases/{cid}/answers", json={"answer_id": "pg-1", "type": "acknowledge",
+                                                              "text": "a\x00b"})
+    finally:
+        served.stop()
+        engine.dispose()
+        drop_pg_database(url)
+    assert (dismiss.status_code, emergency.status_code, text.status_code) == (400, 400, 422), \
+        (dismiss.text, emergency.text, text.text)
+    assert all(r.json()["detail"] for r in (dismiss, emergency, text))
+    assert fine.status_code == 200 and fine.json()["state"] == "dismissed"
