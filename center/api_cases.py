@@ -191,21 +191,24 @@ async def _read_multipart(request: Request, limits: AnswerLimits) -> tuple[Answe
         raise HTTPException(422, detail=f"the form cannot be read: {exc.detail} (an answer carries at most "
                                         f"{limits.max_attachments} attachments, notify.answers.max_attachments, and "
                                         f"{limits.max_text_chars} characters of text, max_text_chars)") from exc
-    fields = {k: form.get(k) for k in ("answer_id", "type", "text") if isinstance(form.get(k), str)}
-    body = AnswerIn.model_validate({"text": "", **fields})
-    uploads = form.getlist("attachments")
-    check_count(len(uploads), limits)
-    files, total = [], 0
-    for up in uploads:
-        if isinstance(up, str):
-            raise HTTPException(422, detail="`attachments` must be files (multipart file parts)")
-        name = attachment_name(up.filename or "attachment")
-        if up.size is not None:  # refuse before reading a spooled file back into memory
-            check_size(name, up.size, total + up.size, limits)
-        data = await up.read()
-        total += len(data)
-        check_size(name, len(data), total, limits)
-        files.append(Attachment(name, data))
+    try:
+        fields = {k: form.get(k) for k in ("answer_id", "type", "text") if isinstance(form.get(k), str)}
+        body = AnswerIn.model_validate({"text": "", **fields})
+        uploads = form.getlist("attachments")
+        check_count(len(uploads), limits)
+        files, total = [], 0
+        for up in uploads:
+            if isinstance(up, str):
+                raise HTTPException(422, detail="`attachments` must be files (multipart file parts)")
+            name = attachment_name(up.filename or "attachment")
+            if up.size is not None:  # refuse before reading a spooled file back into memory
+                check_size(name, up.size, total + up.size, limits)
+            data = await up.read()
+            total += len(data)
+            check_size(name, len(data), total, limits)
+            files.append(Attachment(name, data))
+    finally:
+        await form.close()  # Starlette spools big parts to unnamed temporary files: release them now
     return body, files
 
 
