@@ -11,8 +11,9 @@ patterns (config/ids.py) and the answer must keep the limits of notify.answers (
 number and bytes of attachments). A message is
 acknowledged to the broker only after `on_answer` returned, so an answer is not lost when the
 handler fails; the handler must be idempotent on answer_id (the answers table's primary key), as
-MQTT may deliver twice. Malformed messages go to `on_invalid` (logged by default) and are acked:
-resending them would not make them valid.
+MQTT may deliver twice. Malformed messages, and answers `on_answer` refuses by raising
+InvalidAnswer, go to `on_invalid` (logged by default; the service keeps them as dead letters) and
+are acked: resending them would not make them valid.
 """
 
 from __future__ import annotations
@@ -183,6 +184,10 @@ class AnswerSubscriber:
             return
         try:
             self.on_answer(answer)
+        except InvalidAnswer as exc:  # the handler refused it for good (e.g. another enterprise's case)
+            self.on_invalid(msg.topic, msg.payload, str(exc))
+            client.ack(msg.mid, msg.qos)
+            return
         except Exception:  # noqa: BLE001 - keep the subscriber alive; unacked, the broker resends on reconnect
             log.exception("answer %s of %s: handler failed; not acknowledged", answer.answer_id, answer.enterprise_id)
             return

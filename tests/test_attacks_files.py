@@ -28,6 +28,7 @@ import yaml
 from center.devservices import Service, free_port
 from config.loader import from_mapping
 from config.schema import InfluxSettings
+from ingest.deadletter import DeadLetters, deadletter_path
 from notify.evidence import verify
 from notify.store import make_engine
 from tests.apikit import SERVICE_ENV, T0, auth, seed_case, service_argv, service_config, wait_for
@@ -217,6 +218,12 @@ def test_mqtt_answers_with_path_ids_or_beyond_the_limits_are_refused_and_write_n
     digest = hashlib.sha256(sentinel).hexdigest()
     assert set(blobs(svc["root"])) - set(before) == {f"{digest[:2]}/{digest}"}
     assert_nowhere(svc, marker)
+    # Each refused answer is kept byte-exact with its reason.
+    with DeadLetters(deadletter_path(svc["tmp"] / "state")) as dl:
+        kept = {(d.topic.split("/")[-2], d.raw): d.detail for d in dl.list(reason="invalid_answer", limit=1000)}
+    for ent, payload in attacks:
+        assert (ent, payload) in kept, payload[:80]
+    assert "another enterprise" in kept[("EA", attacks[5][1])] or "not a case of" in kept[("EA", attacks[5][1])]
 
 
 # -- item 5: limits -------------------------------------------------------------------------------
