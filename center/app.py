@@ -17,12 +17,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from pydantic import BaseModel
 from sqlalchemy import Engine
 
-from center import api_admin, api_cases, api_data, api_stream, api_tickets, guard, health
+from center import api_admin, api_cases, api_data, api_stream, api_tickets, health
 from center import metrics as metrics_api
+from center import guard
 from center.api_models import AnswerIn
 from center.api_stream import Broadcaster, StorePoller
 from center.auth import UserTable
@@ -54,9 +55,7 @@ def create_app(settings: Settings, engine: Engine, *, influx: Influx | None = No
         finally:
             poller.stop()
 
-    app = FastAPI(title="envwatch monitoring center", version="1", description=DESCRIPTION, lifespan=lifespan,
-                  dependencies=[Depends(guard.outside_input)])
-    guard.install(app, settings.center.max_body_bytes)
+    app = FastAPI(title="envwatch monitoring center", version="1", description=DESCRIPTION, lifespan=lifespan)
     st = app.state
     st.settings, st.engine, st.broadcaster = settings, engine, broadcaster
     st.influx = influx or Influx(settings.influxdb)
@@ -65,6 +64,7 @@ def create_app(settings: Settings, engine: Engine, *, influx: Influx | None = No
     st.instance_id = instance_id or settings.center.instance_id or socket.gethostname()
     st.ingest_subscribed = (lambda: ingest.wait_subscribed(0)) if ingest is not None else None
     st.metrics = metrics or Metrics(engine, ingest.counters if ingest is not None else None, is_leader)
+    guard.install(app, settings.center.max_body_bytes)  # before the routers: it adds a dependency to each
     for module in (api_admin, api_cases, api_tickets, api_data, api_stream, health, metrics_api):
         app.include_router(module.router)
     extra_schemas(app, [AnswerIn])

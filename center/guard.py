@@ -1,7 +1,6 @@
 """What the HTTP service refuses before a route runs, and how every refusal reads: a 4xx with a reason.
 
-    app = FastAPI(..., dependencies=[Depends(outside_input)])
-    install(app, settings.center.max_body_bytes)     # the body limit and the error handlers below
+    install(app, settings.center.max_body_bytes)   # before include_router: checks, body limit, handlers
     t = check_time(parse(text), "from")   # 422 outside YEARS
 
 - A body larger than center.max_body_bytes: 413 saying the limit, from its Content-Length before
@@ -21,7 +20,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
@@ -107,7 +106,9 @@ def _fields(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 
 def install(app: FastAPI, max_body_bytes: int) -> None:
-    """Add the body limit and the error handlers that keep client mistakes 4xx with a reason."""
+    """Add `outside_input` to every route included after this call, the body limit, and the error
+    handlers that keep client mistakes 4xx with a reason."""
+    app.router.dependencies.append(Depends(outside_input))
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)

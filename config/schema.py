@@ -300,12 +300,12 @@ class CenterSettings(_Model):
     users: list[User] = Field(default_factory=list)
     language: Literal["zh-CN", "en"] = "zh-CN"
     log_json: bool = False
-    # Only one instance runs scheduled detection and the outbox: it holds a lease renewed this often.
-    lease_ttl_s: Annotated[int, Field(ge=3, le=300)] = 15
-    instance_id: str | None = None
     # Largest HTTP request body (413 beyond it, refused before it is read into memory). JSON answers
     # carry attachments in base64 (4/3 of their size): keep this above notify.answers.max_total_bytes * 4/3.
     max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    # Only one instance runs scheduled detection and the outbox: it holds a lease renewed this often.
+    lease_ttl_s: Annotated[int, Field(ge=3, le=300)] = 15
+    instance_id: str | None = None
 
 
 class StoreSettings(_Model):
