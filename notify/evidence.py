@@ -52,6 +52,7 @@ MARGIN = timedelta(hours=1)  # context before and after each alert window
 INTERVALS = ("rtd", "minute", "hour", "day")
 TAGS = ("mn", "enterprise", "outlet", "medium", "pollutant", "code")
 MANIFEST, MANIFEST_DIGEST = "manifest.json", "manifest.sha256"
+MAX_UNLISTED_BYTES = 1 << 20  # what verify reads of a zip entry the manifest gives no size for
 PAYLOADS_NOTE = ("envwatch does not keep the raw payloads of accepted readings (InfluxDB holds the decoded "
                  "values, in readings.csv); payloads the ingest rejected are kept as dead letters "
                  "(`envwatch deadletters list`).")
@@ -319,7 +320,7 @@ def _read_zip(z: zipfile.ZipFile) -> tuple[dict[str, bytes], list[str]]:
     files_ = [n for n in names if not n.endswith("/")]
     top = files_[0].rpartition("/")[0] if files_ else ""
     prefix = f"{top}/" if top else ""
-    files: dict[str, bytes] = {}
+    entries: dict[str, zipfile.ZipInfo] = {}
     for info in z.infolist():
         n = info.filename
         if n.endswith("/"):
@@ -330,8 +331,31 @@ def _read_zip(z: zipfile.ZipFile) -> tuple[dict[str, bytes], list[str]]:
         if base is None or not base or "/" in base or "\\" in base or base in (".", ".."):
             problems.append(f"zip entry {n!r} is outside the package folder {top!r} or in a subfolder")
         elif counts[n] == 1:
+            entries[base] = info
+    # Read nothing larger than the manifest says (a crafted entry may inflate to gigabytes).
+    sizes = _listed_sizes(z, entries.get(MANIFEST))
+    files: dict[str, bytes] = {}
+    for base, info in entries.items():
+        most = sizes.get(base, MAX_UNLISTED_BYTES)
+        if info.file_size > most:
+            problems.append(f"zip entry {info.filename!r} holds {info.file_size} bytes, more than the {most} "
+                            "the manifest allows: not read")
+            files[base] = b""
+        else:
             files[base] = z.read(info)
     return files, problems
+
+
+def _listed_sizes(z: zipfile.ZipFile, manifest: zipfile.ZipInfo | None) -> dict[str, int]:
+    """File sizes the zip's own manifest lists ({} when it has none that can be read)."""
+    if manifest is None or manifest.file_size > MAX_UNLISTED_BYTES:
+        return {}
+    try:
+        listed = json.loads(z.read(manifest)).get("files") or {}
+        return {str(name): int(meta["bytes"]) for name, meta in listed.items()
+                if isinstance(meta, dict) and isinstance(meta.get("bytes"), int)}
+    except (ValueError, TypeError, AttributeError):
+        return {}
 
 
 def verify(path: str | Path, expected_digest: str | None = None) -> VerifyResult:

@@ -391,11 +391,16 @@ def test_crafted_evidence_zips_fail_verification(package: tuple[Path, str], tmp_
         "a missing file": lambda zi, zo, top: _copy(zi, zo, skip=("chart.png",)),
         "an empty subfolder entry": lambda zi, zo, top: (_copy(zi, zo), zo.writestr(f"{top}/sub/", b"")),
         "a path that climbs out": lambda zi, zo, top: (_copy(zi, zo), zo.writestr(f"{top}/../x.csv", b"x")),
+        "an entry larger than the manifest says": lambda zi, zo, top: (
+            _copy(zi, zo, skip=("readings.csv",)), zo.writestr(f"{top}/readings.csv", bytes(50 << 20))),
+        "a large unlisted entry": lambda zi, zo, top: (_copy(zi, zo), zo.writestr(f"{top}/big.bin", bytes(50 << 20))),
     }
     for i, (what, edit) in enumerate(crafted.items()):
         forged = _rezip(src, tmp_path / f"forged-{i}.zip", edit)
         result = verify(forged, expected_digest=digest)
         assert not result.ok and result.problems, what
+        if "larger" in what or "large" in what:  # 50 MB of zeros, compressed to 50 kB: never inflated
+            assert any("not read" in p for p in result.problems), result.problems
     # The same files without the folder, or with its own folder entry, are still the package.
     assert verify(_rezip(src, tmp_path / "flat.zip", lambda zi, zo, top: _copy(zi, zo, root=True)), digest).ok
     assert verify(_rezip(src, tmp_path / "dir.zip", lambda zi, zo, top: (zo.writestr(f"{top}/", b""), _copy(zi, zo))),
