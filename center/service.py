@@ -141,19 +141,28 @@ class Service:
     def _start_answers(self) -> None:
         from notify.answers_mqtt import AnswerSubscriber
 
-        sub = AnswerSubscriber(self.settings, on_answer=self._on_answer)
+        sub = AnswerSubscriber(self.settings, on_answer=self._on_answer, on_invalid=self._on_invalid_answer)
         self._closers.append(("answers", sub.close))
+
+    def _on_invalid_answer(self, topic: str, payload: bytes, why: str) -> None:
+        """An answer that is malformed or refused: kept byte-exact as a dead letter with why
+        (`envwatch deadletters list --reason invalid_answer`)."""
+        from ingest.deadletter import DeadLetter
+
+        log.warning("answer on %s refused: %s", topic, why)
+        if self.ingest.deadletters is not None:
+            self.ingest.deadletters.add(DeadLetter(topic, "invalid_answer", why, payload))
 
     def _on_answer(self, a: Any) -> None:
         from notify import workflow
+        from notify.answers_mqtt import InvalidAnswer
 
         try:
             result = workflow.answer(self.engine, self.settings, a.enterprise_id, a.case_id, a.type, a.text,
                                      a.attachments, a.answer_id, a.received_at)
         except workflow.AnswerError as exc:
-            # Acked anyway: resending will not make it valid. The enterprise sees no state change.
-            log.warning("answer %s from %s refused: %s", a.answer_id, a.enterprise_id, exc)
-            return
+            # Acked and kept as a dead letter: resending will not make it valid. No state change.
+            raise InvalidAnswer(f"answer {a.answer_id} refused: {exc}") from exc
         log.info("answer %s from %s: %s", a.answer_id, a.enterprise_id, result.get("status"))
         self.broadcaster.cases_changed(self.engine, [a.case_id], self._names())
 

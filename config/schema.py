@@ -122,6 +122,11 @@ class IngestSettings(_Model):
     accept_unknown_stations: bool = False
     # Decode in a child process (ingest/offload.py): one worker then uses two cores.
     decode_process: bool = False
+    # A dead letter keeps at most this prefix of an oversized payload, with its size and SHA-256.
+    deadletter_max_bytes: Annotated[int, Field(ge=256)] = 64 * 1024
+    # Parts of incomplete split packets one station may have held (unacked) at a time; beyond
+    # that its oldest incomplete packet is dead-lettered (incomplete_split).
+    split_parts_per_station: Annotated[int, Field(ge=1)] = 64
 
 
 class Limit(_Model):
@@ -305,6 +310,15 @@ class EscalationSettings(_Model):
     recurrence_escalates: bool = True
 
 
+class AnswerLimits(_Model):
+    """What one enterprise answer may carry, over HTTP and MQTT alike; beyond it the answer is refused."""
+
+    max_text_chars: Annotated[int, Field(ge=1)] = 10_000
+    max_attachments: Annotated[int, Field(ge=0)] = 5
+    max_attachment_bytes: Annotated[int, Field(ge=1)] = 10 * 1024 * 1024
+    max_total_bytes: Annotated[int, Field(ge=1)] = 20 * 1024 * 1024
+
+
 class NotifySettings(_Model):
     # Hours an enterprise has to rectify, by problem type (alert kind); `default` for the rest.
     deadline_hours: dict[str, Annotated[float, Field(gt=0)]] = Field(
@@ -318,6 +332,7 @@ class NotifySettings(_Model):
     smtp: SMTPSettings | None = None
     officers: list[Officer] = Field(default_factory=list)
     webhook_max_attempts: Annotated[int, Field(ge=1)] = 20
+    answers: AnswerLimits = AnswerLimits()
 
 
 # A token is the only thing between the internet and a role: long enough that guessing it, even at the
@@ -363,6 +378,9 @@ class CenterSettings(_Model):
     users: list[User] = Field(default_factory=list)
     language: Literal["zh-CN", "en"] = "zh-CN"
     log_json: bool = False
+    # Largest HTTP request body (413 beyond it, refused before it is read into memory). JSON answers
+    # carry attachments in base64 (4/3 of their size): keep this above notify.answers.max_total_bytes * 4/3.
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     # Only one instance runs scheduled detection and the outbox: it holds a lease renewed this often.
     lease_ttl_s: Annotated[int, Field(ge=3, le=300)] = 15
     instance_id: str | None = None

@@ -7,7 +7,9 @@ pollutant, UTC hour) for the whole hours of the window:
 
 Rules, in the order they are applied:
 - Valid minute: flag N. A channel that carries no flag at all within the hour (HJ/T 212-2005
-  loggers) counts every minute as valid: absence of a flag is not a mark of invalidity.
+  loggers) counts every minute as valid: absence of a flag is not a mark of invalidity. A value
+  outside its pollutant's plausible range never counts: the ingest stores it as
+  `<field>_implausible`, not in avg/zs_avg (ingest/schema.py), so neither path below reads it.
   A stopped minute: flag F. Other flags (M, S, D, C, T, B, P) are neither.
 - Valid minutes = valid readings x the station's reporting interval, at most 60. The interval is
   the smallest positive spacing of the station's readings in that hour, snapped down to 1, 2, 5,

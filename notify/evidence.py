@@ -15,7 +15,8 @@ A package is one folder (and a .zip of it) holding:
     manifest.sha256  SHA-256 of manifest.json (sha256sum format)
 
 `verify` recomputes every file hash, the manifest hash and the event chain (notify/events.py's
-canonical form). A package rebuilt wholesale by someone who edited history would still be
+canonical form), and refuses a package whose entries are not exactly the manifest's (a zip entry
+twice, a subfolder, a file beside the package folder, an extra or a missing file). A package rebuilt wholesale by someone who edited history would still be
 self-consistent: what pins it is the manifest digest recorded elsewhere (the ticket's
 evidence_digest), hence `expected_digest`.
 """
@@ -28,6 +29,7 @@ import json
 import shutil
 import sys
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from importlib import metadata
@@ -50,6 +52,7 @@ MARGIN = timedelta(hours=1)  # context before and after each alert window
 INTERVALS = ("rtd", "minute", "hour", "day")
 TAGS = ("mn", "enterprise", "outlet", "medium", "pollutant", "code")
 MANIFEST, MANIFEST_DIGEST = "manifest.json", "manifest.sha256"
+MAX_UNLISTED_BYTES = 1 << 20  # what verify reads of a zip entry the manifest gives no size for
 PAYLOADS_NOTE = ("envwatch does not keep the raw payloads of accepted readings (InfluxDB holds the decoded "
                  "values, in readings.csv); payloads the ingest rejected are kept as dead letters "
                  "(`envwatch deadletters list`).")
@@ -287,29 +290,92 @@ def _write(out_dir: Path, name: str, files: dict[str, bytes]) -> Path:
 
 # -- verifying ------------------------------------------------------------------------------------
 
-def _read(path: Path) -> dict[str, bytes]:
-    """A package's files by name, from its folder or its .zip."""
+def _read(path: Path) -> tuple[dict[str, bytes], list[str]]:
+    """A package's files by name, from its folder or its .zip, and what makes its layout not a package's."""
     if path.is_dir():
-        return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()}
+        return _read_folder(path)
     with zipfile.ZipFile(path) as z:
-        return {Path(n).name: z.read(n) for n in z.namelist() if not n.endswith("/")}
+        return _read_zip(z)
+
+
+def _read_folder(path: Path) -> tuple[dict[str, bytes], list[str]]:
+    files, problems = {}, []
+    for p in sorted(path.iterdir()):
+        if p.is_symlink() or not p.is_file():
+            problems.append(f"{p.name} is a {'link' if p.is_symlink() else 'folder'}: a package holds plain files only")
+        else:
+            files[p.name] = p.read_bytes()
+    return files, problems
+
+
+def _read_zip(z: zipfile.ZipFile) -> tuple[dict[str, bytes], list[str]]:
+    """The entries of a package zip: one folder (or none) holding plain files, each name once.
+
+    Anything else is a problem, since unzip tools differ on which duplicate they extract and would
+    put a subfolder's copy where a reader might take it for the package's own file."""
+    problems: list[str] = []
+    names = [i.filename for i in z.infolist()]
+    counts = Counter(names)
+    problems += [f"zip entry {n!r} appears {k} times" for n, k in sorted(counts.items()) if k > 1]
+    files_ = [n for n in names if not n.endswith("/")]
+    top = files_[0].rpartition("/")[0] if files_ else ""
+    prefix = f"{top}/" if top else ""
+    entries: dict[str, zipfile.ZipInfo] = {}
+    for info in z.infolist():
+        n = info.filename
+        if n.endswith("/"):
+            if n != prefix:
+                problems.append(f"zip entry {n!r}: a package has no subfolders")
+            continue
+        base = n[len(prefix):] if n.startswith(prefix) else None
+        if base is None or not base or "/" in base or "\\" in base or base in (".", ".."):
+            problems.append(f"zip entry {n!r} is outside the package folder {top!r} or in a subfolder")
+        elif counts[n] == 1:
+            entries[base] = info
+    # Read nothing larger than the manifest says (a crafted entry may inflate to gigabytes).
+    sizes = _listed_sizes(z, entries.get(MANIFEST))
+    files: dict[str, bytes] = {}
+    for base, info in entries.items():
+        most = sizes.get(base, MAX_UNLISTED_BYTES)
+        if info.file_size > most:
+            problems.append(f"zip entry {info.filename!r} holds {info.file_size} bytes, more than the {most} "
+                            "the manifest allows: not read")
+            files[base] = b""
+        else:
+            files[base] = z.read(info)
+    return files, problems
+
+
+def _listed_sizes(z: zipfile.ZipFile, manifest: zipfile.ZipInfo | None) -> dict[str, int]:
+    """File sizes the zip's own manifest lists ({} when it has none that can be read)."""
+    if manifest is None or manifest.file_size > MAX_UNLISTED_BYTES:
+        return {}
+    try:
+        listed = json.loads(z.read(manifest)).get("files") or {}
+        return {str(name): int(meta["bytes"]) for name, meta in listed.items()
+                if isinstance(meta, dict) and isinstance(meta.get("bytes"), int)}
+    except (ValueError, TypeError, AttributeError):
+        return {}
 
 
 def verify(path: str | Path, expected_digest: str | None = None) -> VerifyResult:
-    """Check a package (folder or .zip): file hashes, manifest hash, event chain, optional pinned digest."""
+    """Check a package (folder or .zip): its entries are exactly the manifest's (no duplicates, no
+    subfolders, nothing extra or missing), file hashes, manifest hash, event chain, optional pinned digest."""
     path = Path(path)
     try:
-        files = _read(path)
+        files, layout = _read(path)
     except (OSError, zipfile.BadZipFile) as exc:
         return VerifyResult(False, [f"cannot read {path}: {exc}"])
     if MANIFEST not in files:
-        return VerifyResult(False, [f"{MANIFEST} missing"])
+        return VerifyResult(False, layout + [f"{MANIFEST} missing"])
     digest = sha256(files[MANIFEST])
-    problems = _check_manifest_digest(files, digest, expected_digest)
+    problems = layout + _check_manifest_digest(files, digest, expected_digest)
     try:
         manifest = json.loads(files[MANIFEST])
     except ValueError as exc:
         return VerifyResult(False, problems + [f"{MANIFEST} is not JSON: {exc}"], manifest_digest=digest)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+        return VerifyResult(False, problems + [f"{MANIFEST} is not an envwatch manifest"], manifest_digest=digest)
     problems += _check_files(files, manifest)
     problems += _check_history(files, manifest)
     return VerifyResult(not problems, problems, manifest.get("case_id"), digest)

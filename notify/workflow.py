@@ -14,18 +14,18 @@ outside any lock, and retried on every tick until they exist.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from config import ids
 from config.schema import Settings
 from detect.base import Alert
+from notify import attachments as attachment_files
 from notify import cases, context, rules, tickets
 from notify.events import events_of
 from notify.store import as_utc, reading, utc
@@ -90,14 +90,25 @@ def answer(engine: Engine, settings: Settings, enterprise_id: str, case_id: str,
            attachments: Iterable[Any], answer_id: str, at: datetime) -> dict[str, Any]:
     """Take an enterprise's answer (idempotent by answer_id) and move the case accordingly.
 
-    An answer the case's state does not allow (e.g. the case is already with enforcement) is kept
-    and recorded in the history as `answer_received` with accepted=False; the result says why.
+    `attachments` are objects with .name and .content (stored by this call), or mappings
+    {name, sha256, size, path} of files already stored (kept as given). An answer the case's state does not allow
+    (e.g. the case is already with enforcement) is kept and recorded in the history as
+    `answer_received` with accepted=False; the result says why. Ids are checked against their
+    patterns (config/ids.py) and the limits of notify.answers before anything else; attachment
+    files are written only once the answer is known to be new and the enterprise's own case.
     """
     if type not in ANSWER_ACTIONS:
         raise AnswerError(f"answer type {type!r}: use one of {', '.join(ANSWER_ACTIONS)}")
     if not answer_id or len(answer_id) > MAX_ANSWER_ID:
         raise AnswerError(f"answer id must be 1..{MAX_ANSWER_ID} characters, got {len(answer_id or '')}")
-    files = _store_attachments(settings, case_id, answer_id, attachments)
+    items = list(attachments)
+    try:
+        ids.check("answer", answer_id, "answer_id")
+        ids.check("case", case_id, "case_id")
+        attachment_files.check_answer(text, [_size(a) for a in items], settings.notify.answers)
+        pending = [a if isinstance(a, Mapping) else attachment_files.pending_of(a.name, a.content) for a in items]
+    except ValueError as exc:  # InvalidId, LimitExceeded, an unusable file name
+        raise AnswerError(str(exc)) from exc
 
     def work(conn: Connection) -> dict[str, Any]:
         prior = conn.execute(select(answers).where(answers.c.id == answer_id)).mappings().first()
@@ -106,12 +117,24 @@ def answer(engine: Engine, settings: Settings, enterprise_id: str, case_id: str,
                 raise AnswerError(f"answer id {answer_id!r} is already used by another enterprise")
             return {"answer_id": answer_id, "status": "duplicate", "case_id": prior["case_id"]}
         case = _case_of(conn, case_id, enterprise_id)
+        # Validated and authorized: only now does anything reach the disk (content-addressed, so a
+        # retry after a write conflict rewrites nothing).
+        files = [_stored(a) if isinstance(a, Mapping) else attachment_files.store(settings, [a])[0] for a in pending]
         cases.tick(conn, settings, at)  # settle what fell due before the answer
         conn.execute(insert(answers).values(id=answer_id, case_id=case_id, enterprise_id=enterprise_id, type=type,
                                             text=text, attachments=files, received_at=utc(at)))
         return _apply_answer(conn, settings, case, type, text, files, answer_id, at)
 
     return _retrying(engine, work)
+
+
+def _size(item: Any) -> int:
+    return int(item.get("size") or 0) if isinstance(item, Mapping) else len(item.content)
+
+
+def _stored(item: Mapping[str, Any]) -> dict[str, Any]:
+    """An attachment the caller stored itself (its metadata, e.g. a replay): kept as given."""
+    return {k: item.get(k) for k in ("name", "sha256", "size", "path")}
 
 
 def _case_of(conn: Connection, case_id: str, enterprise_id: str) -> dict[str, Any]:
@@ -141,24 +164,6 @@ def _apply_answer(conn: Connection, settings: Settings, case: Mapping[str, Any],
     else:
         after = cases.acknowledge(conn, case["id"], at, actor, text)
     return {"answer_id": answer_id, "status": "accepted", "accepted": True, "case_id": case["id"], "state": after["state"]}
-
-
-def _store_attachments(settings: Settings, case_id: str, answer_id: str, items: Iterable[Any]) -> list[dict[str, Any]]:
-    """Attachments as [{name, sha256, size, path}]; raw content (objects with .content) is written
-    under state_dir/attachments/{case}/{answer}/ first, named by hash so a re-delivery rewrites it identically."""
-    out = []
-    for item in items:
-        if isinstance(item, Mapping):
-            out.append({k: item.get(k) for k in ("name", "sha256", "size", "path")})
-            continue
-        data: bytes = item.content
-        digest = hashlib.sha256(data).hexdigest()
-        d = Path(settings.ingest.state_dir) / "attachments" / case_id / answer_id
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / f"{digest[:16]}-{Path(item.name).name}"
-        path.write_bytes(data)
-        out.append({"name": Path(item.name).name, "sha256": digest, "size": len(data), "path": str(path)})
-    return out
 
 
 # -- the center's and the officers' actions -------------------------------------------------------
