@@ -81,7 +81,7 @@ def config_check(file: Path) -> None:
     except ConfigError as exc:
         err.print(f"{exc.source}: {len(exc.problems)} problem(s)", style="red", markup=False, highlight=False)
         for p in exc.problems:
-            err.print(f"  {p.located(exc.source)}", markup=False, highlight=False)
+            err.print(f"  {p.located(exc.source)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from exc
     stations = sum(len(o.stations) for e in s.registry.enterprises for o in e.outlets)
     Console().print(f"[green]ok[/green] {file}: {len(s.registry.enterprises)} enterprises, {stations} stations, "

@@ -94,12 +94,12 @@ def detector_problems(settings: Settings) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for kind, cfg in settings.detect.detectors.items():
         if kind not in classes:
-            out.append((f"detect.detectors.{kind}", f"unknown detector kind {kind!r}{did_you_mean(kind, classes)}; "
-                                                    f"known: {', '.join(sorted(classes))}"))
+            out.append((f"detect.detectors.{kind}", f"unknown detector kind {kind!r}; known: "
+                                                    f"{', '.join(sorted(classes))}{did_you_mean(kind, classes)}"))
             continue
         names = sorted(set(classes[kind]._get_param_names()) - {"overrides"})
-        out += [(f"detect.detectors.{kind}.params.{p}", f"unknown parameter {p!r} of {kind}{did_you_mean(p, names)}; "
-                                                        f"known: {', '.join(names)}")
+        out += [(f"detect.detectors.{kind}.params.{p}", f"unknown parameter {p!r} of {kind}; known: "
+                                                        f"{', '.join(names)}{did_you_mean(p, names)}")
                 for p in cfg.params if p not in names]
     if out:
         return out

@@ -7,7 +7,8 @@ across letters). Those that pass now are written to InfluxDB and marked replayed
 dead_letter_replay, next to dead_letter in the same file); the row itself stays as evidence of what
 was received. Those that still fail keep their row with the new reason and detail. Replayed letters
 are never fed again, so a second run writes nothing twice; re-writing a point would be harmless anyway.
-Lines InfluxDB itself refused (topic 'influxdb') are not MQTT payloads and are left alone.
+Left alone (counted as skipped): lines InfluxDB itself refused (topic 'influxdb') and answers of
+enterprises, which are not readings, and payloads of which only a prefix was kept (too large).
 
     replay(settings, reason=None, on_letter=None) -> Outcome
     letters(settings, reason, limit)  -> rows for `deadletters list --json/--csv`
@@ -31,7 +32,7 @@ from ingest.consumer import DATA_REFUSED, INFLUX_TOPIC, Batch, Message, Pipeline
 from ingest.deadletter import DeadLetters, deadletter_path, escape_raw
 from ingest.influx import Influx, InfluxRejected, InfluxUnavailable
 
-FIELDS = ("id", "received_at", "reason", "topic", "detail", "raw", "replayed_at")
+FIELDS = ("id", "received_at", "reason", "topic", "detail", "raw", "size", "sha256", "replayed_at")
 WRITE_EVERY = 500  # letters whose lines go to InfluxDB in one request
 
 _SCHEMA = """
@@ -66,14 +67,14 @@ class _Store:
         self.db.execute("PRAGMA busy_timeout=30000")
         self.db.executescript(_SCHEMA)
 
-    def pending(self, reason: str | None) -> list[tuple[int, str, str, bytes]]:
-        sql = ("SELECT d.id, d.received_at, d.topic, d.raw FROM dead_letter d LEFT JOIN dead_letter_replay r "
+    def pending(self, reason: str | None) -> list[tuple[int, str, str, bytes, int | None]]:
+        sql = ("SELECT d.id, d.received_at, d.topic, d.raw, d.size FROM dead_letter d LEFT JOIN dead_letter_replay r "
                "ON r.id = d.id WHERE r.id IS NULL")
         args: tuple[Any, ...] = ()
         if reason is not None:
             sql += " AND d.reason = ?"
             args = (reason,)
-        return [(i, at, t, bytes(raw)) for i, at, t, raw in self.db.execute(sql + " ORDER BY d.id", args)]
+        return [(i, at, t, bytes(raw), size) for i, at, t, raw, size in self.db.execute(sql + " ORDER BY d.id", args)]
 
     def replayed_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM dead_letter_replay").fetchone()[0]
@@ -115,8 +116,9 @@ def replay(settings: Settings, reason: str | None = None, on_letter: Callable[[i
         influx.ensure_database()
         passed: list[tuple[list[int], list[str]]] = []  # (letter ids, their lines), written together
         failing: list[tuple[int, str, str]] = []
-        for n, (letter_id, received_at, topic, raw) in enumerate(pending, 1):
-            if topic == INFLUX_TOPIC:
+        up = f"{settings.broker.topic_prefix}/up/"
+        for n, (letter_id, received_at, topic, raw, size) in enumerate(pending, 1):
+            if not topic.startswith(up) or topic == INFLUX_TOPIC or (size is not None and size > len(raw)):
                 out.skipped += 1
             else:
                 batch = Batch()
@@ -185,10 +187,11 @@ def _rows(settings: Settings, sql: str, args: tuple[Any, ...]) -> list[tuple[Any
 def letters(settings: Settings, reason: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
     """The newest dead letters as plain rows (raw as escaped text), with when each was replayed."""
     where, args = ("WHERE d.reason = ?", (reason,)) if reason else ("", ())
-    rows = _rows(settings, "SELECT d.id, d.received_at, d.reason, d.topic, d.detail, d.raw, r.replayed_at "
+    rows = _rows(settings, "SELECT d.id, d.received_at, d.reason, d.topic, d.detail, d.raw, d.size, d.sha256, "
+                           "r.replayed_at "
                            f"FROM dead_letter d LEFT JOIN dead_letter_replay r ON r.id = d.id {where} "
                            "ORDER BY d.id DESC LIMIT ?", (*args, limit))
-    return [dict(zip(FIELDS, (*row[:5], escape_raw(bytes(row[5]), limit=1 << 20), row[6]))) for row in rows]
+    return [dict(zip(FIELDS, (*row[:5], escape_raw(bytes(row[5]), limit=1 << 20), *row[6:]))) for row in rows]
 
 
 def counts(settings: Settings) -> dict[str, int]:
@@ -228,5 +231,6 @@ def replay_cli(settings: Settings, reason: str | None, progress: bool, as_json: 
         return
     still = ", ".join(f"{r} {n}" for r, n in sorted(outcome.failed.items())) or "none"
     console.print(f"replayed {outcome.written} dead letters ({outcome.lines} lines written); still failing: {still}; "
-                  f"skipped {outcome.skipped} InfluxDB refusals; {outcome.already} replayed before",
+                  f"skipped {outcome.skipped} (InfluxDB refusals, answers, truncated payloads); "
+                  f"{outcome.already} replayed before",
                   markup=False, highlight=False)
