@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +14,7 @@ from rich.console import Console
 from center.cliopts import (App, check_range, detector_kinds, emit_csv, emit_json, one_of, output_format,
                             parse_time_arg, require_port, require_store)
 from config import ConfigError, Settings, load
-from config.loader import resolve_path
+from config.loader import ENV_CONFIG, resolve_path
 from ingest.model import Reason
 
 # App: a bad argument is one line on stderr and exit code 2 (center/cliopts.py).
@@ -90,7 +91,8 @@ def config_check(file: Path) -> None:
 
 @app.command()
 def decode(
-    file: Annotated[str, typer.Argument(help="file of raw payloads, one per line, or - for stdin")] = "-",
+    file: Annotated[str, typer.Argument(help="file of raw payloads, one per line, or - for stdin",
+                                        callback=lambda f: _readable_or_dash(f))] = "-",
     config: ConfigOpt = None,
 ) -> None:
     """Decode raw payloads (HJ 212 or JSON), one per line, to one JSON object per line."""
@@ -100,6 +102,12 @@ def decode(
     src = sys.stdin.buffer if file == "-" else open(file, "rb")
     with src:
         run_cli(src, sys.stdout, settings)
+
+
+def _readable_or_dash(file: str) -> str:
+    if file != "-" and not Path(file).is_file():
+        raise typer.BadParameter(f"{file!r} is not a readable file; give a file of payloads or - for stdin")
+    return file
 
 
 @app.command()
@@ -115,7 +123,8 @@ def simulate(
     config: ConfigOpt = None,
     speedup: Annotated[float, typer.Option(help="simulated seconds per real second")] = 60.0,
     duration: Annotated[Optional[float], typer.Option(help="simulated seconds to run (default: forever)")] = None,
-    start: Annotated[Optional[str], typer.Option(help="simulated start time, ISO-8601 (default: now)")] = None,
+    start: Annotated[Optional[datetime], typer.Option(parser=parse_time_arg, metavar="TIME",
+                                                      help="simulated start time, ISO-8601 (default: now)")] = None,
     mobile: Annotated[bool, typer.Option(help="also publish drone/vehicle tracks")] = True,
     scenario: Annotated[Optional[Path], typer.Option(help="YAML of injected events")] = None,
     truth: Annotated[Optional[Path], typer.Option(help="write the injected events' ground truth (JSONL) here")] = None,
@@ -136,7 +145,7 @@ def replay(
     progress: Annotated[bool, typer.Option(help="progress bar on stderr")] = True,
 ) -> None:
     """Publish a file of raw packets (one per line) to the stations' topics."""
-    from rich.progress import Progress
+    from rich.progress import MofNCompleteColumn, Progress
 
     from center.simulate import replay as do_replay
 
@@ -144,7 +153,7 @@ def replay(
     if not progress:
         n = do_replay(settings, file, rate=rate)
     else:
-        with Progress(console=err, transient=False) as bar:
+        with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=err, transient=False) as bar:
             task = bar.add_task("replay", total=sum(1 for line in file.open("rb") if line.strip(b"\r\n")))
             n = do_replay(settings, file, rate=rate, on_published=lambda: bar.advance(task))
     Console().print(f"published {n} payloads")
@@ -210,7 +219,7 @@ def check(config: ConfigOpt = None) -> None:
 
 @evidence_app.command("verify")
 def evidence_verify(
-    path: Annotated[Path, typer.Argument(help="evidence folder or .zip")],
+    path: Annotated[Path, typer.Argument(exists=True, help="evidence folder or .zip")],
     digest: Annotated[Optional[str], typer.Option(help="manifest digest recorded on the ticket")] = None,
 ) -> None:
     """Verify an evidence package: file hashes, manifest, and the case's chained event log."""
@@ -219,29 +228,48 @@ def evidence_verify(
     raise typer.Exit(cli_verify(path, digest))
 
 
+def _services_from(config: Path | None, state_dir: Path | None) -> tuple[Path, Settings | None]:
+    """The services' state directory: --state-dir, else the configuration's ingest.state_dir (given with
+    --config or $ENVWATCH_CONFIG; relative to the config file), else ./.state."""
+    settings = settings_or_exit(config) if config or os.environ.get(ENV_CONFIG) else None
+    if state_dir is not None:
+        return state_dir, settings
+    return (Path(settings.ingest.state_dir) if settings else Path(".state")), settings
+
+
 @services_app.command("up")
 def services_up(
-    state_dir: Annotated[Path, typer.Option(help="where the services keep their data")] = Path(".state"),
-    mqtt_port: Annotated[int, typer.Option(min=1, max=65535)] = 1883,
-    influx_port: Annotated[int, typer.Option(min=1, max=65535)] = 8086,
+    state_dir: Annotated[Optional[Path], typer.Option(help="where the services keep their data "
+                                                           "(default: the config's ingest.state_dir, else .state)")] = None,
+    mqtt_port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="default: broker.port, else 1883")] = None,
+    influx_port: Annotated[Optional[int], typer.Option(min=1, max=65535,
+                                                       help="default: the port of influxdb.url, else 8086")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Start local Mosquitto and InfluxDB on loopback (reuses running ones)."""
+    from urllib.parse import urlparse
+
     from center.devservices import ServiceError, ensure_up
 
+    folder, settings = _services_from(config, state_dir)
+    if mqtt_port is None:
+        mqtt_port = settings.broker.port if settings else 1883
+    if influx_port is None:
+        influx_port = (urlparse(settings.influxdb.url).port or 8086) if settings else 8086
     try:
-        for line in ensure_up(state_dir, mqtt_port=mqtt_port, influx_port=influx_port):
-            Console().print(line)
+        for line in ensure_up(folder, mqtt_port=mqtt_port, influx_port=influx_port):
+            Console().print(line, highlight=False)
     except ServiceError as exc:
         _service_error(exc)
 
 
 @services_app.command("down")
-def services_down(state_dir: Annotated[Path, typer.Option()] = Path(".state")) -> None:
+def services_down(state_dir: Annotated[Optional[Path], typer.Option()] = None, config: ConfigOpt = None) -> None:
     """Stop the local services started by `services up`."""
     from center.devservices import ensure_down
 
-    for line in ensure_down(state_dir):
-        Console().print(line)
+    for line in ensure_down(_services_from(config, state_dir)[0]):
+        Console().print(line, highlight=False)
 
 
 ReasonOpt = Annotated[Optional[str], typer.Option(help="only this reason",

@@ -6,14 +6,13 @@
     check_range(start, end)    --to after --from
     emit_json(rows) / emit_csv(rows, fields)   listings for scripts
     require_store(settings)    a command that only reads the case store refuses when there is none
-    port_free(host, port)      can this process listen there (for one-line "port in use" errors)?
+    require_port(host, port, what, change)   one line and exit 2 when the port is taken
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -147,20 +146,10 @@ def require_store(settings: Settings, source: str) -> None:
         sys.exit(2)
 
 
-def port_free(host: str, port: int) -> bool:
-    """True when this process could listen on host:port now."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def require_port(host: str, port: int, what: str, change: str) -> None:
     """Exit 2 with one line when host:port is taken: which port, for what, and what to change."""
-    if not port_free(host, port):
+    from center.devservices import _port_bindable
+
+    if not _port_bindable(port, host):
         echo(f"port {host}:{port} ({what}) is already in use; free it or change {change}", err=True)
         sys.exit(2)

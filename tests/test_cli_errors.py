@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +228,23 @@ def test_alerts_export_as_csv(with_cases: dict[str, Any]) -> None:
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert len(rows) == 3 and {row["enterprise_id"] for row in rows} == {"E1", "EA", "ED"}
     assert r.stderr.strip() == "3 alerts"
+
+
+def test_missing_input_files(tmp_path: Path) -> None:
+    one_line_error(envwatch("decode", str(tmp_path / "none.txt"), cwd=tmp_path), "'", "none.txt", "or - for stdin")
+    one_line_error(envwatch("evidence", "verify", str(tmp_path / "none.zip"), cwd=tmp_path), "none.zip", "does not exist")
+
+
+def test_replay_shows_progress_and_publishes_every_line(mosquitto: Any, tmp_path: Path) -> None:
+    from tests.test_consumer import MN_GAS, minute_packet
+
+    packets = tmp_path / "packets.txt"
+    packets.write_bytes(b"\r\n".join(minute_packet(MN_GAS, i) for i in range(5)) + b"\r\n\r\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"broker": {"host": mosquitto.host, "port": mosquitto.port,
+                                              "account_per_connection": False, "topic_prefix": "replay-progress"}}),
+                   encoding="utf-8")
+    r = envwatch("replay", str(packets), "-c", str(cfg), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "published 5 payloads"
+    assert "replay" in r.stderr and "5/5" in r.stderr

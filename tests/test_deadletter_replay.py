@@ -12,7 +12,6 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 import yaml
