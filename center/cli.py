@@ -57,7 +57,7 @@ def settings_or_exit(path: Path | None) -> Settings:
     try:
         return load(path)
     except ConfigError as exc:
-        err.print(f"[red]configuration invalid[/red] {exc}", markup=False, highlight=False)
+        err.print(f"configuration invalid: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(2) from exc
 
 
@@ -89,10 +89,16 @@ def config_check(file: Path) -> None:
                     f"{len(s.registry.devices)} mobile devices")
 
 
+def _readable_or_dash(file: str) -> str:
+    if file != "-" and not Path(file).is_file():
+        raise typer.BadParameter(f"{file!r} is not a readable file; give a file of payloads or - for stdin")
+    return file
+
+
 @app.command()
 def decode(
     file: Annotated[str, typer.Argument(help="file of raw payloads, one per line, or - for stdin",
-                                        callback=lambda f: _readable_or_dash(f))] = "-",
+                                        callback=_readable_or_dash)] = "-",
     config: ConfigOpt = None,
 ) -> None:
     """Decode raw payloads (HJ 212 or JSON), one per line, to one JSON object per line."""
@@ -102,12 +108,6 @@ def decode(
     src = sys.stdin.buffer if file == "-" else open(file, "rb")
     with src:
         run_cli(src, sys.stdout, settings)
-
-
-def _readable_or_dash(file: str) -> str:
-    if file != "-" and not Path(file).is_file():
-        raise typer.BadParameter(f"{file!r} is not a readable file; give a file of payloads or - for stdin")
-    return file
 
 
 @app.command()
@@ -154,7 +154,9 @@ def replay(
         n = do_replay(settings, file, rate=rate)
     else:
         with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=err, transient=False) as bar:
-            task = bar.add_task("replay", total=sum(1 for line in file.open("rb") if line.strip(b"\r\n")))
+            with file.open("rb") as fh:
+                total = sum(1 for line in fh if line.strip(b"\r\n"))
+            task = bar.add_task("replay", total=total)
             n = do_replay(settings, file, rate=rate, on_published=lambda: bar.advance(task))
     Console().print(f"published {n} payloads")
 
@@ -307,6 +309,9 @@ def deadletters_count(config: ConfigOpt = None, json_: JsonOpt = False, csv_: Cs
     settings = settings_or_exit(config)
     if fmt == "table":
         cli_count(settings)
+        replayed = counts(settings).get("replayed", 0)
+        if replayed:
+            Console().print(f"{replayed} of these were replayed since (`deadletters list --json` shows when)")
         return
     rows = [{"reason": r, "count": n} for r, n in counts(settings).items()]
     emit_json(rows) if fmt == "json" else emit_csv(rows, ("reason", "count"))

@@ -248,3 +248,13 @@ def test_replay_shows_progress_and_publishes_every_line(mosquitto: Any, tmp_path
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "published 5 payloads"
     assert "replay" in r.stderr and "5/5" in r.stderr
+
+
+def test_demo_port_options_change_the_settings_the_demo_runs_with() -> None:
+    from center.demo import with_ports
+
+    s = load(Path(__file__).resolve().parents[1] / "config" / "examples" / "demo-city.yaml", env={})
+    moved = with_ports(s, mqtt_port=1884, influx_port=8087, http_port=8081)
+    assert (moved.broker.port, moved.influxdb.url, moved.center.port) == (1884, "http://127.0.0.1:8087", 8081)
+    assert moved.registry == s.registry and moved.center.users == s.center.users
+    assert with_ports(s) == s
