@@ -208,7 +208,10 @@ def _problem(err: Any) -> Problem:
         # Name the key and the closest one the model knows instead of pydantic's generic words.
         fields = _fields_at(loc[:-1])
         where = ".".join(loc[:-1]) or "the top level"
-        return Problem(path, f"unknown key {loc[-1]!r} at {where}{did_you_mean(loc[-1], fields)}"
+        hint = did_you_mean(loc[-1], fields)
+        if not hint and len(loc) == 4 and loc[:2] == ["detect", "detectors"]:
+            hint = f"; detector parameters go under detect.detectors.{loc[2]}.params"
+        return Problem(path, f"unknown key {loc[-1]!r} at {where}{hint}"
                              + (f" (known: {', '.join(sorted(fields))})" if fields and len(fields) <= 12 else ""))
     return Problem(path, msg)
 

@@ -81,6 +81,8 @@ def test_misspelt_keys_get_the_closest_field_name() -> None:
     assert "did you mean 'emergency_grade'?" in p["registry.enterprises.0.emergency_grad"]
     assert "did you mean 'database'?" in p["influxdb.databse"]
     assert "Extra inputs" not in " ".join(p.values())
+    p = _problems({"detect": {"detectors": {"exceedance": {"major_factor": 2}}}})
+    assert "parameters go under detect.detectors.exceedance.params" in p["detect.detectors.exceedance.major_factor"]
     p = _problems({"brokr": {}})
     assert p["brokr"].startswith("unknown key 'brokr' at the top level; did you mean 'broker'?")
 
