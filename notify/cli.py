@@ -81,7 +81,7 @@ def print_cases(engine: Any, console: Console, state: str | None = None, enterpr
     h, labels = HEADERS[lang], STATE_LABELS[lang]
     rows = workflow.list_cases(engine, state=state, enterprise_id=enterprise, open_only=open_only, limit=limit)
     if fmt != "table":
-        _emit(rows, CASE_FIELDS, fmt)
+        _emit(rows, CASE_FIELDS, fmt, console)
         return len(rows)
     table = Table(title="案件 (cases)" if lang == "zh-CN" else "Cases")
     _id_column(table, h["id"], [c["id"] for c in rows])
@@ -95,13 +95,14 @@ def print_cases(engine: Any, console: Console, state: str | None = None, enterpr
     return len(rows)
 
 
-def _emit(rows: Any, fields: tuple[str, ...] | None, fmt: str) -> None:
+def _emit(rows: Any, fields: tuple[str, ...] | None, fmt: str, console: Console) -> None:
+    """Rows as CSV (with `fields`) or JSON, plain text on the console's file (no markup, no wrapping)."""
     from center.cliopts import emit_csv, emit_json
 
     if fmt == "csv" and fields is not None:
-        emit_csv(rows, fields)
+        emit_csv(rows, fields, console.file)
     else:
-        emit_json(rows)
+        emit_json(rows, console.file)
 
 
 def print_case(engine: Any, console: Console, case_id: str, lang: str = "zh-CN", fmt: str = "table") -> bool:
@@ -114,7 +115,7 @@ def print_case(engine: Any, console: Console, case_id: str, lang: str = "zh-CN",
                                    markup=False, highlight=False)
         return False
     if fmt == "json":
-        _emit(c, None, fmt)
+        _emit(c, None, fmt, console)
         return True
     h, labels = HEADERS[lang], STATE_LABELS[lang]
     console.print(f"[bold]{c['id']}[/bold]  {c['enterprise_id']} / {c['outlet_id'] or '-'} / {c['problem']} "
@@ -145,7 +146,7 @@ def print_tickets(engine: Any, console: Console, status: str | None = None, offi
     h, labels = HEADERS[lang], TICKET_LABELS[lang]
     rows = workflow.list_tickets(engine, status=status, officer=officer)
     if fmt != "table":
-        _emit(rows, TICKET_FIELDS, fmt)
+        _emit(rows, TICKET_FIELDS, fmt, console)
         return len(rows)
     table = Table(title="执法工单 (tickets)" if lang == "zh-CN" else "Tickets")
     _id_column(table, h["id"], [t["id"] for t in rows])
@@ -168,7 +169,7 @@ def print_ticket(engine: Any, console: Console, ticket_id: str, lang: str = "zh-
                                    markup=False, highlight=False)
         return False
     if fmt == "json":
-        _emit(t, None, fmt)
+        _emit(t, None, fmt, console)
         return True
     console.print(f"[bold]{t['id']}[/bold] {t['priority']} {t['reason']} "
                   f"{TICKET_LABELS[lang].get(t['status'], t['status'])} officer={t['officer'] or '-'}")
