@@ -399,7 +399,7 @@ def test_cli_lists_and_shows_cases_and_tickets(store_engine: Engine, settings) -
     assert cli.print_case(store_engine, out, cid)
     assert cli.print_tickets(store_engine, out) == 1
     text_zh = out.export_text()
-    assert cid in text_zh and "已移交执法" in text_zh and "待受理" in text_zh and "notice_decided" in text_zh
+    assert cid in text_zh and "已移交执法" in text_zh and "待受理" in text_zh and "决定发送通知" in text_zh  # events in words
     en = Console(record=True, width=250)
     cli.print_cases(store_engine, en, lang="en")
     tid = workflow.get_case(store_engine, cid)["ticket"]["id"]
