@@ -177,7 +177,8 @@ def dismiss(conn: Connection, case_id: str, at: datetime, actor: str, reason: st
 
 
 def assign(conn: Connection, case_id: str, at: datetime, actor: str, assignee: str) -> dict[str, Any]:
-    """Name the person (center staff or officer) responsible for the case."""
+    """Name the center staff member responsible for the case (never the ticket's addressee: tickets are
+    routed to officers, notify.tickets.route_officer)."""
     if not assignee:
         raise TransitionError(f"case {case_id}: assign needs an assignee")
     return transition(conn, case_id, "assign", at, actor, {"assignee": assignee}, assignee=assignee)[0]
