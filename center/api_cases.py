@@ -206,6 +206,11 @@ def list_groups(request: Request, status: str | None = None, who: Principal = De
 
 @router.get("/api/groups/{group_id}", response_model=GroupOut, tags=["groups"])
 def get_group(request: Request, group_id: str, who: Principal = Depends(operator)) -> dict[str, Any]:
+    """One group with the ids of the cases it holds."""
+    return _group(request, group_id)
+
+
+def _group(request: Request, group_id: str) -> dict[str, Any]:
     g = workflow.get_group(engine_of(request), group_id)
     if g is None:
         raise HTTPException(404, detail=f"no group {group_id!r}; list them with GET /api/groups")
@@ -218,8 +223,7 @@ def act_on_group(request: Request, group_id: str, body: GroupAction, who: Princi
     from notify.groups import GroupError
 
     engine, settings = engine_of(request), request.app.state.settings
-    if workflow.get_group(engine, group_id) is None:
-        raise HTTPException(404, detail=f"no group {group_id!r}; list them with GET /api/groups")
+    _group(request, group_id)
     now = datetime.now(timezone.utc)
     try:
         if body.action == "confirm":

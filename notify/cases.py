@@ -244,6 +244,24 @@ def confirm_delivery(conn: Connection, settings: Settings, case_id: str, seq: in
     return True
 
 
+def unqueued_notices(conn: Connection) -> list[dict[str, Any]]:
+    """Notices decided in a pass that ended before handing them to the outbox (a crash between the
+    alerts' transactions and notices.enqueue_pass): their cases are notified without deadlines. The
+    next tick queues them, so nobody is held to a notice that was never sent."""
+    from notify.tables import case_events
+
+    rows = conn.execute(select(cases.c.id, cases.c.enterprise_id).where(
+        cases.c.state.in_(("notified", "reopened")), cases.c.ack_due_at.is_(None))).all()
+    out = []
+    for cid, ent in rows:  # (a held case is still open: never among them)
+        for e in reversed(events_of(conn, cid)):
+            if e["type"] == "notice_decided" and e["data"].get("kind") in ("rectification_notice", "reopened"):
+                out.append({"case_id": cid, "seq": e["seq"], "kind": e["data"]["kind"], "enterprise_id": ent,
+                            "at": e["at"]})
+                break
+    return out
+
+
 def delivery_in_progress(conn: Connection, case: Mapping[str, Any]) -> bool:
     """The notice that starts the case's deadlines is failing and being retried (not yet delivered,
     not given up): its deadlines wait, nobody is overdue for a notice that has not arrived."""
@@ -450,8 +468,9 @@ def apply_decisions(conn: Connection, settings: Settings, case_id: str, decision
             if d.kind == "rectification_notice" and load_case(conn, case_id)["state"] == "open":
                 transition(conn, case_id, "notify", when, actor)
             starts_clock = d.kind in ("rectification_notice", "reopened")
-            if starts_clock:
-                # The deadlines are stated in the notice: set them before it is rendered.
+            if starts_clock and deferred is None:
+                # The deadlines are stated in the notice: set them before it is rendered. (Deferred
+                # notices get theirs when the pass hands them to the outbox, notices.enqueue_pass.)
                 start_clock(conn, settings, case_id, max(sent, utc(when)), _next_seq(conn, case_id))
             decide_notice(conn, settings, case_id, when, d.kind, jsonable(d.detail), actor=actor,
                           deferred=deferred if starts_clock else None)
@@ -506,7 +525,8 @@ def decide_notice(conn: Connection, settings: Settings, case_id: str, at: dateti
         extra["emergency_level"] = emergency["level"]
     ev = append_event(conn, case_id, at, actor, "notice_decided", extra)
     if deferred is not None:
-        deferred.append({"case_id": case_id, "seq": ev["seq"], "kind": kind, "enterprise_id": case["enterprise_id"]})
+        deferred.append({"case_id": case_id, "seq": ev["seq"], "kind": kind, "enterprise_id": case["enterprise_id"],
+                         "at": utc(at)})
     elif importlib.util.find_spec("notify.notices") is not None:
         from notify import notices
 

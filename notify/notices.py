@@ -437,10 +437,14 @@ def enqueue(conn: Connection, settings: Settings, case_row: Any, event_row: Any,
     return [r["id"] for r in rows]
 
 
-def enqueue_pass(conn: Connection, settings: Settings, deferred: list[dict[str, Any]]) -> list[str]:
+def enqueue_pass(conn: Connection, settings: Settings, deferred: list[dict[str, Any]], sent: datetime) -> list[str]:
     """The enterprise notices decided in one detection pass: one notice per enterprise and kind,
-    listing every case it concerns (the first case's decision keys the outbox rows)."""
-    from notify.cases import load_case
+    listing every case it concerns (the first case's decision keys the outbox rows). Each case's
+    deadlines start now, at `sent` (never before its decision), until delivery is confirmed."""
+    from notify.cases import load_case, start_clock
+
+    for d in deferred:
+        start_clock(conn, settings, d["case_id"], max(as_utc(sent), as_utc(d["at"])), d["seq"])
 
     by_ent: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for d in deferred:

@@ -78,7 +78,7 @@ def process_alerts(engine: Engine, settings: Settings, alerts: Iterable[Alert], 
 
     out = [_retrying(engine, lambda conn, a=a: one(conn, a)) for a in ordered]
     if deferred:
-        _retrying(engine, lambda conn: notices_mod.enqueue_pass(conn, settings, deferred))
+        _retrying(engine, lambda conn: notices_mod.enqueue_pass(conn, settings, deferred, now))
     tick(engine, settings, now, evidence=evidence)
     return out
 
@@ -86,7 +86,13 @@ def process_alerts(engine: Engine, settings: Settings, alerts: Iterable[Alert], 
 def tick(engine: Engine, settings: Settings, now: datetime, evidence: bool = True) -> list[dict[str, Any]]:
     """Reminders, overdue answers and rectifications, verification windows; then the evidence still
     missing, and the ticket notices (each once its evidence is locked; with evidence=False at once)."""
-    done = _retrying(engine, lambda conn: cases.tick(conn, settings, now))
+    def settle(conn: Connection) -> list[dict[str, Any]]:
+        unqueued = cases.unqueued_notices(conn)
+        if unqueued:
+            notices_mod.enqueue_pass(conn, settings, unqueued, now)
+        return cases.tick(conn, settings, now)
+
+    done = _retrying(engine, settle)
     if evidence:
         build_missing_evidence(engine, settings, now)
     send_ticket_notices(engine, settings, now, wait=evidence)
@@ -278,7 +284,7 @@ def confirm_group(engine: Engine, settings: Settings, group_id: str, at: datetim
             if cases.load_case(conn, cid)["state"] == "open":
                 cases.apply_decisions(conn, settings, cid, [rules.Notify("rectification_notice")], at,
                                       actor=actor, deferred=deferred)
-        notices_mod.enqueue_pass(conn, settings, deferred)
+        notices_mod.enqueue_pass(conn, settings, deferred, at)
         return g
     return _retrying(engine, work)
 

@@ -126,7 +126,7 @@ def test_a_catch_up_after_a_six_hour_outage_escalates_nobody_early(settings_fact
     # A reminder an hour before the acknowledgement falls due, to the enterprise; no escalation yet.
     workflow.tick(engine, settings, delivered + 3 * H + S, evidence=False)
     reminders = [n for n in enterprise_notices(engine, cid) if n["kind"] == "reminder"]
-    assert len(reminders) == 1 and reminders[0]["recipient"] == "EA"
+    assert len(reminders) == 1 and reminders[0]["recipient"] == "EA" and "尚未确认收到整改通知，请于" in reminders[0]["body"]
     assert events(engine, cid, "notice_decided")[-1]["at"] == delivered + 3 * H
     workflow.tick(engine, settings, delivered + 4 * H, evidence=False)
     assert workflow.get_case(engine, cid)["state"] == "notified"
@@ -366,3 +366,19 @@ def test_notices_are_formal_with_a_unique_number_per_year(settings_factory: Call
     f = formal(en, "exceedance", "coal power", "en", "X〔2026〕第0001号", now)
     assert f["authority"] == "Yunze EEB" and "Air Pollution Prevention and Control Law" in f["legal_basis"]
     assert f["date"] == "02 March 2026"
+
+
+def test_notices_a_crashed_pass_never_queued_go_out_at_the_next_tick(settings_factory: Callable[..., Settings],
+                                                                      engine: Engine) -> None:
+    from notify import cases
+
+    settings = make(settings_factory)
+    now = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
+    with engine.begin() as conn:  # the pass's alert transaction committed; the process died before queueing
+        cases.ingest_alerts(conn, settings, [alert("EA", now - 2 * H)], now, None, [])
+    (case,) = workflow.list_cases(engine)
+    assert case["state"] == "notified" and case["ack_due_at"] is None and enterprise_notices(engine) == []
+    workflow.tick(engine, settings, now + 30 * 24 * H, evidence=False)  # long after: not overdue, told now
+    case = workflow.get_case(engine, case["id"])
+    assert case["state"] == "notified" and case["ack_due_at"] == now + 30 * 24 * H + 4 * H
+    assert [n["recipient"] for n in enterprise_notices(engine) if n["channel"] == "mqtt"] == ["EA"]
