@@ -382,3 +382,38 @@ def test_notices_a_crashed_pass_never_queued_go_out_at_the_next_tick(settings_fa
     case = workflow.get_case(engine, case["id"])
     assert case["state"] == "notified" and case["ack_due_at"] == now + 30 * 24 * H + 4 * H
     assert [n["recipient"] for n in enterprise_notices(engine) if n["channel"] == "mqtt"] == ["EA"]
+
+
+def test_cli_escalates_and_routes_as_the_person_at_the_terminal(tmp_path: Path) -> None:
+    import typer
+    import yaml
+    from typer.testing import CliRunner
+
+    from config import load
+    from notify import cli
+    from notify.store import engine_from_settings
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"ingest": {"state_dir": str(tmp_path / "state")}, "registry": registry(),
+                                   "notify": {"officers": OFFICERS}}, allow_unicode=True))
+    settings = load(cfg)
+    app = typer.Typer()
+    app.add_typer(cli.cases_app, name="cases")
+    app.add_typer(cli.tickets_app, name="tickets")
+    runner = CliRunner()
+    assert runner.invoke(app, ["cases", "list", "-c", str(cfg)]).exit_code == 0  # migrates the store
+    engine = engine_from_settings(settings)
+    now = datetime.now(timezone.utc)
+    cid = workflow.process_alerts(engine, settings, [alert("EB", now - 2 * H)], now - H, evidence=False)[0]["case_id"]
+    r = runner.invoke(app, ["cases", "escalate", cid, "--by", "zhang", "-c", str(cfg)])
+    assert r.exit_code == 0 and "OFF2" in r.output, r.output
+    tid = workflow.get_case(engine, cid)["ticket"]["id"]
+    r = runner.invoke(app, ["tickets", "route", tid, "--officer", "zhang", "--by", "zhang", "-c", str(cfg)])
+    assert r.exit_code == 2 and "is not an officer" in r.output
+    r = runner.invoke(app, ["tickets", "route", tid, "--officer", "OFF1", "--by", "zhang", "-c", str(cfg)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["tickets", "list", "--officer", "OFF1", "-c", str(cfg)], env={"COLUMNS": "250"})
+    assert tid in r.output
+    assert events(engine, cid, "escalated")[0]["actor"] == "center:zhang"
+    assert events(engine, cid, "ticket_routed")[0]["actor"] == "center:zhang"
+    engine.dispose()
