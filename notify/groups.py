@@ -20,12 +20,12 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, func, insert, inspect, select, update
 
 from config.schema import Settings
 from detect.base import Alert
 from notify.store import utc, with_utc_times
-from notify.tables import case_groups, cases
+from notify.tables import case_alerts, case_groups, cases
 
 _TIMES = ("window_start", "window_end", "created_at", "decided_at")
 
@@ -60,8 +60,10 @@ def assign_groups(conn: Connection, settings: Settings, alerts: Iterable[Alert],
     for (kind, start, end), items in buckets.items():
         gid = group_id_for(kind, start, end)
         row = conn.execute(select(case_groups.c.status).where(case_groups.c.id == gid)).first()
-        ents = {a.enterprise_id for a in items}
-        stations = {a.station_mn for a in items}
+        # Counted over the alert store too: a catch-up's findings of one window may come in several passes.
+        stored = _stored(conn, kind, start, end)
+        ents = {a.enterprise_id for a in items} | {e for e, _ in stored}
+        stations = {a.station_mn for a in items} | {m for _, m in stored}
         big = len(ents) >= 2 and (len(ents) >= g.min_enterprises or len(stations) / total >= g.min_station_share)
         if row is None and big:
             conn.execute(insert(case_groups).values(id=gid, kind=kind, window_start=start, window_end=end,
@@ -71,6 +73,20 @@ def assign_groups(conn: Connection, settings: Settings, alerts: Iterable[Alert],
             continue
         out.update({a.id: gid for a in items})
     return out
+
+
+def _stored(conn: Connection, kind: str, start: datetime, end: datetime) -> set[tuple[str, str]]:
+    """(enterprise, station) of the stored open alerts of a kind and window not yet in any case
+    (the alerts this pass and the next ones will bring)."""
+    from detect.store import alerts_table as alerts_t
+
+    if not inspect(conn).has_table(alerts_t.name):  # a case store without the alert store beside it
+        return set()
+    attached = select(case_alerts.c.alert_id).where(case_alerts.c.alert_id == alerts_t.c.id).exists()
+    rows = conn.execute(select(alerts_t.c.enterprise_id, alerts_t.c.station_mn).where(
+        alerts_t.c.kind == kind, alerts_t.c.window_start == start, alerts_t.c.window_end == end,
+        alerts_t.c.status == "open", ~attached)).all()
+    return {(r.enterprise_id, r.station_mn) for r in rows}
 
 
 def get_group(conn: Connection, group_id: str) -> dict[str, Any]:

@@ -20,7 +20,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     SQLite keeps no zone and hands back naive datetimes (written in UTC); PostgreSQL hands back the
     session's zone. Every row read from these tables therefore carries +00:00, so whatever the API
-    or a screen serializes says which clock it is on.
+    or a screen serializes says which clock it is on. (detect.store.UTCDateTime stores naive UTC in
+    a plain DATETIME column; the case store keeps TIMESTAMP WITH TIME ZONE, hence a type of its own.)
     """
 
     impl = DateTime(timezone=True)

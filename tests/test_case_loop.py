@@ -28,7 +28,7 @@ from notify.cli import print_tickets
 from notify.outbox import Dispatcher
 from notify.store import make_engine
 from notify.tables import notices
-from tests.apikit import TOKENS, ServedApp, serve, users
+from tests.apikit import ServedApp, serve, users
 
 H = timedelta(hours=1)
 S = timedelta(seconds=1)
@@ -417,3 +417,15 @@ def test_cli_escalates_and_routes_as_the_person_at_the_terminal(tmp_path: Path) 
     assert events(engine, cid, "escalated")[0]["actor"] == "center:zhang"
     assert events(engine, cid, "ticket_routed")[0]["actor"] == "center:zhang"
     engine.dispose()
+
+
+def test_a_gap_split_over_several_passes_is_still_one_group(settings_factory: Callable[..., Settings],
+                                                            engine: Engine) -> None:
+    settings = make(settings_factory, n=8)
+    t = datetime(2026, 3, 1, 16, 0, tzinfo=timezone.utc)
+    gap = [alert(e["id"], t, kind="insufficient_valid_data", value=None) for e in registry(8)["enterprises"]]
+    AlertStore(engine).upsert_alerts(gap)  # detection stored them all; the workflow takes 3 per pass
+    for i in range(0, 8, 3):
+        workflow.process_alerts(engine, settings, gap[i:i + 3], t + 2 * H, evidence=False)
+    (g,) = workflow.list_groups(engine)
+    assert g["cases"] == 8 and enterprise_notices(engine) == []
