@@ -341,10 +341,21 @@ def get_case(engine: Engine, case_id: str) -> dict[str, Any] | None:
         out["alerts"] = cases.alerts_of(conn, case_id)
         out["notices"] = [dict(r) for r in conn.execute(select(notices).where(notices.c.case_id == case_id)
                                                         .order_by(notices.c.created_at, notices.c.id)).mappings()]
+        out["notices"] += _listed_in(conn, out)
         out["answers"] = [{**r, "received_at": as_utc(r["received_at"])} for r in conn.execute(
             select(answers).where(answers.c.case_id == case_id).order_by(answers.c.received_at)).mappings()]
         out["ticket"] = tickets.ticket_of_case(conn, case_id)
         return out
+
+
+def _listed_in(conn: Connection, case: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Notices keyed to another case of the same enterprise that list this case too (one notice
+    per enterprise and pass, notices.enqueue_pass)."""
+    rows = conn.execute(select(notices).where(
+        notices.c.audience == "enterprise", notices.c.recipient == case["enterprise_id"],
+        notices.c.kind.in_(("rectification_notice", "reopened")), notices.c.case_id != case["id"],
+        notices.c.created_at >= case["opened_at"]).order_by(notices.c.created_at, notices.c.id)).mappings()
+    return [dict(r) for r in rows if any(c.get("case_id") == case["id"] for c in (r["payload"] or {}).get("cases", []))]
 
 
 def list_tickets(engine: Engine, status: str | None = None, officer: str | None = None,

@@ -29,6 +29,7 @@ from notify.outbox import Dispatcher
 from notify.store import make_engine
 from notify.tables import notices
 from tests.apikit import ServedApp, serve, users
+from tests.casekit import pg_cluster, store_engine  # noqa: F401 - fixtures
 
 H = timedelta(hours=1)
 S = timedelta(seconds=1)
@@ -94,7 +95,8 @@ def events(engine: Engine, case_id: str, type: str) -> list[dict[str, Any]]:
 # -- 1. fair deadlines ------------------------------------------------------------------------------
 
 def test_a_catch_up_after_a_six_hour_outage_escalates_nobody_early(settings_factory: Callable[..., Settings],
-                                                                   engine: Engine) -> None:
+                                                                   store_engine: Engine) -> None:
+    engine = store_engine  # SQLite and PostgreSQL
     settings = make(settings_factory)
     now = datetime(2026, 3, 2, 19, 22, tzinfo=timezone.utc)  # 03:22 Beijing time, after the outage
     late = [alert("EA", now - 6 * H), alert("EB", now - 5 * H)]  # data hours in the past
@@ -337,6 +339,8 @@ def test_an_enterprise_with_several_findings_in_one_pass_gets_one_notice(setting
     (both,) = [n for n in mqtt if n["recipient"] == "EA"]
     assert sorted(c["case_id"] for c in both["payload"]["cases"]) == ea
     assert all(cid in both["body"] for cid in ea) and "2 项问题" in both["subject"]
+    for cid in ea:  # each case shows the notice (GET /api/cases/{id})
+        assert both["id"] in [n["id"] for n in workflow.get_case(engine, cid)["notices"]]
     Dispatcher(engine, settings, {"mqtt": MQTTChannel(settings)}).run_once(now + 30 * S)
     for cid in ea:  # the one delivery starts both cases' deadlines
         assert workflow.get_case(engine, cid)["notified_at"] == now + 30 * S
@@ -345,7 +349,8 @@ def test_an_enterprise_with_several_findings_in_one_pass_gets_one_notice(setting
 # -- 8. formal notices ----------------------------------------------------------------------------
 
 def test_notices_are_formal_with_a_unique_number_per_year(settings_factory: Callable[..., Settings],
-                                                          engine: Engine) -> None:
+                                                          store_engine: Engine) -> None:
+    engine = store_engine  # SQLite and PostgreSQL
     settings = make(settings_factory)
     now = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
     workflow.process_alerts(engine, settings, [alert("EA", now - 2 * H), alert("EB", now - 2 * H, kind="offline",
