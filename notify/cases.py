@@ -37,7 +37,7 @@ from detect.base import Alert
 from notify import rules
 from notify.events import append_event, events_of, jsonable
 from notify.store import utc, with_utc_times
-from notify.tables import CLOSED_STATES, case_alerts, cases, notices
+from notify.tables import CLOSED_STATES, case_alerts, case_events, case_groups, cases, notices
 
 ACTIVE = ("open", "notified", "acknowledged", "rectification_reported", "reopened")
 # action -> (states it is allowed from, state it leads to; None keeps the state)
@@ -248,8 +248,6 @@ def unqueued_notices(conn: Connection) -> list[dict[str, Any]]:
     """Notices decided in a pass that ended before handing them to the outbox (a crash between the
     alerts' transactions and notices.enqueue_pass): their cases are notified without deadlines. The
     next tick queues them, so nobody is held to a notice that was never sent."""
-    from notify.tables import case_events
-
     rows = conn.execute(select(cases.c.id, cases.c.enterprise_id).where(
         cases.c.state.in_(("notified", "reopened")), cases.c.ack_due_at.is_(None))).all()
     out = []
@@ -373,8 +371,6 @@ def ingest_alerts(conn: Connection, settings: Settings, alerts: Iterable[Alert],
 
 def held(conn: Connection, case: Mapping[str, Any]) -> bool:
     """The case waits in a group that nobody has confirmed yet: no notice, no escalation."""
-    from notify.tables import case_groups
-
     if not case.get("group_id"):
         return False
     status = conn.execute(select(case_groups.c.status).where(case_groups.c.id == case["group_id"])).scalar()
@@ -486,8 +482,6 @@ def apply_decisions(conn: Connection, settings: Settings, case_id: str, decision
 
 def _next_seq(conn: Connection, case_id: str) -> int:
     """The seq the next event of the case will get (the notice decision that start_clock names)."""
-    from notify.tables import case_events
-
     last = conn.execute(select(case_events.c.seq).where(case_events.c.case_id == case_id)
                         .order_by(case_events.c.seq.desc()).limit(1)).scalar()
     return (last or 0) + 1
