@@ -99,6 +99,8 @@ def test_unknown_states_statuses_reasons_levels_and_languages(deployment: dict[s
     one_line_error(envwatch("emergency", "declare", "--level", "purple", "--from", "2026-01-01", "--to", "2026-01-02",
                             "-c", c, cwd=cwd), "unknown emergency level 'purple'", "yellow, orange, red")
     one_line_error(envwatch("cases", "list", "--lang", "fr", "-c", c, cwd=cwd), "zh-CN or en")
+    one_line_error(envwatch("cases", "groups", "--status", "open", "-c", c, cwd=cwd), "unknown group status 'open'",
+                   "pending, confirmed, dismissed")
 
 
 def test_unknown_options_and_missing_ones(deployment: dict[str, Path]) -> None:
