@@ -18,7 +18,7 @@ enterprises, which are not readings, and payloads of which only a prefix was kep
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,14 +67,26 @@ class _Store:
         self.db.execute("PRAGMA busy_timeout=30000")
         self.db.executescript(_SCHEMA)
 
-    def pending(self, reason: str | None) -> list[tuple[int, str, str, bytes, int | None]]:
-        sql = ("SELECT d.id, d.received_at, d.topic, d.raw, d.size FROM dead_letter d LEFT JOIN dead_letter_replay r "
-               "ON r.id = d.id WHERE r.id IS NULL")
-        args: tuple[Any, ...] = ()
-        if reason is not None:
-            sql += " AND d.reason = ?"
-            args = (reason,)
-        return [(i, at, t, bytes(raw), size) for i, at, t, raw, size in self.db.execute(sql + " ORDER BY d.id", args)]
+    def _where(self, reason: str | None) -> tuple[str, tuple[Any, ...]]:
+        sql = "FROM dead_letter d LEFT JOIN dead_letter_replay r ON r.id = d.id WHERE r.id IS NULL"
+        return (sql + " AND d.reason = ?", (reason,)) if reason is not None else (sql, ())
+
+    def pending_count(self, reason: str | None) -> int:
+        sql, args = self._where(reason)
+        return self.db.execute("SELECT COUNT(*) " + sql, args).fetchone()[0]
+
+    def pending(self, reason: str | None, page: int = WRITE_EVERY) -> Iterator[tuple[int, str, str, bytes, int | None]]:
+        """The letters not yet replayed, oldest first, read a page at a time (payloads may be 64 KiB each)."""
+        sql, args = self._where(reason)
+        last = 0
+        while True:
+            rows = self.db.execute("SELECT d.id, d.received_at, d.topic, d.raw, d.size " + sql
+                                   + " AND d.id > ? ORDER BY d.id LIMIT ?", (*args, last, page)).fetchall()
+            if not rows:
+                return
+            for i, at, t, raw, size in rows:
+                yield i, at, t, bytes(raw), size
+            last = rows[-1][0]
 
     def replayed_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM dead_letter_replay").fetchone()[0]
@@ -107,17 +119,18 @@ def replay(settings: Settings, reason: str | None = None, on_letter: Callable[[i
         return out
     store = _Store(path)
     try:
-        pending = store.pending(reason)
+        total = store.pending_count(reason)
         out.already = store.replayed_count()
         if on_total is not None:
-            on_total(len(pending))
+            on_total(total)
         pipeline = Pipeline(settings, Lookup(settings.registry))
         influx = Influx(settings.influxdb)
         influx.ensure_database()
         passed: list[tuple[list[int], list[str]]] = []  # (letter ids, their lines), written together
         failing: list[tuple[int, str, str]] = []
         up = f"{settings.broker.topic_prefix}/up/"
-        for n, (letter_id, received_at, topic, raw, size) in enumerate(pending, 1):
+        # Letters replayed during this run leave the "pending" set: the pages continue after the last id read.
+        for n, (letter_id, received_at, topic, raw, size) in enumerate(store.pending(reason), 1):
             if not topic.startswith(up) or topic == INFLUX_TOPIC or (size is not None and size > len(raw)):
                 out.skipped += 1
             else:
@@ -125,15 +138,15 @@ def replay(settings: Settings, reason: str | None = None, on_letter: Callable[[i
                 received = datetime.fromisoformat(received_at)
                 pipeline.feed(Message(topic, raw, letter_id, 0, received), batch)
                 _sort(batch, passed, failing)
-            if len(passed) >= WRITE_EVERY or n == len(pending):
-                expired = Batch()
-                if n == len(pending):  # the parts of split packets that are still incomplete
-                    pipeline.expire(expired, now=float("inf"))
-                    _sort(expired, passed, failing)
+            if len(passed) >= WRITE_EVERY:
                 _write(influx, store, passed, failing, out)
                 passed = []
             if on_letter is not None:
                 on_letter(n)
+        expired = Batch()  # the parts of split packets that are still incomplete
+        pipeline.expire(expired, now=float("inf"))
+        _sort(expired, passed, failing)
+        _write(influx, store, passed, failing, out)
         store.still_failing(failing)
         for _, r, _ in failing:
             out.failed[r] = out.failed.get(r, 0) + 1

@@ -116,3 +116,21 @@ def test_answers_and_truncated_payloads_are_not_replayed(settings_factory: Calla
     assert _points(s, MN_GAS) == 0
 
 
+
+
+def test_pending_letters_are_read_a_page_at_a_time(tmp_path: Path) -> None:
+    from ingest.deadletter import DeadLetter, DeadLetters
+    from ingest.deadletter_replay import _Store
+
+    path = tmp_path / "deadletters.sqlite"
+    with DeadLetters(path) as dl:
+        dl.add_many([DeadLetter("t", "unknown_station" if i % 2 else "bad_time", "d", b"x%d" % i) for i in range(7)])
+    store = _Store(path)
+    try:
+        assert [row[0] for row in store.pending(None, page=2)] == list(range(1, 8))
+        assert [row[3] for row in store.pending("bad_time", page=3)] == [b"x0", b"x2", b"x4", b"x6"]
+        assert store.pending_count("unknown_station") == 3
+        store.mark([1, 2])
+        assert [row[0] for row in store.pending(None, page=2)] == [3, 4, 5, 6, 7]
+    finally:
+        store.close()
