@@ -40,7 +40,7 @@ POLL_OVERLAP = timedelta(seconds=10)  # re-read this far back: commits land out 
 @dataclass(frozen=True, slots=True)
 class Event:
     id: int
-    name: str  # alert | case
+    name: str  # alert | case | warning
     enterprise_id: str
     data: dict[str, Any]
 
@@ -92,6 +92,11 @@ class Broadcaster:
         data = {"change": "opened" if seq <= 1 else "changed", "event_type": last["type"] if last else None,
                 "case": CaseSummary.model_validate(case).model_dump(mode="json")}
         return self.publish(("case", case["id"], seq), "case", case["enterprise_id"], data)
+
+    def warning(self, warning: dict[str, Any]) -> bool:
+        """One early warning (detect/warning.py) as a `warning` event: not an alert, never a case."""
+        return self.publish(("warning", warning["id"], warning["status"], warning["level"]), "warning",
+                            warning["enterprise_id"], {"change": warning["status"], "warning": warning})
 
     def alerts_changed(self, engine: Engine, ids: Iterable[str]) -> None:
         for aid in dict.fromkeys(ids):
@@ -196,7 +201,7 @@ def stream_user(request: Request, access_token: str | None = Query(
 
 @router.get("/api/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
-                             "description": "events `alert` and `case`, see center/API.md"}})
+                             "description": "events `alert`, `case` and `warning`, see center/API.md"}})
 async def stream(request: Request, principal: Principal = Depends(stream_user)) -> StreamingResponse:
     """Server-sent events of new and changed alerts and cases (an enterprise: its own only)."""
     broadcaster: Broadcaster = request.app.state.broadcaster

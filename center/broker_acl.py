@@ -2,8 +2,9 @@
 
 Accounts (username -> what it may do; {p} is broker.topic_prefix):
 
-    service account (broker.username)   read {p}/up/#, {p}/enterprise/+/answer, {p}/alerts
-                                        write {p}/enterprise/+/notice, {p}/officer/+/ticket, {p}/alerts
+    service account (broker.username)   read {p}/up/#, {p}/enterprise/+/answer, {p}/alerts, {p}/internal/#
+                                        write {p}/enterprise/+/notice, {p}/officer/+/ticket, {p}/alerts,
+                                        {p}/internal/# (the ingest's written notification)
     station (MN, Station.password)      write {p}/up/station/{mn}
     device (id, Device.password)        write {p}/up/mobile/{id}
     enterprise (id, contact.mqtt_password)  read {p}/enterprise/{id}/notice, write {p}/enterprise/{id}/answer
@@ -90,8 +91,8 @@ def plan(settings: Settings) -> AclPlan:
     """Every account the config describes, in a stable order (service account first)."""
     p, b, out = settings.broker.topic_prefix, settings.broker, AclPlan()
     out.add("service", b.username, _secret(b.password),
-            read=(f"{p}/up/#", f"{p}/enterprise/+/answer", f"{p}/alerts"),
-            write=(f"{p}/enterprise/+/notice", f"{p}/officer/+/ticket", f"{p}/alerts"))
+            read=(f"{p}/up/#", f"{p}/enterprise/+/answer", f"{p}/alerts", f"{p}/internal/#"),
+            write=(f"{p}/enterprise/+/notice", f"{p}/officer/+/ticket", f"{p}/alerts", f"{p}/internal/#"))
     for e in settings.registry.enterprises:
         for o in e.outlets:
             for s in o.stations:

@@ -61,6 +61,7 @@ from ingest.decode import decode_payload, key_lookup
 from ingest.influx import Influx, InfluxRejected, InfluxUnavailable
 from ingest.model import CHINA_TZ, Kind, MobileFix, Packet, Reason, Rejected
 from ingest.schema import event_line, mobile_line, station_lines
+from ingest.written import written_payload, written_topic
 from ingest.mqtt import make_client
 
 if TYPE_CHECKING:
@@ -643,6 +644,13 @@ class Ingest:
             self._write_bisect(lines[half:])
             return
         self._counters.add("readings_written", len(lines))
+        self._announce_written(lines)
+
+    def _announce_written(self, lines: list[str]) -> None:
+        """Tell the early warning (detect/warning.py) which minute readings are now in InfluxDB."""
+        payload, client = written_payload(lines), self._client
+        if payload is not None and client is not None:
+            client.publish(written_topic(self.settings.broker.topic_prefix), payload, qos=1)
 
     def _close(self) -> None:
         if any(t.is_alive() for t in self._threads):
