@@ -197,13 +197,15 @@ class Service:
         """The early warning: fed by the ingest's written messages; only the leader emits."""
         if not self.settings.detect.warning.enabled:
             return
+        from detect.source import ReadingSource
         from detect.warning import WarningEngine
 
         def broadcast(changes: list[dict[str, Any]]) -> None:
             for w in changes:
                 self.broadcaster.warning(w)
 
-        engine = WarningEngine(self.settings, self.engine, on_change=broadcast, is_leader=self.lease.is_leader)
+        engine = WarningEngine(self.settings, self.engine, source=ReadingSource(self.influx), on_change=broadcast,
+                               is_leader=self.lease.is_leader)
         engine.start()
         self._closers.append(("warnings", engine.stop))
 

@@ -219,8 +219,9 @@ class WarningEngine:
 
         if self.source is None:
             from detect.source import ReadingSource
+            from ingest.influx import Influx
 
-            self.source = ReadingSource(self.settings.influxdb)
+            self.source = ReadingSource(Influx(self.settings.influxdb))
         try:
             self.rebuild(datetime.now(timezone.utc))
         except Exception:  # noqa: BLE001 - InfluxDB briefly away: start empty, the next minutes fill in
