@@ -178,7 +178,10 @@ class WarningEngine:
         for e in expected_series(self.lookup):
             self._series.setdefault(e.mn, []).append(e)
         self._minutes: dict[tuple[str, int], dict[tuple[str, int], Reading]] = {}
-        self._bound: dict[tuple[str, int, str], list[float]] = {}  # (mn, hour, code) -> [sum of max(avg, zs), max]
+        # (mn, hour, code) -> [sum of max(avg, zs, 0), max of it, distinct minutes]: the cheap gate
+        self._bound: dict[tuple[str, int, str], list[float]] = {}
+        self._params_cache: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._certain: set[tuple[str, int, str]] = set()  # (mn, hour, code) with a certain hourly warning
         self._o2max: dict[tuple[str, int], float] = {}
         self._offminute: set[tuple[str, int]] = set()
         self._closed: dict[tuple[str, int], None] = {}
@@ -290,16 +293,19 @@ class WarningEngine:
         key = (mn, hour)
         if key in self._closed or mn not in self._series:
             return None
-        self._minutes.setdefault(key, {})[(code, ts)] = reading
+        minutes = self._minutes.setdefault(key, {})
+        new = (code, ts) not in minutes
+        minutes[(code, ts)] = reading
         if ts % 60:
             self._offminute.add(key)
         avg, zs, _ = reading
         v = max(_num(avg), _num(zs), 0.0)
         if code == O2:
             self._o2max[key] = max(self._o2max.get(key, 0.0), v)
-        b = self._bound.setdefault((mn, hour, code), [0.0, 0.0])
-        b[0] += v
+        b = self._bound.setdefault((mn, hour, code), [0.0, 0.0, 0])
+        b[0] += v  # a reading written again adds again: still an upper bound
         b[1] = max(b[1], v)
+        b[2] += new
         return key
 
     def handle(self, records: list[WrittenMinute], now: datetime | None = None) -> list[dict[str, Any]]:
@@ -329,11 +335,16 @@ class WarningEngine:
         return self._emit(self._close(due, now)) if due else []
 
     def _complete(self, key: tuple[str, int]) -> bool:
+        """Every limited channel of the station has all 60 minutes of the hour."""
         mn, hour = key
-        return all(self._count(mn, hour, e.pollutant) >= MINUTES for e in self._series[mn])
+        return all(self._bound.get((mn, hour, e.pollutant), (0, 0, 0))[2] >= MINUTES for e in self._series[mn])
 
-    def _count(self, mn: str, hour: int, code: str) -> int:
-        return sum(1 for (c, _) in self._minutes.get((mn, hour), {}) if c == code)
+    def _params(self, e: Expected) -> dict[str, Any]:
+        key = (e.enterprise, e.outlet.id, e.pollutant)
+        p = self._params_cache.get(key)
+        if p is None:
+            p = self._params_cache[key] = self.hourly.params_for(*key)
+        return p
 
     def _worth_judging(self, key: tuple[str, int]) -> bool:
         """A cheap upper bound: could any limited series of this station-hour warn now?"""
@@ -343,18 +354,22 @@ class WarningEngine:
             b = self._bound.get((mn, hour, e.pollutant))
             if limit is None or b is None:
                 continue
-            if e.outlet.medium == "water":
+            if (mn, hour, e.pollutant) in self._certain:
+                continue  # already certain: nothing new to say before the hour closes
+            p = self._params(e)
+            iv = _interval_min(p)
+            need = min(p["min_valid_minutes"], self.likely_after or MINUTES)  # valid minutes, at least
+            if b[2] * iv < need:
+                continue
+            if e.outlet.medium == "water":  # flow-weighted: the mean is at most the largest value
                 if b[1] > limit:
                     return True
                 continue
             factor = 1.0
             if e.outlet.reference_o2 is not None:  # a computed O2 correction can raise a value
-                p = self.hourly.params_for(e.enterprise, e.outlet.id, e.pollutant)
                 o2 = min(self._o2max.get(key, 0.0), p["o2_max"])
                 factor = max(1.0, (21.0 - e.outlet.reference_o2) / (21.0 - o2))
-            p = self.hourly.params_for(e.enterprise, e.outlet.id, e.pollutant)
-            need = min(p["min_valid_minutes"], self.likely_after or MINUTES) / _interval_min(p)
-            if b[0] * factor > limit * need:
+            if b[0] * factor > limit * need / iv:  # a mean above the limit needs a sum above it
                 return True
         return False
 
@@ -415,6 +430,8 @@ class WarningEngine:
              "window_start": iso(start), "window_end": iso(end), "value": r(value), "limit": limit, "unit": unit,
              "evidence": ev, "first_seen": old["first_seen"] if old else iso(now), "updated_at": iso(now)}
         self._active[wid] = w
+        if kind == "hourly" and level == "certain":
+            self._certain.add((row.mn, int(start.timestamp()), row.pollutant))
         return [w]
 
     def _settle(self, wid: str, row: Any, limit: float, p: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
@@ -446,6 +463,7 @@ class WarningEngine:
             self._offminute.discard(key)
             for e in self._series[key[0]]:
                 self._bound.pop((key[0], key[1], e.pollutant), None)
+                self._certain.discard((key[0], key[1], e.pollutant))
             self._closed[key] = None
         while len(self._closed) > 200_000:
             self._closed.pop(next(iter(self._closed)))

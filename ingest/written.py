@@ -67,19 +67,24 @@ def parse_line(line: str) -> WrittenMinute | None:
     """One station_minute line back into its parts; None for anything else or anything malformed."""
     if not line.startswith(MINUTE_HEAD):
         return None
-    parts = _split_unescaped(line, " ")
-    if len(parts) != 3:
-        return None
-    head, body, ts = parts
     try:
-        tags = dict(_UNESCAPE_TAG.sub(r"\1", kv).split("=", 1) for kv in _split_unescaped(head, ",")[1:])
+        if "\\" not in line:  # the common case: nothing escaped, plain splits (a tag holds no space)
+            rest, ts = line.rsplit(" ", 1)
+            head, body = rest.split(" ", 1)
+            tags = dict(kv.split("=", 1) for kv in head.split(",")[1:])
+        else:
+            parts = _split_unescaped(line, " ")
+            if len(parts) != 3:
+                return None
+            head, body, ts = parts
+            tags = dict(_UNESCAPE_TAG.sub(r"\1", kv).split("=", 1) for kv in _split_unescaped(head, ",")[1:])
         stamp = int(ts)
     except ValueError:
         return None
     fields: dict[str, float | str] = {}
     for name, raw in _FIELD.findall(body):
         if raw.startswith('"'):
-            fields[name] = re.sub(r"\\(.)", r"\1", raw[1:-1])
+            fields[name] = _UNESCAPE_TAG.sub(r"\1", raw[1:-1]) if "\\" in raw else raw[1:-1]
         else:
             try:
                 fields[name] = float(raw.rstrip("i"))
