@@ -95,6 +95,7 @@ def main() -> int:
 
     from center.devservices import free_port, start_influxd, start_mosquitto
     from detect.registry import detector_classes
+    from ingest.written import parse_written, written_topic
 
     work = Path(tempfile.mkdtemp(prefix="envwatch-warnbench-"))
     mq = start_mosquitto(work / "mosquitto", free_port())
@@ -134,7 +135,10 @@ def main() -> int:
         decided_at: dict[str, float] = {}  # hot mn -> monotonic time its deciding minute was published
         on_stream: dict[str, float] = {}
         on_topic: dict[str, float] = {}
+        on_written: dict[str, float] = {}
         probes: dict[str, float] = {}
+        hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+        deciding_ts = {mn: int((hour + timedelta(minutes=44 + k % 5)).timestamp()) for mn, k in hot.items()}
         rtt: list[float] = []
 
         def sse() -> None:
@@ -154,13 +158,18 @@ def main() -> int:
                 if sent is not None:
                     rtt.append(now - sent)
                 return
+            if m.topic.endswith("/internal/written"):
+                for rec in parse_written(m.payload):
+                    if rec.mn in hot and rec.ts == deciding_ts.get(rec.mn):
+                        on_written.setdefault(rec.mn, now)
+                return
             body = json.loads(m.payload)
             if body.get("type") == "warning":
                 on_topic.setdefault(body["warning"]["station_mn"], now)
 
         threading.Thread(target=sse, daemon=True).start()
         sub = client(mq.host, mq.port, on_msg)
-        sub.subscribe([(f"{prefix}/enterprise/+/notice", 1), (f"{prefix}/probe", 1)])
+        sub.subscribe([(f"{prefix}/enterprise/+/notice", 1), (f"{prefix}/probe", 1), (written_topic(prefix), 1)])
         pub, probe = client(mq.host, mq.port), client(mq.host, mq.port)
         stop_probe = threading.Event()
 
@@ -172,7 +181,6 @@ def main() -> int:
 
         time.sleep(2)
         threading.Thread(target=prober, daemon=True).start()
-        hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
         t0 = time.monotonic()
         behind = 0.0
         for minute in range(args.minutes):
@@ -202,6 +210,8 @@ def main() -> int:
         print(f"stations {args.stations}, hot {len(hot)}, {args.minutes} simulated minutes at {args.minute_s:g} s each "
               f"({args.stations / args.minute_s:.0f} packets/s), publishing took {published_s:.0f} s "
               f"(publisher at most {behind:.2f} s behind its cadence)")
+        written = [on_written[mn] - t for mn, t in decided_at.items() if mn in on_written]
+        print(f"minute in InfluxDB, written announced: {pct(written)}")
         print(f"warning on the board's stream (SSE):   {pct(stream)}")
         print(f"warning on the enterprise's topic:     {pct(topic)}")
         print(f"baseline MQTT round trip (same run):   {pct(rtt)}")

@@ -204,15 +204,18 @@ class WarningEngine:
             rows = conn.execute(select(warnings_table).where(warnings_table.c.status == "active")).mappings().all()
         self._active = {r["id"]: warning_dict(r) for r in rows}
 
-    def _save(self, w: dict[str, Any]) -> None:
-        row = {k: w[k] for k in ("id", "kind", "level", "status", "enterprise_id", "outlet_id", "station_mn",
-                                 "pollutant", "value", "unit", "evidence")}
-        row |= {"limit_value": w["limit"], "window_start": _dt(w["window_start"]), "window_end": _dt(w["window_end"]),
-                "first_seen": _dt(w["first_seen"]), "updated_at": _dt(w["updated_at"])}
+    def _save(self, changes: list[dict[str, Any]]) -> None:
+        """Store the changed warnings in one transaction (one commit for a burst, not one each)."""
         with self.engine.begin() as conn:
-            done = conn.execute(update(warnings_table).where(warnings_table.c.id == row["id"]).values(**row))
-            if done.rowcount == 0:
-                conn.execute(warnings_table.insert().values(**row))
+            for w in changes:
+                row = {k: w[k] for k in ("id", "kind", "level", "status", "enterprise_id", "outlet_id", "station_mn",
+                                         "pollutant", "value", "unit", "evidence")}
+                row |= {"limit_value": w["limit"], "window_start": _dt(w["window_start"]),
+                        "window_end": _dt(w["window_end"]), "first_seen": _dt(w["first_seen"]),
+                        "updated_at": _dt(w["updated_at"])}
+                done = conn.execute(update(warnings_table).where(warnings_table.c.id == row["id"]).values(**row))
+                if done.rowcount == 0:
+                    conn.execute(warnings_table.insert().values(**row))
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -517,8 +520,7 @@ class WarningEngine:
     def _emit(self, changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not changes or not self.is_leader():
             return changes
-        for w in changes:
-            self._save(w)
+        self._save(changes)
         if self._client is not None:
             prefix = self.settings.broker.topic_prefix
             for w in changes:

@@ -189,3 +189,29 @@ def test_an_unknown_station_or_an_unlimited_pollutant_warns_nothing(tmp_path: Pa
     recs = [_minute("MN-X-99", hour, i, 500.0) for i in range(50)]
     recs += [_minute("MN-A-01", hour, i, 500.0, code="a21002") for i in range(50)]
     assert eng.handle(recs, hour + timedelta(minutes=50)) == []
+
+
+def test_a_restart_rebuilds_the_open_hour_from_influxdb_and_keeps_its_warnings(
+        tmp_path: Path, hour: datetime, influx_settings: Any) -> None:
+    from detect.source import ReadingSource
+    from ingest.influx import Influx
+
+    settings = _settings(tmp_path)
+    influx = Influx(influx_settings)
+    influx.ensure_database()
+    head = "station_minute,mn=MN-A-01,enterprise=EA,outlet=O1,medium=gas,pollutant=a21026,code=a21026"
+    influx.write([f'{head} avg=50.0,zs_avg=50.0,flag="N" {int((hour + timedelta(minutes=i)).timestamp())}'
+                  for i in range(44)])
+    store = create_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    now = hour + timedelta(minutes=50)
+    first = WarningEngine(settings, store, source=ReadingSource(influx))
+    first.rebuild(now)  # what start() does: the 44 minutes already written
+    [w] = first.handle([_minute("MN-A-01", hour, 44, 50.0)], now)
+    # The service restarts: the new engine re-reads the hour and the stored active warning;
+    # the next minute is no news (the warning stands, not sent twice).
+    second = WarningEngine(settings, store, source=ReadingSource(influx))
+    influx.write([f'{head} avg=50.0,zs_avg=50.0,flag="N" {int((hour + timedelta(minutes=44)).timestamp())}'])
+    second.rebuild(now)
+    assert second.handle([_minute("MN-A-01", hour, 45, 50.0)], now) == []
+    [done] = second.handle([_minute("MN-A-01", hour, i, 50.0) for i in range(46, 60)], now)
+    assert done["id"] == w["id"] and done["status"] == "confirmed"
