@@ -8,8 +8,6 @@ limit, never opens a case, and each enterprise sees only its own (API, stream, t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
 import uuid
@@ -25,7 +23,7 @@ import yaml
 from center.devservices import Service, free_port
 from config.schema import InfluxSettings
 from detect.registry import detector_classes
-from tests.apikit import SERVICE_ENV, TOKENS, auth, service_argv, service_config, station_packet, wait_for
+from tests.apikit import TOKENS, auth, running_service, service_config, station_packet, wait_for
 
 
 @pytest.fixture
@@ -42,19 +40,8 @@ def service(mosquitto: Service, influx_settings: InfluxSettings, tmp_path: Path)
     raw["detect"]["detectors"] = {k: {"enabled": k in ("exceedance", "daily_exceedance")}
                                   for k in detector_classes()}
     cfg.write_text(yaml.safe_dump(raw, allow_unicode=True))
-    log = open(tmp_path / "service.log", "wb")
-    proc = subprocess.Popen(service_argv(cfg), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **SERVICE_ENV})
-    info = {"proc": proc, "url": f"http://127.0.0.1:{port}", "prefix": prefix, "log": tmp_path / "service.log"}
-    try:
-        wait_for(lambda: proc.poll() is None and httpx.get(f"{info['url']}/readyz", timeout=5).status_code == 200,
-                 "the service to be ready", timeout=60)
+    with running_service(cfg, tmp_path, prefix, port) as info:
         yield info
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        log.close()
 
 
 class Stream:
