@@ -215,3 +215,23 @@ def test_a_restart_rebuilds_the_open_hour_from_influxdb_and_keeps_its_warnings(
     assert second.handle([_minute("MN-A-01", hour, 45, 50.0)], now) == []
     [done] = second.handle([_minute("MN-A-01", hour, i, 50.0) for i in range(46, 60)], now)
     assert done["id"] == w["id"] and done["status"] == "confirmed"
+
+
+def test_a_flow_weighted_hour_is_certain_only_once_no_minute_is_open(tmp_path: Path, hour: datetime) -> None:
+    reg = registry()
+    reg["enterprises"][1]["outlets"].append(
+        {"id": "W1", "medium": "water", "limits": {"w01018": {"hourly": 50, "unit": "mg/L", "standard": "GB 8978"}},
+         "stations": [{"mn": "MN-B-W1", "pollutants": ["w01018", "w00000"]}]})
+    settings = from_mapping({"registry": reg, "ingest": {"state_dir": str(tmp_path)}}, source="test", env={})
+    eng = WarningEngine(settings, create_engine(f"sqlite:///{tmp_path / 'w.db'}"))
+    now = hour + timedelta(minutes=59)
+
+    def water(i: int) -> list[WrittenMinute]:
+        return [_minute("MN-B-W1", hour, i, 100.0, code="w01018", zs=False),
+                _minute("MN-B-W1", hour, i, 10.0 + i % 3, code="w00000", zs=False)]
+
+    # 59 minutes at twice the limit: one more minute at 0 with a vast flow could still end it below.
+    assert eng.handle([r for i in range(59) for r in water(i)], now) == []
+    raised, closed = eng.handle(water(59), now)
+    assert (raised["level"], raised["status"], raised["value"]) == ("certain", "active", 100.0)
+    assert raised["evidence"]["basis"] == "flow_weighted" and closed["status"] == "confirmed"
