@@ -329,3 +329,15 @@ def test_cli_acl_prints_warnings_and_summary(tmp_path: Path, capsys: pytest.Capt
     assert err.count("warning") == 4 and "'MN-NOPW': no password configured" in err
     assert "1 service, 3 station, 0 device, 2 enterprise, 0 officer account(s)" in out
     assert (tmp_path / "out" / "passwd").exists() and (tmp_path / "out" / CONF_FILE).exists()
+
+
+def test_only_the_service_account_writes_the_written_topic_a_station_cannot_forge_readings_into_warnings(
+        peers: Any) -> None:
+    svc = peers(*SVC)
+    svc.subscribe(f"{P}/internal/written")
+    station, enterprise = peers("MN-A", "a-secret"), peers("entX", "x-secret")
+    forged = b'station_minute,mn=MN-B,enterprise=entY,outlet=O1,medium=gas,pollutant=a21026,code=a21026 avg=999.0 1'
+    assert station.publish(f"{P}/internal/written", forged) == "Not authorized"
+    assert enterprise.publish(f"{P}/internal/written", forged) == "Not authorized"
+    assert svc.publish(f"{P}/internal/written", b"real") == "Success"
+    assert svc.next() == (f"{P}/internal/written", b"real")
