@@ -450,7 +450,11 @@ class WarningEngine:
         return [w]
 
     def _close(self, keys: list[tuple[str, int]], now: datetime) -> list[dict[str, Any]]:
-        rows = self._rows(keys)
+        # Only station-hours with a warning to settle or a daily limit to feed need the hourly rule.
+        warned = {(w["station_mn"], w["window_start"]) for w in self._active.values() if w["kind"] == "hourly"}
+        needed = [k for k in keys if (k[0], iso(_utc(k[1]))) in warned
+                  or any(e.outlet.limits[e.pollutant].daily is not None for e in self._series[k[0]])]
+        rows = self._rows(needed) if needed else pd.DataFrame(columns=["mn"])
         changes = self._judge(rows, now, closing=True)
         # Active warnings of a closed hour without any row (no reading kept): withdrawn.
         for mn, hour in keys:

@@ -235,3 +235,22 @@ def test_a_flow_weighted_hour_is_certain_only_once_no_minute_is_open(tmp_path: P
     raised, closed = eng.handle(water(59), now)
     assert (raised["level"], raised["status"], raised["value"]) == ("certain", "active", 100.0)
     assert raised["evidence"]["basis"] == "flow_weighted" and closed["status"] == "confirmed"
+
+
+def test_a_daily_exceedance_is_warned_once_its_closed_hours_make_it_certain(tmp_path: Path) -> None:
+    reg = registry()
+    reg["enterprises"][0]["outlets"][0]["limits"] = {"a21026": {"daily": 50, "standard": "GB"}}
+    settings = from_mapping({"registry": reg, "ingest": {"state_dir": str(tmp_path)}}, source="test", env={})
+    eng = WarningEngine(settings, create_engine(f"sqlite:///{tmp_path / 'w.db'}"))
+    day = datetime(2026, 1, 9, 16, tzinfo=timezone.utc)  # 2026-01-10 00:00 China time
+    got: list[dict[str, Any]] = []
+    for h in range(20):
+        hour = day + timedelta(hours=h)
+        got += eng.handle([_minute("MN-A-01", hour, i, 100.0 + i % 3) for i in range(60)], hour + timedelta(minutes=59))
+        if h < 19:
+            assert got == [], h  # 19 valid hours: the day could still end unjudged
+    [w] = got  # 20 valid hours near 101 and 4 open hours: least daily mean 20 * 101 / 24 = 84.2 > 50
+    assert (w["kind"], w["level"], w["window_start"], w["window_end"]) == ("daily", "certain", "2026-01-09T16:00:00Z",
+                                                                             "2026-01-10T16:00:00Z")
+    assert w["value"] == pytest.approx(20 * 101 / 24) and w["evidence"]["hours_left"] == 4
+    assert w["evidence"]["local_day"] == "2026-01-10"
