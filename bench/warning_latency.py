@@ -14,6 +14,7 @@ Baseline in the same run: a plain MQTT round trip (publish QoS 1 -> a subscriber
 broker) probed every 0.2 s while the stations publish.
 
     .venv/bin/python bench/warning_latency.py [--stations 2000] [--hot 200] [--minute-s 2] [--minutes 50]
+                                              [--decode-process] [--batch-interval-s 0.2]
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def main() -> int:
     ap.add_argument("--hot", type=int, default=200)
     ap.add_argument("--minute-s", type=float, default=2.0, help="real seconds per simulated minute")
     ap.add_argument("--minutes", type=int, default=50, help="simulated minutes published (>= 50)")
+    ap.add_argument("--decode-process", action="store_true", help="set ingest.decode_process (decode in a child)")
+    ap.add_argument("--batch-interval-s", type=float, default=None, help="set ingest.batch_interval_s")
     args = ap.parse_args()
 
     from center.devservices import free_port, start_influxd, start_mosquitto
@@ -106,7 +109,9 @@ def main() -> int:
         cfg = {"broker": {"host": mq.host, "port": mq.port, "client_id": f"envwatch-bench-{uuid.uuid4().hex[:6]}",
                           "topic_prefix": prefix},
                "influxdb": {"url": ix.url, "database": "warnbench"},
-               "ingest": {"state_dir": str(work / "state"), "future_tolerance_s": 7200},
+               "ingest": {"state_dir": str(work / "state"), "future_tolerance_s": 7200,
+                          "decode_process": args.decode_process,
+                          **({"batch_interval_s": args.batch_interval_s} if args.batch_interval_s else {})},
                "detect": {"detectors": {k: {"enabled": False} for k in detector_classes()}},
                "center": {"host": "127.0.0.1", "port": port, "instance_id": "bench",
                           "users": [{"name": "op", "role": "operator", "token": TOKEN}]},
@@ -209,7 +214,7 @@ def main() -> int:
         early = [mn for mn in list(on_stream) if mn not in decided_at or on_stream[mn] < decided_at[mn]]
         print(f"stations {args.stations}, hot {len(hot)}, {args.minutes} simulated minutes at {args.minute_s:g} s each "
               f"({args.stations / args.minute_s:.0f} packets/s), publishing took {published_s:.0f} s "
-              f"(publisher at most {behind:.2f} s behind its cadence)")
+              f"(publisher at most {behind:.2f} s behind its cadence); ingest {cfg['ingest']}")
         written = [on_written[mn] - t for mn, t in decided_at.items() if mn in on_written]
         print(f"minute in InfluxDB, written announced: {pct(written)}")
         print(f"warning on the board's stream (SSE):   {pct(stream)}")
