@@ -244,8 +244,18 @@ class DetectOverride(_Model):
     params: dict[str, Any]
 
 
+class WarningSettings(_Model):
+    """Early warning (detect/warning.py): an hour's or day's exceedance told before it closes."""
+
+    enabled: bool = True
+    # Also warn "likely" once this many valid minutes (by the hourly rule's count) have a mean above
+    # the limit; None: only certain warnings.
+    likely_after_minutes: Annotated[int, Field(ge=1, le=60)] | None = None
+
+
 class DetectSettings(_Model):
     detectors: dict[str, DetectorSettings] = Field(default_factory=dict)
+    warning: WarningSettings = Field(default_factory=WarningSettings)
     overrides: list[DetectOverride] = Field(default_factory=list)
     # Seconds after a window closes before it is first evaluated (lets late minutes arrive).
     settle_s: Annotated[int, Field(ge=0)] = 300

@@ -73,6 +73,7 @@ from ingest.influx import Influx, InfluxRejected, InfluxUnavailable
 from ingest.model import CHINA_TZ, Kind, MobileFix, Packet, Reason, Rejected
 from ingest.schema import event_line, mobile_line, station_lines
 from ingest.mqtt import ingest_topics, make_client, probe, shared_subscription_warning
+from ingest.written import written_payload, written_topic
 
 if TYPE_CHECKING:
     from ingest.offload import DecodeProcess, Job
@@ -820,6 +821,13 @@ class Ingest:
             self._write_bisect(lines[half:])
             return
         self._counters.add("readings_written", len(lines))
+        self._announce_written(lines)
+
+    def _announce_written(self, lines: list[str]) -> None:
+        """Tell the early warning (detect/warning.py) which minute readings are now in InfluxDB."""
+        payload, client = written_payload(lines), self._client
+        if payload is not None and client is not None:
+            client.publish(written_topic(self.settings.broker.topic_prefix), payload, qos=1)
 
     def _refused_line(self, line: str, message: str) -> None:
         """Dead-letter a line InfluxDB refused; for a field type conflict, only the field named in
