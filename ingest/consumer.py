@@ -60,6 +60,7 @@ from ingest.deadletter import DeadLetter, DeadLetters, deadletter_path
 from ingest.decode import decode_payload, key_lookup
 from ingest.influx import Influx, InfluxRejected, InfluxUnavailable
 from ingest.model import CHINA_TZ, Kind, MobileFix, Packet, Reason, Rejected
+from ingest.revisions import RevisionGuard
 from ingest.schema import event_line, mobile_line, station_lines
 from ingest.mqtt import make_client
 
@@ -355,6 +356,7 @@ class Ingest:
                                  self.settings.ingest.buffer_max_bytes, self.buffer_synchronous)
         self.deadletters = DeadLetters(deadletter_path(state))
         self.influx = Influx(self.settings.influxdb)
+        self._revisions = RevisionGuard(self.influx, self.settings.ingest.revision_memory_points)
         self._counters.buffer_depth = self.buffer.depth
         if self.settings.ingest.decode_process:
             from ingest.offload import DecodeProcess  # imports this module: not at the top
@@ -607,7 +609,10 @@ class Ingest:
             if not self._database_ready:
                 self.influx.ensure_database()
                 self._database_ready = True
-            self._write_bisect(lines)
+            # First values stay: re-sent points that differ become revisions (ingest/revisions.py).
+            screened = self._revisions.screen(lines)
+            self._write_bisect(screened.lines)
+            self._revisions.remember(screened)
         except InfluxUnavailable as exc:
             return f"InfluxDB unavailable ({exc})"
         except InfluxRejected as exc:
