@@ -71,9 +71,6 @@ class IngestSettings(_Model):
     accept_unknown_stations: bool = False
     # Decode in a child process (ingest/offload.py): one worker then uses two cores.
     decode_process: bool = False
-    # Points whose first values each worker remembers, so that replays need no InfluxDB lookup
-    # (ingest/revisions.py); 0: look every batch up.
-    revision_memory_points: Annotated[int, Field(ge=0)] = 200_000
 
 
 class Limit(_Model):

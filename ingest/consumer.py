@@ -112,7 +112,7 @@ class Counters:
         messages_in       MQTT messages received (re-deliveries included)
         acked             messages committed (lines buffered or dead-lettered) and acknowledged
         lines_buffered    line-protocol lines appended to the disk buffer
-        readings_written  lines InfluxDB accepted (a batch retried after an outage counts again)
+        readings_written  lines InfluxDB accepted or already held (a batch retried after an outage counts again)
         influx_retries    failed write attempts (InfluxDB down or refusing the request)
         buffer_depth      lines waiting in the disk buffer
         dead_letters      {reason: n} for payloads and refused lines kept as dead letters
@@ -356,7 +356,7 @@ class Ingest:
                                  self.settings.ingest.buffer_max_bytes, self.buffer_synchronous)
         self.deadletters = DeadLetters(deadletter_path(state))
         self.influx = Influx(self.settings.influxdb)
-        self._revisions = RevisionGuard(self.influx, self.settings.ingest.revision_memory_points)
+        self._revisions = RevisionGuard(self.influx)
         self._counters.buffer_depth = self.buffer.depth
         if self.settings.ingest.decode_process:
             from ingest.offload import DecodeProcess  # imports this module: not at the top
@@ -613,6 +613,7 @@ class Ingest:
             screened = self._revisions.screen(lines)
             self._write_bisect(screened.lines)
             self._revisions.remember(screened)
+            self._counters.add("readings_written", screened.dropped - screened.revisions)  # as if written
         except InfluxUnavailable as exc:
             return f"InfluxDB unavailable ({exc})"
         except InfluxRejected as exc:

@@ -39,6 +39,8 @@ from ingest.schema import EVENT, MEASUREMENT_PREFIX, REVISIONS
 
 log = logging.getLogger("envwatch.ingest")
 
+# Points whose first values a worker remembers (~0.5 kB each): a day of minute readings of ~140 channels.
+MEMORY_POINTS = 200_000
 Key = tuple[str, str, str, int]  # (measurement, mn, pollutant, epoch seconds)
 # Times of one measurement closer than this are read back with one range statement.
 _MERGE_GAP_S = {"station_rtd": 1800, "station_minute": 3600, "station_hour": 6 * 3600, "station_day": 7 * 86400}
@@ -65,7 +67,8 @@ class Screened:
     """What to write for a batch, and what the guard learns once it is written (`RevisionGuard.remember`)."""
 
     lines: list[str]
-    revisions: int = 0
+    revisions: int = 0  # revision lines among `lines`
+    dropped: int = 0  # readings lines of the batch not written: identical to what is stored, or revisions
     known: dict[Key, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -88,7 +91,7 @@ class Revision:
 class RevisionGuard:
     """Screens the readings of a batch against what InfluxDB already holds (one per ingest worker)."""
 
-    def __init__(self, influx: Influx, memory_points: int = 200_000) -> None:
+    def __init__(self, influx: Influx, memory_points: int = MEMORY_POINTS) -> None:
         self.influx = influx
         self.memory_points = memory_points
         self._memory: dict[Key, dict[str, Any]] = {}  # first values of points known stored (FIFO)
@@ -113,7 +116,8 @@ class RevisionGuard:
                 known.setdefault(p.key, {}).update({k: _value(p.raw[k]) for k in new})
             if changed:
                 revised.append((p, changed))
-        screened = Screened(out, known={k: known[k] for k in {p.key for p in readings} if k in known})
+        written = sum(1 for ln in out if _is_reading(ln))
+        screened = Screened(out, dropped=len(readings) - written, known={k: known[k] for k in {p.key for p in readings} if k in known})
         if revised:
             received = int((now or datetime.now(timezone.utc)).timestamp())
             lines_rev = self._revision_lines(revised, received)
@@ -324,7 +328,12 @@ def read_revisions(influx: Influx, start: datetime, end: datetime, *, by: str = 
                 out.append(Revision(
                     interval=rec.get("interval") or "", mn=rec.get("mn") or "", enterprise=rec.get("enterprise") or "",
                     outlet=rec.get("outlet") or "", pollutant=rec.get("pollutant") or "",
-                    time=datetime.fromtimestamp(int(rec["time"]), timezone.utc), field=f, first=rec[name],
-                    revised=rec.get(f), received_at=datetime.fromtimestamp(int(rec["received_at"] or 0), timezone.utc)))
+                    time=datetime.fromtimestamp(int(rec["time"]), timezone.utc), field=f, first=_number(rec[name]),
+                    revised=_number(rec.get(f)), received_at=datetime.fromtimestamp(int(rec["received_at"] or 0), timezone.utc)))
     out.sort(key=lambda r: (r.mn, r.pollutant, r.interval, r.time, r.received_at, r.field))
     return out
+
+
+def _number(v: Any) -> Any:
+    """Floats as floats (JSON gives 40.0 back as 40); strings and None unchanged."""
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
