@@ -39,8 +39,9 @@ from ingest.schema import EVENT, MEASUREMENT_PREFIX, REVISIONS
 
 log = logging.getLogger("envwatch.ingest")
 
-# Points whose first values a worker remembers (~0.5 kB each): a day of minute readings of ~140 channels.
-MEMORY_POINTS = 200_000
+# Points whose first values a worker remembers (~0.5 kB each, so ~25 MB): replays and QoS 1
+# redeliveries of what the worker wrote recently need no lookup.
+MEMORY_POINTS = 50_000
 Key = tuple[str, str, str, int]  # (measurement, mn, pollutant, epoch seconds)
 # Times of one measurement closer than this are read back with one range statement.
 _MERGE_GAP_S = {"station_rtd": 1800, "station_minute": 3600, "station_hour": 6 * 3600, "station_day": 7 * 86400}
