@@ -57,6 +57,7 @@ _COMMA = re.compile(r"(?<!\\),")
 class _Line:
     """A readings line cut into what the screen needs; raw = field name -> value text as sent."""
 
+    line: str
     key: Key
     head: str  # measurement and tags, as in the line
     raw: dict[str, str]
@@ -113,7 +114,9 @@ class RevisionGuard:
             stored = known.get(p.key)
             new, changed = _compare(p.raw, stored)
             if new:
-                out.append(p.head + " " + ",".join(f"{k}={p.raw[k]}" for k in new) + " " + p.ts)
+                # All fields new is the common case (a point never received): the line as it came.
+                out.append(p.line if len(new) == len(p.raw) else
+                           p.head + " " + ",".join(f"{k}={p.raw[k]}" for k in new) + " " + p.ts)
                 known.setdefault(p.key, {}).update({k: _value(p.raw[k]) for k in new})
             if changed:
                 revised.append((p, changed))
@@ -189,7 +192,7 @@ def _parse(line: str) -> _Line:
     body, _, ts = rest.rpartition(" ")
     tag = dict(t.split("=", 1) for t in tags[1:])
     raw = {m.group(1): m.group(2) for m in _FIELD.finditer(body)}
-    return _Line((tags[0], tag.get("mn", ""), tag.get("pollutant", ""), int(ts)), head, raw, ts)
+    return _Line(line, (tags[0], tag.get("mn", ""), tag.get("pollutant", ""), int(ts)), head, raw, ts)
 
 
 def _value(raw: str) -> Any:
