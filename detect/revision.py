@@ -8,6 +8,10 @@ recent windows, so a data-time window would never see a late rewrite of last mon
 per (enterprise, outlet, pollutant) and receipt hour; its evidence lists every revised reading
 with the first and the revised value.
 
+Real-time data (CN 2011) is kept first-received like the rest, but its revisions are not reported
+by default (`intervals`): field loggers stamp successive samples with the same DataTime (39 of the
+first 20,000 packets of the 2016 field day do), which is no rewriting of what was judged.
+
 Severity, by how much the revision would change a judgement on the pollutant's hourly limit:
 - critical: for some revised hour, the valid mean judged on the first values (detect/hourly.py,
   as `exceedance` computes it) is above the hourly limit and the revised values would bring it
@@ -47,9 +51,11 @@ class DataRevision(Scoped, Detector):
     kind = "data_revision"
     period_s = 3600
 
-    def __init__(self, major_change: float = 0.1, max_hours: int = 72, min_valid_minutes: int = 45,
-                 o2_max: float = 20.9, minute_interval_s: int | None = None, overrides: tuple = ()) -> None:
+    def __init__(self, major_change: float = 0.1, intervals: tuple[str, ...] = ("minute", "hour", "day"),
+                 max_hours: int = 72, min_valid_minutes: int = 45, o2_max: float = 20.9,
+                 minute_interval_s: int | None = None, overrides: tuple = ()) -> None:
         self.major_change = major_change
+        self.intervals = intervals  # revisions of these intervals are reported
         self.max_hours = max_hours  # revised hours judged against the limit per run (the rest: listed only)
         self.min_valid_minutes = min_valid_minutes
         self.o2_max = o2_max
@@ -57,7 +63,8 @@ class DataRevision(Scoped, Detector):
         self.overrides = overrides
 
     def detect(self, window: Window, source: ReadingSource, lookup: Lookup) -> list[Alert]:
-        revs = read_revisions(source.influx, window.start, window.end, by="received")
+        revs = [rv for rv in read_revisions(source.influx, window.start, window.end, by="received")
+                if rv.interval in self.intervals]
         if not revs:
             return []
         groups: dict[tuple[str, str, str], list[Revision]] = defaultdict(list)
@@ -70,7 +77,7 @@ class DataRevision(Scoped, Detector):
 
     def _first_means(self, revs: list[Revision], source: ReadingSource, lookup: Lookup) -> dict[tuple, Any]:
         """(mn, pollutant, hour) -> the hourly_table row judged on first values, for the revised hours."""
-        hours = sorted({pd.Timestamp(rv.time).floor("h") for rv in revs if rv.interval in ("minute", "rtd", "hour")})
+        hours = sorted({pd.Timestamp(rv.time).floor("h") for rv in revs if rv.interval in ("minute", "hour")})
         hours = hours[-int(self.max_hours):] if self.max_hours else []
         only = {rv.pollutant for rv in revs}
         out: dict[tuple, Any] = {}
@@ -130,11 +137,11 @@ _RANK = {"minor": 0, "major": 1, "critical": 2}
 
 
 def _shift(rows: list[Revision], hour_row: Any) -> float:
-    """The estimated change of the hourly mean: the minute (or rtd) changes over the hour's readings,
+    """The estimated change of the hourly mean: the minute changes over the hour's readings,
     else the hourly reading's own change."""
     field = "zs_avg" if hour_row.basis == "zs" else "avg"
-    for interval, n in (("minute", max(int(hour_row.points), 1)), ("rtd", max(int(hour_row.points), 1)), ("hour", 1)):
-        picked = [rv for rv in rows if rv.interval == interval and rv.field in (field, field.replace("avg", "rtd"))]
+    for interval, n in (("minute", max(int(hour_row.points), 1)), ("hour", 1)):
+        picked = [rv for rv in rows if rv.interval == interval and rv.field == field]
         if picked:
             return sum(rv.revised - rv.first for rv in picked  # type: ignore[operator]
                    if isinstance(rv.first, float) and isinstance(rv.revised, float)) / n

@@ -121,3 +121,14 @@ def _window(t: datetime) -> Any:
 
     start = t.replace(minute=0, second=0, microsecond=0)
     return Window(start, start + timedelta(hours=1))
+
+
+def test_realtime_revisions_are_kept_but_not_reported_by_default(settings_factory: Any, influx: Influx) -> None:
+    """Field loggers stamp successive real-time samples with one DataTime: kept first-received, not a finding."""
+    r = runner(settings_factory, influx)
+    rtd = lambda v: minute_lines(lookup(), "GAS01", H0, 1, {SO2: {"rtd": v}}, cn="2011")  # noqa: E731
+    ingest(influx, rtd(50.0), now=H0)
+    assert ingest(influx, rtd(20.0), now=R) == 1
+    assert DataRevision().detect(_window(R), r.source, r.lookup) == []
+    [alert] = DataRevision(intervals=("rtd",)).detect(_window(R), r.source, r.lookup)
+    assert alert.severity == "minor" and alert.evidence["revisions"][0]["interval"] == "rtd"
