@@ -57,7 +57,6 @@ _COMMA = re.compile(r"(?<!\\),")
 class _Line:
     """A readings line cut into what the screen needs; raw = field name -> value text as sent."""
 
-    line: str
     key: Key
     head: str  # measurement and tags, as in the line
     raw: dict[str, str]
@@ -71,7 +70,7 @@ class Screened:
     lines: list[str]
     revisions: int = 0  # revision lines among `lines`
     dropped: int = 0  # readings lines of the batch not written: identical to what is stored, or revisions
-    known: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    known: dict[Key, dict[str, Any] | str] = field(default_factory=dict)  # key -> first values, or the line
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,32 +95,46 @@ class RevisionGuard:
     def __init__(self, influx: Influx, memory_points: int = MEMORY_POINTS) -> None:
         self.influx = influx
         self.memory_points = memory_points
-        self._memory: dict[Key, dict[str, Any]] = {}  # first values of points known stored (FIFO)
+        # Points known stored (FIFO): their first values, or the line that wrote them (parsed when needed).
+        self._memory: dict[Key, dict[str, Any] | str] = {}
 
     def screen(self, lines: list[str], now: datetime | None = None) -> Screened:
-        """The lines to write instead of `lines`. Raises InfluxUnavailable when the lookup cannot run."""
-        parsed: list[_Line | str] = [_parse(ln) if _is_reading(ln) else ln for ln in lines]
-        readings = [p for p in parsed if isinstance(p, _Line)]
-        if not readings:
+        """The lines to write instead of `lines`. Raises InfluxUnavailable when the lookup cannot run.
+
+        A point never received costs a key (no field parsing): the line is written as it came.
+        """
+        keys = [_key(ln) for ln in lines]
+        wanted = {k for k in keys if k is not None}
+        if not wanted:
             return Screened(lines)
-        known = self._known([p.key for p in readings])
+        state: dict[Key, dict[str, Any] | str] = self._known(wanted)  # first values, or a line holding them
         out: list[str] = []
         revised: list[tuple[_Line, dict[str, tuple[Any, str]]]] = []
-        for p in parsed:
-            if isinstance(p, str):
-                out.append(p)
+        dropped = 0
+        for ln, k in zip(lines, keys):
+            if k is None:
+                out.append(ln)
                 continue
-            stored = known.get(p.key)
-            new, changed = _compare(p.raw, stored)
+            first = state.get(k)
+            if first is None:  # the common case: a point never received
+                state[k] = ln
+                out.append(ln)
+                continue
+            if first == ln:  # the very same line again
+                dropped += 1
+                continue
+            if isinstance(first, str):
+                first = state[k] = _values(_parse(first).raw)
+            p = _parse(ln)
+            new, changed = _compare(p.raw, first)
             if new:
-                # All fields new is the common case (a point never received): the line as it came.
-                out.append(p.line if len(new) == len(p.raw) else
-                           p.head + " " + ",".join(f"{k}={p.raw[k]}" for k in new) + " " + p.ts)
-                known.setdefault(p.key, {}).update({k: _value(p.raw[k]) for k in new})
+                out.append(p.head + " " + ",".join(f"{f}={p.raw[f]}" for f in new) + " " + p.ts)
+                first.update({f: _value(p.raw[f]) for f in new})
+            else:
+                dropped += 1
             if changed:
                 revised.append((p, changed))
-        written = sum(1 for ln in out if _is_reading(ln))
-        screened = Screened(out, dropped=len(readings) - written, known={k: known[k] for k in {p.key for p in readings} if k in known})
+        screened = Screened(out, dropped=dropped, known={k: state[k] for k in wanted})
         if revised:
             received = int((now or datetime.now(timezone.utc)).timestamp())
             lines_rev = self._revision_lines(revised, received)
@@ -145,11 +158,17 @@ class RevisionGuard:
 
     # -- lookup ---------------------------------------------------------------------------------
 
-    def _known(self, keys: list[Key]) -> dict[Key, dict[str, Any]]:
-        """First values of the stored points among `keys` (copies: the caller updates them)."""
+    def _known(self, keys: set[Key]) -> dict[Key, dict[str, Any] | str]:
+        """First values of the stored points among `keys` (dicts are copies: the caller updates them)."""
         mem = self._memory
-        out = {k: dict(mem[k]) for k in keys if k in mem}
-        missing = {k for k in keys if k not in out}
+        out: dict[Key, dict[str, Any] | str] = {}
+        missing = set()
+        for k in keys:
+            v = mem.get(k)
+            if v is None:
+                missing.add(k)
+            else:
+                out[k] = v if isinstance(v, str) else dict(v)
         if missing:
             for k, v in _read_points(self.influx, missing).items():
                 out.setdefault(k, v)
@@ -177,8 +196,27 @@ class RevisionGuard:
 # -- line protocol --------------------------------------------------------------------------------
 
 
-def _is_reading(line: str) -> bool:
-    return line.startswith(MEASUREMENT_PREFIX) and not line.startswith(EVENT + ",")
+def _key(line: str) -> Key | None:
+    """The point a readings line writes; None for other lines (events, mobile)."""
+    if not line.startswith(MEASUREMENT_PREFIX) or line.startswith(_EVENT_HEAD):
+        return None
+    if "\\" in line:
+        return _parse(line).key
+    tags = line[:line.index(" ")].split(",")
+    mn = pollutant = ""
+    for t in tags:
+        if t.startswith("mn="):
+            mn = t[3:]
+        elif t.startswith("pollutant="):
+            pollutant = t[10:]
+    return (tags[0], mn, pollutant, int(line[line.rindex(" ") + 1:]))
+
+
+_EVENT_HEAD = EVENT + ","
+
+
+def _values(raw: dict[str, str]) -> dict[str, Any]:
+    return {k: _value(v) for k, v in raw.items()}
 
 
 def _parse(line: str) -> _Line:
@@ -192,7 +230,7 @@ def _parse(line: str) -> _Line:
     body, _, ts = rest.rpartition(" ")
     tag = dict(t.split("=", 1) for t in tags[1:])
     raw = {m.group(1): m.group(2) for m in _FIELD.finditer(body)}
-    return _Line(line, (tags[0], tag.get("mn", ""), tag.get("pollutant", ""), int(ts)), head, raw, ts)
+    return _Line((tags[0], tag.get("mn", ""), tag.get("pollutant", ""), int(ts)), head, raw, ts)
 
 
 def _value(raw: str) -> Any:
