@@ -43,8 +43,8 @@ log = logging.getLogger("envwatch.ingest")
 # redeliveries of what the worker wrote recently need no lookup.
 MEMORY_POINTS = 50_000
 Key = tuple[str, str, str, int]  # (measurement, mn, pollutant, epoch seconds)
-# Times of one measurement closer than this are read back with one range statement.
-_MERGE_GAP_S = {"station_rtd": 1800, "station_minute": 3600, "station_hour": 6 * 3600, "station_day": 7 * 86400}
+# Statements per measurement when reading a batch's points back (each a time range and its stations).
+_MAX_STATEMENTS = 32
 _MAX_STATIONS_PER_STATEMENT = 400  # as detect/source.py: InfluxDB compiles each regular expression
 _FIELD = re.compile(r'([^=,\s]+)=("(?:[^"\\]|\\.)*"|[^,]*)')
 _UNESCAPE_TAG = re.compile(r"\\([\\, =])")
@@ -107,7 +107,7 @@ class RevisionGuard:
         wanted = {k for k in keys if k is not None}
         if not wanted:
             return Screened(lines)
-        state: dict[Key, dict[str, Any] | str] = self._known(wanted)  # first values, or a line holding them
+        state: dict[Key, dict[str, Any] | str] = self._known(wanted, lines, keys)  # first values, or a line
         out: list[str] = []
         revised: list[tuple[_Line, dict[str, tuple[Any, str]]]] = []
         dropped = 0
@@ -158,8 +158,12 @@ class RevisionGuard:
 
     # -- lookup ---------------------------------------------------------------------------------
 
-    def _known(self, keys: set[Key]) -> dict[Key, dict[str, Any] | str]:
-        """First values of the stored points among `keys` (dicts are copies: the caller updates them)."""
+    def _known(self, keys: set[Key], lines: list[str], line_keys: list[Key | None]) -> dict[Key, dict[str, Any] | str]:
+        """First values of the stored points among `keys` (dicts are copies: the caller updates them).
+
+        Only the fields the batch sends are read back (InfluxDB opens one iterator per series and
+        field): a stored point with none of them cannot be overwritten by the batch.
+        """
         mem = self._memory
         out: dict[Key, dict[str, Any] | str] = {}
         missing = set()
@@ -170,7 +174,11 @@ class RevisionGuard:
             else:
                 out[k] = v if isinstance(v, str) else dict(v)
         if missing:
-            for k, v in _read_points(self.influx, missing).items():
+            fields: dict[str, set[str]] = {}
+            for ln, k in zip(lines, line_keys):
+                if k in missing:
+                    fields.setdefault(k[0], set()).update(_field_names(ln))
+            for k, v in _read_points(self.influx, missing, fields).items():
                 out.setdefault(k, v)
         return out
 
@@ -213,6 +221,15 @@ def _key(line: str) -> Key | None:
 
 
 _EVENT_HEAD = EVENT + ","
+
+
+def _field_names(line: str) -> list[str]:
+    """The field names of a readings line; a string value holding a comma may add a stray name
+    (selecting a field that does not exist is harmless), never drop one."""
+    if "\\" in line:
+        return list(_parse(line).raw)
+    parts = line[line.index(" ") + 1:line.rindex(" ")].split(",")
+    return [f[:f.index("=")] for f in parts if "=" in f and '"' not in f[:f.index("=")]]
 
 
 def _values(raw: dict[str, str]) -> dict[str, Any]:
@@ -272,22 +289,15 @@ def _same(a: Any, b: Any) -> bool:
 def _statements(keys: Iterable[Key], *, source: str, target: str | None = None, select: str = "*",
                 where: str = "", group: Iterable[str] = ("mn", "pollutant")) -> list[str]:
     """Statements on `target` (default: `source`) covering `keys` of measurement `source`: one per
-    cluster of nearby times (and chunk of stations), restricted to the stations with a key there."""
+    run of times (and chunk of stations), restricted to the stations with a key in that run."""
     from detect.source import ident, tag_in
 
     by_time: dict[int, set[str]] = {}
     for k in keys:
         by_time.setdefault(k[3], set()).add(k[1])
-    gap = _MERGE_GAP_S.get(source, 3600)
-    clusters: list[list[int]] = []
-    for t in sorted(by_time):
-        if clusters and t - clusters[-1][-1] <= gap:
-            clusters[-1].append(t)
-        else:
-            clusters.append([t])
     group_by = ", ".join(ident(g) for g in group)
     out = []
-    for c in clusters:
+    for c in _clusters(sorted(by_time)):
         mns = sorted(set().union(*(by_time[t] for t in c)))
         for i in range(0, len(mns), _MAX_STATIONS_PER_STATEMENT):
             cond = [f"time >= {c[0]}s", f"time <= {c[-1]}s", tag_in("mn", mns[i:i + _MAX_STATIONS_PER_STATEMENT])]
@@ -296,9 +306,22 @@ def _statements(keys: Iterable[Key], *, source: str, target: str | None = None, 
     return out
 
 
-def _read_points(influx: Influx, keys: set[Key]) -> dict[Key, dict[str, Any]]:
-    """The stored fields of every point of the readings around `keys` (one request)."""
-    stmts = [st for m, ks in _by_measurement(keys).items() for st in _statements(ks, source=m)]
+def _clusters(times: list[int]) -> list[list[int]]:
+    """At most _MAX_STATEMENTS runs of sorted times, split at the widest gaps: each time exactly
+    when there are few (a live batch holds a few DataTimes), else the least span read for nothing."""
+    if len(times) <= _MAX_STATEMENTS:
+        return [[t] for t in times]
+    gaps = sorted(range(1, len(times)), key=lambda i: times[i] - times[i - 1], reverse=True)
+    cuts = sorted(gaps[:_MAX_STATEMENTS - 1])
+    return [times[a:b] for a, b in zip([0, *cuts], [*cuts, len(times)])]
+
+
+def _read_points(influx: Influx, keys: set[Key], fields: dict[str, set[str]]) -> dict[Key, dict[str, Any]]:
+    """The stored `fields` (per measurement) of the readings' points around `keys` (one request)."""
+    from detect.source import ident
+
+    stmts = [st for m, ks in _by_measurement(keys).items()
+             for st in _statements(ks, source=m, select=", ".join(ident(f) for f in sorted(fields[m])))]
     out: dict[Key, dict[str, Any]] = {}
     for s in influx.query(";".join(stmts), epoch="s"):
         fields = [(i, c) for i, c in enumerate(s.columns) if c not in _TAG_COLUMNS]
