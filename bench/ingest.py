@@ -370,12 +370,13 @@ def revision_cost(raw: dict[str, Any], stream: list[tuple[str, bytes]], work: Pa
         w = out["workers"][0]
         rate = w["counters"]["acked"] / w["elapsed"]
         rates[name] = rate
+        with Influx(from_mapping(mine, env={}).influxdb) as ix:
+            revs = ix.query('SELECT count("received_at") FROM "revisions"')
         print(f"revisions, 1 worker, {name}: {w['counters']['acked']} msgs in {w['elapsed']:.2f}s = {rate:,.0f} msg/s; "
               f"ratio to bare = {rate / bare_rate:.2f}; ratio to the baseline = {rate / rates['screen off (baseline)']:.2f}; "
-              f"worker CPU {w['cpu_s']:.2f}s, influxd CPU {out['services_cpu']['influxd']:.2f}s")
-    with Influx(from_mapping({**raw, "influxdb": {**raw["influxdb"], "database": "bench_rev_on"}}, env={}).influxdb) as ix:
-        revs = ix.query('SELECT count("received_at") FROM "revisions"')
-    print(f"revisions stored after the replay: {revs[0].values[0][1] if revs else 0} (identical data: expected 0)")
+              f"worker CPU {w['cpu_s']:.2f}s, influxd CPU {out['services_cpu']['influxd']:.2f}s; revision points stored "
+              f"{revs[0].values[0][1] if revs else 0}")
+    print("(the field data re-sends some real-time points with other values; the replay must add no revision)")
 
 
 def cpu_line(n: int, elapsed: float, used: dict[str, float]) -> str:
