@@ -224,12 +224,14 @@ _EVENT_HEAD = EVENT + ","
 
 
 def _field_names(line: str) -> list[str]:
-    """The field names of a readings line; a string value holding a comma may add a stray name
+    """The field names of a readings line; a string value holding `,x=` may add a stray name
     (selecting a field that does not exist is harmless), never drop one."""
     if "\\" in line:
         return list(_parse(line).raw)
-    parts = line[line.index(" ") + 1:line.rindex(" ")].split(",")
-    return [f[:f.index("=")] for f in parts if "=" in f and '"' not in f[:f.index("=")]]
+    return _FIELD_NAME.findall(line, line.index(" "), line.rindex(" "))
+
+
+_FIELD_NAME = re.compile(r'[ ,]([^=," ]+)=')
 
 
 def _values(raw: dict[str, str]) -> dict[str, Any]:

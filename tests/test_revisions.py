@@ -216,3 +216,16 @@ def test_two_workers_receiving_the_original_and_the_resend(settings_factory: Cal
     assert _so2_zs(a) == [50.0] * 60
     assert sorted((r.time, r.first, r.revised) for r in _revised(a)) == [
         (HOUR + timedelta(minutes=i), 50.0, 20.0) for i in range(60)]
+
+
+def test_string_values_with_separators_are_compared_exactly(influx_settings: InfluxSettings) -> None:
+    """A hostile eflag holding `,`, `=`, spaces and quotes neither hides a field nor breaks the read-back."""
+    lk = lookup()
+    tricky = 'x,avg=1 "q" \\'
+    with Influx(influx_settings) as influx:
+        _write(RevisionGuard(influx), minute_lines(lk, "GAS01", T, 1, {"a21026": {"avg": 40.0, "eflag": tricky}}))
+        assert _write(RevisionGuard(influx), minute_lines(lk, "GAS01", T, 1, {"a21026": {"avg": 40.0, "eflag": tricky}})) == 0
+        assert _write(RevisionGuard(influx), minute_lines(lk, "GAS01", T, 1, {"a21026": {"avg": 1.0, "eflag": tricky}})) == 1
+        assert influx.query("SELECT avg, eflag FROM station_minute")[0].values == [[int(T.timestamp()), 40.0, tricky]]
+        assert [(r.field, r.first, r.revised) for r in read_revisions(influx, T, T + timedelta(minutes=1))] == [
+            ("avg", 40.0, 1.0)]
