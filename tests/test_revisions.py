@@ -198,9 +198,9 @@ def test_identical_replay_and_backfill_through_the_ingest(settings_factory: Call
 
 def test_two_workers_receiving_the_original_and_the_resend(settings_factory: Callable[..., Any],
                                                            mqtt_client_factory: Callable[..., Any]) -> None:
-    a = settings_factory(registry(), ingest={"batch_interval_s": 0.1})
-    b = settings_factory(registry(), ingest={"batch_interval_s": 0.1})
-    assert a.broker.shared_group == b.broker.shared_group
+    group = {"shared_group": "revisions-test"}
+    a = settings_factory(registry(), ingest={"batch_interval_s": 0.1}, broker=group)
+    b = settings_factory(registry(), ingest={"batch_interval_s": 0.1}, broker=group)
     pub = mqtt_client_factory()
     with Ingest(a) as wa, Ingest(b) as wb:
         assert wa.wait_subscribed() and wb.wait_subscribed()
