@@ -210,14 +210,18 @@ def _key(line: str) -> Key | None:
         return None
     if "\\" in line:
         return _parse(line).key
-    tags = line[:line.index(" ")].split(",")
-    mn = pollutant = ""
-    for t in tags:
-        if t.startswith("mn="):
-            mn = t[3:]
-        elif t.startswith("pollutant="):
-            pollutant = t[10:]
-    return (tags[0], mn, pollutant, int(line[line.rindex(" ") + 1:]))
+    sp = line.index(" ")  # a handful of C-level finds: this runs for every line written
+    return (line[:line.index(",")], _tag(line, ",mn=", sp), _tag(line, ",pollutant=", sp),
+            int(line[line.rindex(" ") + 1:]))
+
+
+def _tag(line: str, prefix: str, end: int) -> str:
+    i = line.find(prefix, 0, end)
+    if i < 0:
+        return ""
+    i += len(prefix)
+    j = line.find(",", i, end)
+    return line[i:j if j >= 0 else end]
 
 
 _EVENT_HEAD = EVENT + ","
