@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-
-import pytest
+from typing import Any
 
 from config.schema import InfluxSettings
+from ingest import hj212
+from ingest.consumer import Ingest
 from ingest.influx import Influx
+from ingest.model import CHINA_TZ
 from ingest.revisions import RevisionGuard, read_revisions
-from tests.detect_helpers import lookup, minute_lines, utc
+from tests.detect_helpers import lookup, minute_lines, registry, utc
+from tests.test_consumer import drained, publish_all, station_topic, wait_until
 
 T = utc(2025, 3, 4, 10)
 
@@ -111,12 +114,6 @@ def test_a_resend_under_another_code_tag_is_still_a_revision(influx_settings: In
 # --------------------------------------------------------------------------------------------
 # through the broker and the ingest workers
 
-
-from ingest import hj212  # noqa: E402
-from ingest.consumer import Ingest  # noqa: E402
-from ingest.model import CHINA_TZ  # noqa: E402
-from tests.detect_helpers import registry  # noqa: E402
-from tests.test_consumer import drained, publish_all, station_topic, wait_until  # noqa: E402
 
 # A whole UTC hour two days ago: inside ingest's time bounds.
 HOUR = (datetime.now(timezone.utc) - timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
