@@ -293,7 +293,8 @@ class EscalationSettings(_Model):
     severe_factor: Annotated[float, Field(gt=1)] = 2.0  # exceedance by this factor: immediate
     # Falsification patterns escalate at once: they are not something to "rectify".
     immediate_kinds: list[str] = Field(
-        default_factory=lambda: ["constant_value", "zero_while_operating", "o2_anomaly", "flag_abuse"])
+        default_factory=lambda: ["constant_value", "zero_while_operating", "o2_anomaly", "flag_abuse",
+                                 "data_revision"])
     recurrence_escalates: bool = True
 
 

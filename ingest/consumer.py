@@ -71,6 +71,7 @@ from ingest.deadletter import DeadLetter, DeadLetters, deadletter_path
 from ingest.decode import decode_payload, key_lookup
 from ingest.influx import Influx, InfluxRejected, InfluxUnavailable
 from ingest.model import CHINA_TZ, Kind, MobileFix, Packet, Reason, Rejected
+from ingest.revisions import RevisionGuard
 from ingest.schema import event_line, mobile_line, station_lines
 from ingest.mqtt import ingest_topics, make_client, probe, shared_subscription_warning
 from ingest.written import written_payload, written_topic
@@ -148,7 +149,7 @@ class Counters:
         messages_in       MQTT messages received (re-deliveries included)
         acked             messages committed (lines buffered or dead-lettered) and acknowledged
         lines_buffered    line-protocol lines appended to the disk buffer
-        readings_written  lines InfluxDB accepted (a batch retried after an outage counts again)
+        readings_written  lines InfluxDB accepted or already held (a batch retried after an outage counts again)
         influx_retries    failed write attempts (InfluxDB down or refusing the request)
         disk_errors       failed writes to the buffer or dead-letter files (disk full, I/O error)
         disk_paused       1 while the disk refuses writes: nothing is acked until it takes them again
@@ -466,6 +467,7 @@ class Ingest:
                                  self.settings.ingest.buffer_max_bytes, self.buffer_synchronous)
         self.deadletters = DeadLetters(deadletter_path(state), self.settings.ingest.deadletter_max_bytes)
         self.influx = Influx(self.settings.influxdb)
+        self._revisions = RevisionGuard(self.influx)
         self._counters.buffer_depth = self.buffer.depth
         if self.settings.ingest.decode_process:
             from ingest.offload import DecodeProcess  # imports this module: not at the top
@@ -784,7 +786,11 @@ class Ingest:
             if not self._database_ready:
                 self.influx.ensure_database()
                 self._database_ready = True
-            self._write_bisect(lines)
+            # First values stay: re-sent points that differ become revisions (ingest/revisions.py).
+            screened = self._revisions.screen(lines)
+            self._write_bisect(screened.lines)
+            self._revisions.remember(screened)
+            self._counters.add("readings_written", screened.dropped - screened.revisions)  # as if written
         except InfluxUnavailable as exc:
             return f"InfluxDB unavailable ({exc})"
         except (sqlite3.Error, OSError) as exc:  # a refused line could not be dead-lettered

@@ -4,7 +4,8 @@
 'use strict';
 
 const KINDS = ['exceedance', 'daily_exceedance', 'insufficient_valid_data', 'offline', 'constant_value',
-  'zero_while_operating', 'negative_value', 'o2_anomaly', 'flag_abuse', 'multivariate_anomaly', 'hotspot'];
+  'zero_while_operating', 'negative_value', 'o2_anomaly', 'flag_abuse', 'multivariate_anomaly', 'hotspot',
+  'data_revision'];
 const STATES = ['open', 'notified', 'acknowledged', 'rectification_reported', 'reopened', 'escalated',
   'verified', 'dismissed'];
 const ACTIVE = ['open', 'notified', 'acknowledged', 'rectification_reported', 'reopened'];
