@@ -272,8 +272,18 @@ class DetectOverride(_Model):
     params: dict[str, Any]
 
 
+class WarningSettings(_Model):
+    """Early warning (detect/warning.py): an hour's or day's exceedance told before it closes."""
+
+    enabled: bool = True
+    # Also warn "likely" once this many valid minutes (by the hourly rule's count) have a mean above
+    # the limit; None: only certain warnings.
+    likely_after_minutes: Annotated[int, Field(ge=1, le=60)] | None = None
+
+
 class DetectSettings(_Model):
     detectors: dict[str, DetectorSettings] = Field(default_factory=dict)
+    warning: WarningSettings = Field(default_factory=WarningSettings)
     overrides: list[DetectOverride] = Field(default_factory=list)
     # Seconds after a window closes before it is first evaluated (lets late minutes arrive).
     settle_s: Annotated[int, Field(ge=0)] = 300
@@ -311,7 +321,8 @@ class EscalationSettings(_Model):
     severe_factor: Annotated[float, Field(gt=1)] = 2.0  # exceedance by this factor: immediate
     # Falsification patterns escalate at once: they are not something to "rectify".
     immediate_kinds: list[str] = Field(
-        default_factory=lambda: ["constant_value", "zero_while_operating", "o2_anomaly", "flag_abuse"])
+        default_factory=lambda: ["constant_value", "zero_while_operating", "o2_anomaly", "flag_abuse",
+                                 "data_revision"])
     recurrence_escalates: bool = True
 
 

@@ -4,7 +4,8 @@
 'use strict';
 
 const KINDS = ['exceedance', 'daily_exceedance', 'insufficient_valid_data', 'offline', 'constant_value',
-  'zero_while_operating', 'negative_value', 'o2_anomaly', 'flag_abuse', 'multivariate_anomaly', 'hotspot'];
+  'zero_while_operating', 'negative_value', 'o2_anomaly', 'flag_abuse', 'multivariate_anomaly', 'hotspot',
+  'data_revision'];
 const STATES = ['open', 'notified', 'acknowledged', 'rectification_reported', 'reopened', 'escalated',
   'verified', 'dismissed'];
 const ACTIVE = ['open', 'notified', 'acknowledged', 'rectification_reported', 'reopened'];
@@ -14,7 +15,7 @@ const LS = { token: 'envwatch.token', lang: 'envwatch.lang' };
 
 const S = {
   token: null, me: null, lang: 'zh-CN', dict: {}, pollutants: {},
-  enterprises: new Map(), cases: new Map(), alerts: new Map(), fresh: new Set(),
+  enterprises: new Map(), cases: new Map(), alerts: new Map(), warnings: new Map(), fresh: new Set(),
   es: null, caseId: null, readings: null, summaryTimer: null,
 };
 
@@ -176,6 +177,31 @@ function connectStream() {
   };
   es.addEventListener('alert', (m) => onAlert(JSON.parse(m.data)));
   es.addEventListener('case', (m) => onCase(JSON.parse(m.data)));
+  es.addEventListener('warning', (m) => onWarning(JSON.parse(m.data)));
+}
+
+// Early warnings (detect/warning.py): not violations, shown apart from alerts and cases.
+function onWarning({ warning: w }) {
+  S.warnings.set(w.id, w);
+  S.fresh.add(w.id);
+  renderWarnings();
+}
+
+function renderWarnings() {
+  const list = [...S.warnings.values()].sort(byNewest('updated_at')).slice(0, 50);
+  $('#warning-count').textContent = `(${list.filter((w) => w.status === 'active').length})`;
+  $('#warnings').replaceChildren(...(list.length ? list.map((w) => h('li', {
+    class: `alert warning warning-${w.level} ${w.status === 'active' ? '' : 'resolved'} ${S.fresh.has(w.id) ? 'fresh' : ''}`,
+    'data-warning-id': w.id,
+  },
+  h('span', { class: 'time' }, fmtTime(w.window_start)),
+  h('span', { class: `sev warning-badge warning-${w.level}` }, t(`warning.${w.level}`)),
+  h('b', {}, t(`warning.${w.kind}`)),
+  h('span', { class: 'who' }, entName(w.enterprise_id), ` · ${w.outlet_id}`),
+  h('span', {}, pollutantName(w.pollutant)),
+  h('span', { class: 'num' }, `${fmtNum(w.value)} / ${fmtNum(w.limit)} ${w.unit || ''}`),
+  h('span', { class: 'muted' }, t(`warning.${w.status}`)),
+  )) : [h('li', { class: 'muted' }, t('warnings.empty'))]));
 }
 
 function onAlert({ alert }) {
@@ -284,6 +310,9 @@ async function loadLists() {
   S.alerts = new Map(alerts.map((a) => [a.id, a]));
   renderCases();
   renderAlerts();
+  const warnings = await api(`/api/warnings${query({ limit: 50 })}`).catch(() => []);
+  S.warnings = new Map(warnings.map((w) => [w.id, w]));
+  renderWarnings();
 }
 
 const byNewest = (key) => (a, b) => (a[key] < b[key] ? 1 : a[key] > b[key] ? -1 : 0);
