@@ -3,7 +3,9 @@ corrected, a decoder fixed) go through the current decoder and registry again.
 
 Each stored dead letter is fed, byte-exact and with its original topic and receive time, to the
 ingest's own Pipeline (the checks and line protocol of the live path, split packets reassembled
-across letters). Those that pass now are written to InfluxDB and marked replayed (table
+across letters). Those that pass now go through the writer's revision screen (ingest/revisions.py:
+a point already stored keeps its first values, a differing replay becomes a revision), are written
+to InfluxDB and marked replayed (table
 dead_letter_replay, next to dead_letter in the same file); the row itself stays as evidence of what
 was received. Those that still fail keep their row with the new reason and detail. Replayed letters
 are never fed again, so a second run writes nothing twice; re-writing a point would be harmless anyway.
@@ -31,6 +33,7 @@ from config.schema import Settings
 from ingest.consumer import DATA_REFUSED, INFLUX_TOPIC, Batch, Message, Pipeline
 from ingest.deadletter import DeadLetters, deadletter_path, escape_raw
 from ingest.influx import Influx, InfluxRejected, InfluxUnavailable
+from ingest.revisions import RevisionGuard
 
 FIELDS = ("id", "received_at", "reason", "topic", "detail", "raw", "size", "sha256", "replayed_at")
 WRITE_EVERY = 500  # letters whose lines go to InfluxDB in one request
@@ -126,6 +129,7 @@ def replay(settings: Settings, reason: str | None = None, on_letter: Callable[[i
         pipeline = Pipeline(settings, Lookup(settings.registry))
         influx = Influx(settings.influxdb)
         influx.ensure_database()
+        guard = RevisionGuard(influx)
         passed: list[tuple[list[int], list[str]]] = []  # (letter ids, their lines), written together
         failing: list[tuple[int, str, str]] = []
         up = f"{settings.broker.topic_prefix}/up/"
@@ -139,14 +143,14 @@ def replay(settings: Settings, reason: str | None = None, on_letter: Callable[[i
                 pipeline.feed(Message(topic, raw, letter_id, 0, received), batch)
                 _sort(batch, passed, failing)
             if len(passed) >= WRITE_EVERY:
-                _write(influx, store, passed, failing, out)
+                _write(guard, store, passed, failing, out)
                 passed = []
             if on_letter is not None:
                 on_letter(n)
         expired = Batch()  # the parts of split packets that are still incomplete
         pipeline.expire(expired, now=float("inf"))
         _sort(expired, passed, failing)
-        _write(influx, store, passed, failing, out)
+        _write(guard, store, passed, failing, out)
         store.still_failing(failing)
         for _, r, _ in failing:
             out.failed[r] = out.failed.get(r, 0) + 1
@@ -163,19 +167,27 @@ def _sort(batch: Batch, passed: list[tuple[list[int], list[str]]], failing: list
         passed.append(([m.mid for m in batch.done], batch.lines))
 
 
-def _write(influx: Influx, store: _Store, passed: list[tuple[list[int], list[str]]],
+def _write(guard: RevisionGuard, store: _Store, passed: list[tuple[list[int], list[str]]],
            failing: list[tuple[int, str, str]], out: Outcome) -> None:
-    """Write the lines of `passed` (one request; one per letter when InfluxDB refuses some data) and mark them."""
+    """Write the lines of `passed` through the revision screen (one request; one per letter when InfluxDB
+    refuses some data) and mark those letters replayed."""
+
+    def put(lines: list[str]) -> int:
+        screened = guard.screen(lines)
+        guard.influx.write(screened.lines)
+        guard.remember(screened)
+        return len(screened.lines)
+
     try:
-        influx.write([line for _, lines in passed for line in lines])
+        written = put([line for _, lines in passed for line in lines])
         groups = passed
     except InfluxRejected as exc:
         if exc.status not in DATA_REFUSED:
             raise
-        groups = []
+        groups, written = [], 0
         for ids, lines in passed:
             try:
-                influx.write(lines)
+                written += put(lines)
                 groups.append((ids, lines))
             except InfluxRejected as one:
                 if one.status not in DATA_REFUSED:
@@ -183,7 +195,7 @@ def _write(influx: Influx, store: _Store, passed: list[tuple[list[int], list[str
                 failing += [(i, "bad_field", one.server_message) for i in ids]
     store.mark([i for ids, _ in groups for i in ids])
     out.written += sum(len(ids) for ids, _ in groups)
-    out.lines += sum(len(lines) for _, lines in groups)
+    out.lines += written
 
 
 def _rows(settings: Settings, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
