@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from sqlalchemy import Engine
 
-from center import api_admin, api_cases, api_data, api_stream, api_tickets, health
+from center import api_admin, api_cases, api_data, api_desk, api_filings, api_stream, api_tickets, health
 from center import metrics as metrics_api
 from center.api_models import AnswerIn
 from center.api_stream import Broadcaster, StorePoller
@@ -63,7 +63,7 @@ def create_app(settings: Settings, engine: Engine, *, influx: Influx | None = No
     st.instance_id = instance_id or settings.center.instance_id or socket.gethostname()
     st.ingest_subscribed = (lambda: ingest.wait_subscribed(0)) if ingest is not None else None
     st.metrics = metrics or Metrics(engine, ingest.counters if ingest is not None else None, is_leader)
-    for module in (api_admin, api_cases, api_tickets, api_data, api_stream, health, metrics_api):
+    for module in (api_admin, api_cases, api_tickets, api_desk, api_filings, api_data, api_stream, health, metrics_api):
         app.include_router(module.router)
     extra_schemas(app, [AnswerIn])
     _mount_board(app)

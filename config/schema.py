@@ -246,6 +246,15 @@ class EscalationSettings(_Model):
     recurrence_escalates: bool = True
 
 
+class FilingSettings(_Model):
+    """Filings ahead (停产/检修/标定报备, notify/filings.py)."""
+
+    # Longest period one filing may cover; a longer stop is filed again (and approved again).
+    max_days: Annotated[float, Field(gt=0)] = 31
+    # How far back a filing made after the fact may reach (it is flagged as such either way).
+    max_back_days: Annotated[float, Field(ge=0)] = 7
+
+
 class NotifySettings(_Model):
     # Hours an enterprise has to rectify, by problem type (alert kind); `default` for the rest.
     deadline_hours: dict[str, Annotated[float, Field(gt=0)]] = Field(
@@ -259,6 +268,7 @@ class NotifySettings(_Model):
     smtp: SMTPSettings | None = None
     officers: list[Officer] = Field(default_factory=list)
     webhook_max_attempts: Annotated[int, Field(ge=1)] = 20
+    filings: FilingSettings = FilingSettings()
 
 
 class User(_Model):

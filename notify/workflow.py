@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from config.schema import Settings
 from detect.base import Alert
-from notify import cases, context, rules, tickets
+from notify import cases, context, filings, rules, tickets
 from notify.events import events_of
 from notify.store import as_utc, reading, utc
 from notify.tables import answers, case_alerts, notices
@@ -60,6 +60,7 @@ def _retrying(engine: Engine, work: Callable[[Connection], T]) -> T:
 def process_alerts(engine: Engine, settings: Settings, alerts: Iterable[Alert], now: datetime,
                    evidence: bool = True) -> list[dict[str, Any]]:
     """Open or join cases for `alerts` (event-time order), then settle everything due by `now`."""
+    alerts = filings.admit(engine, alerts, now)  # those an approved filing explains open no case
     out = [_retrying(engine, lambda conn, a=a: cases.ingest_alerts(conn, settings, [a], now)[0])
            for a in cases.sort_alerts(alerts)]
     tick(engine, settings, now, evidence=evidence)
