@@ -234,3 +234,36 @@ def test_a_filing_approved_later_does_not_undo_a_case(world: dict[str, Any]) -> 
     with world["srv"].client("op") as c:
         row = c.get(f"/api/alerts/{a.id}").json()
     assert row["case_id"] is not None and row["suppressed_by"] is None
+
+
+def test_the_center_decides_filings_from_the_command_line(settings_factory: Callable[..., Any], tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from center.cli import app
+    from notify import filings
+
+    state = tmp_path / "state"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"ingest": {"state_dir": str(state)}, "registry": registry()}))
+    settings = settings_factory(registry(), ingest={"state_dir": str(state)})
+    engine = make_engine(settings.store_url())
+    prepare_store(engine)
+    late = filings.file(engine, settings, "EA", "O1", "shutdown", NOW - 3 * H, NOW + H, "停炉检修", None,
+                        "enterprise:EA", NOW)
+    other = filings.file(engine, settings, "EB", "O1", "calibration", NOW + H, NOW + 2 * H, "标定", None,
+                         "enterprise:EB", NOW)
+    runner = CliRunner(env={"COLUMNS": "300"})  # a wide terminal: the table's cells unwrapped
+    listed = runner.invoke(app, ["filings", "list", "-c", str(cfg), "--status", "pending"])
+    assert listed.exit_code == 0, listed.output
+    assert late["id"] in listed.output and other["id"] in listed.output and "补报" in listed.output
+    ok = runner.invoke(app, ["filings", "approve", late["id"], "--by", "wang", "-c", str(cfg)])
+    assert ok.exit_code == 0 and "approved by center:wang" in ok.output
+    no_note = runner.invoke(app, ["filings", "reject", other["id"], "--note", " ", "-c", str(cfg)])
+    assert no_note.exit_code == 1 and "needs a note" in no_note.output
+    rej = runner.invoke(app, ["filings", "reject", other["id"], "--note", "无计划", "-c", str(cfg)])
+    assert rej.exit_code == 0 and "rejected" in rej.output
+    twice = runner.invoke(app, ["filings", "approve", other["id"], "-c", str(cfg)])
+    assert twice.exit_code == 1 and "rejected" in twice.output
+    assert filings.get(engine, late["id"], None)["status"] == "approved"
+    engine.dispose()
