@@ -182,7 +182,7 @@ function renderAlerts() {
   const list = [...S.alerts.values()].sort(byNewest('window_end')).slice(0, 100);
   $('#alert-count').textContent = `(${list.length})`;
   $('#alerts').replaceChildren(...(list.length ? list.map((a) => h('li', {
-    class: `alert level-${a.severity} ${a.status === 'resolved' ? 'resolved' : ''} ${S.fresh.has(a.id) ? 'fresh' : ''}`,
+    class: `alert level-${a.severity} ${a.status === 'resolved' ? 'resolved' : ''} ${a.suppressed_by ? 'suppressed' : ''} ${S.fresh.has(a.id) ? 'fresh' : ''}`,
     'data-alert-id': a.id,
     onclick: a.case_id ? () => { location.hash = `#/case/${a.case_id}`; } : null,
   },
@@ -192,6 +192,8 @@ function renderAlerts() {
   h('span', { class: 'who' }, entName(a.enterprise_id), a.outlet_id ? ` · ${a.outlet_id}` : ''),
   a.pollutant ? h('span', {}, pollutantName(a.pollutant)) : null,
   a.value !== null && a.value !== undefined ? h('span', { class: 'num' }, `${fmtNum(a.value)}${a.limit ? ` / ${fmtNum(a.limit)}` : ''} ${a.unit || ''}`) : null,
+  a.suppressed_by ? h('a', { class: 'badge suppressed', href: '#/filings', 'data-filing-id': a.suppressed_by,
+    title: a.suppressed_by }, t('alert.suppressed')) : null,
   )) : [h('li', { class: 'muted' }, t('alerts.empty'))]));
 }
 
@@ -243,16 +245,9 @@ function renderCase() {
   );
   renderActions(c, ent);
   renderChart();
-  $('#case-history').replaceChildren(...c.events.map((e) => h('li', { 'data-event': e.type },
-    h('span', { class: 'time' }, fmtTime(e.at)), ' ', h('b', {}, label('event', e.type)), ' ',
-    h('span', { class: 'muted' }, e.actor), ' ', eventDetail(e.data))));
-  $('#case-notices').replaceChildren(...(c.notices.length ? c.notices.map((n) => h('li', {},
-    h('details', {}, h('summary', {}, fmtTime(n.created_at), ' ', label('notice_kind', n.kind), ': ', n.subject, ' → ', n.recipient, ' (', n.channel, ', ',
-      label('notice', n.status), ')'), h('pre', {}, n.body)))) : [h('li', { class: 'muted' }, t('case.none'))]));
-  $('#case-answers').replaceChildren(...(c.answers.length ? c.answers.map((a) => h('li', {},
-    fmtTime(a.received_at), ' ', h('b', {}, label('answer', a.type)), ' ', a.text,
-    a.attachments.length ? h('span', { class: 'muted' }, ' 📎 ', a.attachments.map((x) => x.name).join(', ')) : null))
-    : [h('li', { class: 'muted' }, t('case.none'))]));
+  $('#case-history').replaceChildren(...historyItems(c.events));
+  $('#case-notices').replaceChildren(...noticeItems(c.notices));
+  $('#case-answers').replaceChildren(...answerItems(c.answers));
   const tk = c.ticket;
   $('#case-ticket').replaceChildren(tk ? h('p', {}, `${tk.priority} · ${label('ticket', tk.status)} · ${label('reason', tk.reason)}`,
     tk.officer ? ` · ${tk.officer}` : '', tk.findings ? h('br') : null, tk.findings || '', tk.outcome ? ` → ${tk.outcome}` : '')
@@ -439,13 +434,50 @@ async function declareEmergency() {
   }
 }
 
-// -- views and routing -----------------------------------------------------------------------------
+// -- filings ahead (停产/检修/标定报备) -----------------------------------------------------------------
 
-function showView(name) {
-  for (const v of document.querySelectorAll('.view')) v.hidden = v.id !== `view-${name}`;
-  for (const a of document.querySelectorAll('[data-tab]')) a.classList.toggle('on', a.dataset.tab === name || (name === 'case' && a.dataset.tab === 'board'));
-  document.body.dataset.view = name;
+async function loadFilings() {
+  try {
+    S.filings = await api('/api/filings');
+  } catch (e) {
+    toast(`${t('act.failed')}: ${e.message}`, true);
+    return;
+  }
+  renderFilings();
 }
+
+// Like a silence in Alertmanager: who filed it and when, the period, why, who decided, what it suppressed.
+function renderFilings() {
+  const list = S.filings || [];
+  $('#filings').replaceChildren(...(list.length ? list.map((f) => h('tr', { 'data-filing-id': f.id, 'data-phase': f.phase },
+    h('td', {}, fmtTime(f.filed_at), h('br'), h('span', { class: 'muted' }, f.filed_by)),
+    h('td', {}, f.enterprise_name || entName(f.enterprise_id)), h('td', {}, f.outlet_id),
+    h('td', {}, label('filing.kind', f.kind)),
+    h('td', {}, `${fmtTime(f.start)} – ${fmtTime(f.end)}`,
+      f.after_the_fact ? h('span', { class: 'badge late', 'data-after-the-fact': '' }, t('filing.after')) : null),
+    h('td', {}, f.reason, f.attachment ? h('span', { class: 'muted' }, ` 📎 ${f.attachment.name}`) : null),
+    h('td', {}, h('span', { class: `phase phase-${f.phase}` }, label('filing.phase', f.phase))),
+    h('td', { class: 'num' }, f.suppressed_alerts),
+    h('td', {}, f.decided_by ? `${f.decided_by} ${fmtTime(f.decided_at)}` : '', f.decision_note ? h('br') : null, f.decision_note || ''),
+    h('td', {}, f.status === 'pending' ? [
+      h('button', { 'data-action': 'approve', onclick: () => decideFiling(f, 'approve') }, t('act.approve')),
+      h('button', { 'data-action': 'reject', onclick: () => decideFiling(f, 'reject') }, t('act.reject'))] : null),
+  )) : [h('tr', {}, h('td', { colspan: 10, class: 'muted' }, t('filings.empty')))]));
+}
+
+async function decideFiling(f, decision) {
+  const v = await ask(t(`act.${decision}`), [{ name: 'note', label: 'form.decision_note', textarea: true, required: decision === 'reject' }]);
+  if (!v) return;
+  try {
+    await api(`/api/filings/${encodeURIComponent(f.id)}/decision`, { method: 'POST', body: { decision, note: v.note } });
+    toast(t('act.done'));
+    loadFilings();
+  } catch (e) {
+    toast(`${t('act.failed')}: ${e.message}`, true);
+  }
+}
+
+// -- views and routing -----------------------------------------------------------------------------
 
 function route() {
   if (!S.me) return;
@@ -453,11 +485,14 @@ function route() {
   S.caseId = null;
   if (view === 'case' && id) {
     S.caseId = decodeURIComponent(id);
-    showView('case');
+    showView('case', 'board');
     loadCase(S.caseId);
   } else if (view === 'map') {
     showView('map');
     loadMap();
+  } else if (view === 'filings') {
+    showView('filings');
+    loadFilings();
   } else if (view === 'enterprises') {
     showView('enterprises');
     renderEnterprises();
@@ -475,6 +510,7 @@ function renderAll() {
   if (S.caseId && S.case) renderCase();
   if (document.body.dataset.view === 'map') renderMap();
   if (document.body.dataset.view === 'enterprises') renderEnterprises();
+  if (document.body.dataset.view === 'filings') renderFilings();
   loadEmergency();
 }
 

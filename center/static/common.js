@@ -121,6 +121,13 @@ async function switchLang(rerender) {
   if (S.me) rerender();
 }
 
+// Show one <section class="view">; `tab` is the tab to mark (a detail view marks its list's tab).
+function showView(name, tab = name) {
+  for (const v of document.querySelectorAll('.view')) v.hidden = v.id !== `view-${name}`;
+  for (const a of document.querySelectorAll('[data-tab]')) a.classList.toggle('on', a.dataset.tab === tab);
+  document.body.dataset.view = name;
+}
+
 // For the portal and the desk: the stored token's user, when it has `role`; else off to its own screen.
 async function signedInAs(role) {
   await setLang(localStorage.getItem(LS.lang) || 'zh-CN');
@@ -144,6 +151,28 @@ async function signedInAs(role) {
 }
 
 const byNewest = (key) => (a, b) => (a[key] < b[key] ? 1 : a[key] > b[key] ? -1 : 0);
+
+// A case's history, notices and answers as list items (the board, the portal and the desk show them alike).
+function historyItems(events) {
+  return events.map((e) => h('li', { 'data-event': e.type },
+    h('span', { class: 'time' }, fmtTime(e.at)), ' ', h('b', {}, label('event', e.type)), ' ',
+    h('span', { class: 'muted' }, e.actor), ' ', eventDetail(e.data)));
+}
+
+const noneItem = () => [h('li', { class: 'muted' }, t('case.none'))];
+
+function noticeItems(notices) {
+  return notices.length ? notices.map((n) => h('li', { 'data-notice-id': n.id },
+    h('details', {}, h('summary', {}, fmtTime(n.created_at), ' ', label('notice_kind', n.kind), ': ', n.subject, ' → ', n.recipient, ' (', n.channel, ', ',
+      label('notice', n.status), ')'), h('pre', {}, n.body)))) : noneItem();
+}
+
+function answerItems(answers) {
+  return answers.length ? answers.map((a) => h('li', { 'data-answer-id': a.id },
+    fmtTime(a.received_at), ' ', h('b', {}, label('answer', a.type)), ' ', a.text,
+    a.attachments.length ? h('span', { class: 'muted' }, ' 📎 ', a.attachments.map((x) => x.name).join(', ')) : null))
+    : noneItem();
+}
 
 // A case's history as text: what changed, and a person's words where there are some.
 function eventDetail(d) {
