@@ -242,11 +242,12 @@ def demo(
     config: ConfigOpt = Path("config/examples/demo-city.yaml"),
     speedup: Annotated[float, typer.Option(help="simulated seconds per real second while catching up (0: as fast as possible)")] = 0.0,
     seconds: Annotated[Optional[float], typer.Option(help="stop after this many real seconds")] = None,
+    days_back: Annotated[int, typer.Option(min=1, help="catch up from China midnight this many days ago")] = 1,
 ) -> None:
     """Start local services, the whole service and the simulator with injected problems; open the board."""
     from center.demo import run
 
-    run(settings_or_exit(config), speedup=speedup, seconds=seconds)
+    run(settings_or_exit(config), speedup=speedup, seconds=seconds, days_back=days_back)
 
 
 @filings_app.command("list")
