@@ -81,12 +81,17 @@ def catch_up_start(end: datetime, days_back: int) -> datetime:
 
 def for_run(settings: Settings, now: datetime) -> Settings:
     """The settings of one demo run: its own state folder (case store, buffer, evidence, attachments)
-    and InfluxDB database, named by when it started; the services and everything else are shared."""
+    and InfluxDB database, named by when it started; the services and everything else are shared.
+    (The MQTT client id stays: a new id would leave the old persistent session in the shared
+    subscription group, taking its share of the new run's messages.)"""
     run_id = f"{now:%Y%m%dT%H%M%SZ}"
     state = Path(settings.ingest.state_dir) / "runs" / run_id
     return settings.model_copy(update={
         "ingest": settings.ingest.model_copy(update={"state_dir": str(state)}),
-        "influxdb": settings.influxdb.model_copy(update={"database": f"{settings.influxdb.database}_{run_id.lower()}"}),
+        # The first detection pass reads whole days at once (flag abuse: a day of every station's
+        # minutes in one query), which takes longer than a live tick's query on a busy machine.
+        "influxdb": settings.influxdb.model_copy(update={"database": f"{settings.influxdb.database}_{run_id.lower()}",
+                                                         "timeout_s": max(settings.influxdb.timeout_s, 120.0)}),
     })
 
 
