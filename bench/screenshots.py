@@ -4,7 +4,9 @@
 
 What it does, all on loopback in a temporary directory:
   1. starts its own Mosquitto, influxd and PostgreSQL (center.devservices, center.pgservice);
-  2. simulates the last `hours` hours of the demo city (config/examples/demo-city.yaml) with the
+  2. simulates up to the last `hours` hours of the demo city (config/examples/demo-city.yaml), never
+     across a China midnight (a day begun before the simulation would look short of data to the
+     daily judgement: from yesterday's midnight when today has under 3 hours), with the
      injected problems of config/examples/scenario-demo.yaml, publishes them over MQTT and lets a
      real Ingest write them to InfluxDB, until every message is acknowledged;
   3. starts the whole service (center.service.Service: detection, cases, outbox, HTTP), waits
@@ -63,6 +65,17 @@ def settings_for(tmp: Path, mqtt_port: int, influx_port: int, http_port: int, ho
         {"name": "东郊热电", "role": "enterprise", "enterprise_id": "power-dongjiao", "token": ENTERPRISE},
         {"name": "执法一队 王队长", "role": "officer", "officer_id": "officer-wang", "token": OFFICER}]}
     return from_mapping(raw, source="screenshots", env={})
+
+
+def history_start(end: datetime, hours: float) -> datetime:
+    """The last `hours` hours, but not across a China midnight (see the module docstring)."""
+    from center.simulate import china_day_floor
+
+    start = (end - timedelta(hours=hours)).replace(minute=0)
+    midnight = china_day_floor(end)
+    if start >= midnight:
+        return start
+    return midnight if end - midnight >= timedelta(hours=3) else midnight - timedelta(days=1)
 
 
 def load_history(settings: Settings, start: datetime, end: datetime) -> int:
@@ -219,9 +232,10 @@ def main() -> int:
         service = None
         try:
             http_port = free_port()
-            settings = settings_for(tmp, mosq.port, influxd.port, http_port, args.hours, pg.url)
             end = datetime.now(timezone.utc).replace(second=0, microsecond=0)
-            start = (end - timedelta(hours=args.hours)).replace(minute=0)
+            start = history_start(end, args.hours)
+            hours = (end - start).total_seconds() / 3600
+            settings = settings_for(tmp, mosq.port, influxd.port, http_port, hours, pg.url)
             load_history(settings, start, end)
             service = Service(settings, ServiceOptions(detect_tick_s=5, workflow_poll_s=1, outbox_interval_s=1,
                                                        events_poll_s=1)).start()

@@ -455,7 +455,7 @@ function renderFilings() {
     h('td', {}, label('filing.kind', f.kind)),
     h('td', {}, `${fmtTime(f.start)} – ${fmtTime(f.end)}`,
       f.after_the_fact ? h('span', { class: 'badge late', 'data-after-the-fact': '' }, t('filing.after')) : null),
-    h('td', {}, f.reason, f.attachment ? h('span', { class: 'muted' }, ` 📎 ${f.attachment.name}`) : null),
+    h('td', {}, f.reason, f.attachment ? h('span', { class: 'muted' }, ` (${t('filing.attachment')}: ${f.attachment.name})`) : null),
     h('td', {}, h('span', { class: `phase phase-${f.phase}` }, label('filing.phase', f.phase))),
     h('td', { class: 'num' }, f.suppressed_alerts),
     h('td', {}, f.decided_by ? `${f.decided_by} ${fmtTime(f.decided_at)}` : '', f.decision_note ? h('br') : null, f.decision_note || ''),

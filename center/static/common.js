@@ -170,7 +170,7 @@ function noticeItems(notices) {
 function answerItems(answers) {
   return answers.length ? answers.map((a) => h('li', { 'data-answer-id': a.id },
     fmtTime(a.received_at), ' ', h('b', {}, label('answer', a.type)), ' ', a.text,
-    a.attachments.length ? h('span', { class: 'muted' }, ' 📎 ', a.attachments.map((x) => x.name).join(', ')) : null))
+    a.attachments.length ? h('span', { class: 'muted' }, ` (${t('filing.attachment')}: ${a.attachments.map((x) => x.name).join(', ')})`) : null))
     : noneItem();
 }
 

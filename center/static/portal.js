@@ -133,7 +133,7 @@ function renderFilings() {
     h('td', {}, fmtTime(f.filed_at)), h('td', {}, f.outlet_id), h('td', {}, label('filing.kind', f.kind)),
     h('td', {}, `${fmtTime(f.start)} – ${fmtTime(f.end)}`,
       f.after_the_fact ? h('span', { class: 'badge late', 'data-after-the-fact': '' }, t('filing.after')) : null),
-    h('td', {}, f.reason, f.attachment ? h('span', { class: 'muted' }, ` 📎 ${f.attachment.name}`) : null),
+    h('td', {}, f.reason, f.attachment ? h('span', { class: 'muted' }, ` (${t('filing.attachment')}: ${f.attachment.name})`) : null),
     h('td', {}, h('span', { class: `phase phase-${f.phase}` }, label('filing.phase', f.phase))),
     h('td', {}, f.decision_note || ''),
   )) : [h('tr', {}, h('td', { colspan: 7, class: 'muted' }, t('filings.empty')))]));
