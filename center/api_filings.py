@@ -12,6 +12,8 @@ refused (403), and the outlet must be one of the token's enterprise in the regis
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -20,11 +22,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 
-from center.api_cases import _decode, _safe_name, engine_of, names_of
+from center.api_cases import engine_of, names_of
 from center.api_models import AttachmentIn, AttachmentOut
 from center.auth import Principal, enterprise_user, operator, operator_or_enterprise
 from notify import filings
-from notify.answers_mqtt import MAX_ATTACHMENT_BYTES
 
 router = APIRouter(tags=["filings"])
 
@@ -121,25 +122,27 @@ async def post_filing(request: Request, who: Principal = Depends(enterprise_user
 
 
 async def _read(request: Request) -> tuple[FilingIn, tuple[str, bytes] | None]:
+    """The body, JSON or multipart; the attachment as (name as sent, bytes), checked by notify.filings."""
+    limit = request.app.state.settings.notify.filings.max_attachment_bytes
     try:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            form = await request.form(max_files=1, max_part_size=MAX_ATTACHMENT_BYTES)
-            fields = {k: v for k, v in form.items() if isinstance(v, str)}
-            body = FilingIn.model_validate(fields)
+            form = await request.form(max_files=1, max_part_size=limit)
+            body = FilingIn.model_validate({k: v for k, v in form.items() if isinstance(v, str)})
             up = form.get("attachment")
             if up is None or isinstance(up, str):
                 return body, None
-            data = await up.read()
-            if len(data) > MAX_ATTACHMENT_BYTES:
-                raise HTTPException(413, detail=f"the attachment is larger than {MAX_ATTACHMENT_BYTES} bytes")
-            return body, (_safe_name(up.filename or "attachment"), data) if data else None
+            data = await up.read(limit + 1)
+            return body, (up.filename or "attachment", data) if data else None
         body = FilingIn.model_validate_json(await request.body())
     except ValidationError as exc:
         raise HTTPException(422, detail=exc.errors(include_url=False, include_context=False)) from exc
     if body.attachment is None:
         return body, None
-    att = _decode(body.attachment.name, body.attachment.content_base64)
-    return body, (att.name, att.content)
+    try:
+        data = base64.b64decode(body.attachment.content_base64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise HTTPException(422, detail="attachment: content_base64 is not base64") from exc
+    return body, (body.attachment.name, data)
 
 
 @router.post("/api/filings/{filing_id}/decision", response_model=FilingOut)

@@ -253,6 +253,8 @@ class FilingSettings(_Model):
     max_days: Annotated[float, Field(gt=0)] = 31
     # How far back a filing made after the fact may reach (it is flagged as such either way).
     max_back_days: Annotated[float, Field(ge=0)] = 7
+    # Largest attachment (a plan, a work order) one filing may carry.
+    max_attachment_bytes: Annotated[int, Field(gt=0)] = 20 * 1024 * 1024
 
 
 class NotifySettings(_Model):

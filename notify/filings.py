@@ -66,6 +66,8 @@ def file(engine: Engine, settings: Settings, enterprise_id: str, outlet_id: str,
          end: datetime, reason: str, attachment: tuple[str, bytes] | None, actor: str, now: datetime) -> dict[str, Any]:
     """Record a filing (status pending); ids are checked against the registry, the period against the settings."""
     _check(settings, enterprise_id, outlet_id, kind, start, end, reason, now)
+    if attachment is not None:
+        shown_name(attachment[0])  # refused before anything is written
     fid = f"FL{utc(now):%Y%m%d}{uuid.uuid4().hex[:12]}"
     row = {"id": fid, "enterprise_id": enterprise_id, "outlet_id": outlet_id, "kind": kind, "start": utc(start),
            "end": utc(end), "reason": reason.strip(), "filed_at": utc(now), "filed_by": actor,
@@ -99,15 +101,26 @@ def _check(settings: Settings, enterprise_id: str, outlet_id: str, kind: str, st
         raise FilingError(f"a reason of 1..{MAX_REASON} characters is needed")
 
 
+def shown_name(name: str) -> str:
+    """The attachment's name as shown and offered for download: its last path part, never a path."""
+    base = PurePosixPath(name.replace("\\", "/")).name[:MAX_NAME]
+    if base in ("", ".", ".."):
+        raise FilingError(f"unusable attachment name {name!r}")
+    return base
+
+
 def _store_attachment(settings: Settings, filing_id: str, attachment: tuple[str, bytes]) -> dict[str, Any]:
     """Write the file under a name the server makes (its digest); the client's name is only shown."""
     name, data = attachment
+    limit = settings.notify.filings.max_attachment_bytes
+    if len(data) > limit:
+        raise FilingError(f"the attachment is larger than {limit} bytes")
+    shown = shown_name(name)
     digest = hashlib.sha256(data).hexdigest()
     folder = Path(settings.ingest.state_dir) / "filings" / filing_id
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / digest
     path.write_bytes(data)
-    shown = PurePosixPath(name.replace("\\", "/")).name[:MAX_NAME] or "attachment"
     return {"name": shown, "sha256": digest, "size": len(data), "path": str(path)}
 
 

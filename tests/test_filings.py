@@ -267,3 +267,21 @@ def test_the_center_decides_filings_from_the_command_line(settings_factory: Call
     assert twice.exit_code == 1 and "rejected" in twice.output
     assert filings.get(engine, late["id"], None)["status"] == "approved"
     engine.dispose()
+
+
+def test_an_attachment_over_the_limit_or_without_a_usable_name_is_refused(settings_factory: Callable[..., Any],
+                                                                           tmp_path: Path) -> None:
+    from notify import filings
+
+    settings = settings_factory(registry(), notify={"filings": {"max_attachment_bytes": 8}})
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    prepare_store(engine)
+    args = (engine, settings, "EA", "O1", "shutdown", NOW + H, NOW + 2 * H, "停产")
+    with pytest.raises(filings.FilingError, match="larger than 8 bytes"):
+        filings.file(*args, ("plan.pdf", b"123456789"), "enterprise:EA", NOW)
+    with pytest.raises(filings.FilingError, match="unusable attachment name"):
+        filings.file(*args, ("a/..", b"1"), "enterprise:EA", NOW)
+    assert filings.list_filings(engine, None) == []  # nothing half-recorded
+    ok = filings.file(*args, ("C:\\\\plans\\\\plan.pdf", b"12345678"), "enterprise:EA", NOW)
+    assert ok["attachment"]["name"] == "plan.pdf"
+    engine.dispose()
