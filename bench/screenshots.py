@@ -158,7 +158,7 @@ def stage_people(api: httpx.Client, ent: httpx.Client) -> tuple[str, str]:
                                    "start": earlier.isoformat(), "end": (earlier + timedelta(hours=1)).isoformat()}
              ).raise_for_status()  # filed after the fact: pending, flagged
     other = next(r for r in api.get("/api/cases", params={"open": "true"}).json()
-                 if r["id"] != c["id"] and r["state"] != "escalated")
+                 if r["id"] != c["id"] and r["state"] != "escalated" and r["outlet_id"])  # a station's: a chart
     api.post(f"/api/cases/{other['id']}/actions", json={"action": "escalate", "priority": "P2"}).raise_for_status()
     ticket = wait_for("the ticket's evidence", lambda: (
         lambda t: t if t and t.get("evidence_digest") else None)(api.get(f"/api/cases/{other['id']}").json()["ticket"]),
