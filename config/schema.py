@@ -377,6 +377,17 @@ class FormalNoticeSettings(_Model):
     })
 
 
+class FilingSettings(_Model):
+    """Filings ahead (停产/检修/标定报备, notify/filings.py)."""
+
+    # Longest period one filing may cover; a longer stop is filed again (and approved again).
+    max_days: Annotated[float, Field(gt=0)] = 31
+    # How far back a filing made after the fact may reach (it is flagged as such either way).
+    max_back_days: Annotated[float, Field(ge=0)] = 7
+    # Largest attachment (a plan, a work order) one filing may carry.
+    max_attachment_bytes: Annotated[int, Field(gt=0)] = 20 * 1024 * 1024
+
+
 class NotifySettings(_Model):
     # Hours an enterprise has to rectify, by problem type (alert kind); `default` for the rest.
     deadline_hours: dict[str, Annotated[float, Field(gt=0)]] = Field(
@@ -400,6 +411,7 @@ class NotifySettings(_Model):
     formal: FormalNoticeSettings = FormalNoticeSettings()
     # A ticket notice waits this long for its evidence package; then it goes without (saying so).
     evidence_wait_s: Annotated[int, Field(ge=0)] = 600
+    filings: FilingSettings = FilingSettings()
 
 
 # A token is the only thing between the internet and a role: long enough that guessing it, even at the
