@@ -21,17 +21,35 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Any
+from urllib.parse import urlparse, urlunparse
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from config import Settings
 from notify.cli import local
 
 SCENARIO = Path(__file__).resolve().parents[1] / "config" / "examples" / "scenario-demo.yaml"
 STATUS_EVERY_S = 10.0
+
+
+def with_ports(settings: Settings, mqtt_port: int | None = None, influx_port: int | None = None,
+               http_port: int | None = None) -> Settings:
+    """The settings with the demo's port options applied (`envwatch demo --mqtt-port 1884 ...`), so that a
+    machine whose 1883, 8086 or 8080 is taken by another program can still run it."""
+    broker, influx, center = settings.broker, settings.influxdb, settings.center
+    if mqtt_port is not None:
+        broker = broker.model_copy(update={"port": mqtt_port})
+    if influx_port is not None:
+        url = urlparse(influx.url)
+        influx = influx.model_copy(update={"url": urlunparse(url._replace(netloc=f"{url.hostname}:{influx_port}"))})
+    if http_port is not None:
+        center = center.model_copy(update={"port": http_port})
+    return settings.model_copy(update={"broker": broker, "influxdb": influx, "center": center})
 
 
 def run(settings: Settings, speedup: float = 0.0, seconds: float | None = None, days_back: int = 1) -> None:
@@ -127,15 +145,41 @@ def _catch_up(settings: Settings, console: Console, start: datetime, end: dateti
     ingest.start()
     try:
         ingest.wait_subscribed(30)
-        n = _simulate(settings, speedup, start, (end - start).total_seconds(), SCENARIO)
-        while True:  # until every message is acknowledged and every reading is in InfluxDB
-            c = ingest.counters()
-            if c["acked"] >= n and c["buffer_depth"] == 0:
-                break
-            time.sleep(0.5)
+        _publish_with_progress(ingest, console, lambda: _simulate(settings, speedup, start,
+                                                                  (end - start).total_seconds(), SCENARIO))
         console.print(status_line(ingest.counters()), highlight=False, markup=False)
     finally:
         ingest.stop()
+
+
+def _publish_with_progress(ingest: Any, console: Console, publish: Callable[[], int]) -> None:
+    """Run `publish` (returns how many messages it sent) while a bar shows the messages the ingest has
+    acknowledged; the total is known once publishing ends. Returns when every one is in InfluxDB."""
+    sent: list[int] = []
+    failed: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            sent.append(publish())
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
+            failed.append(exc)
+
+    worker = threading.Thread(target=target, name="catch-up", daemon=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("catch-up: publishing", total=None)
+        worker.start()
+        while True:  # until every message is acknowledged and every reading is in InfluxDB
+            c = ingest.counters()
+            if not worker.is_alive() and sent:
+                bar.update(task, total=sent[0], description="catch-up: ingesting")
+                if c["acked"] >= sent[0] and c["buffer_depth"] == 0:
+                    bar.update(task, completed=sent[0])
+                    break
+            elif not worker.is_alive():
+                raise RuntimeError("the simulator stopped before publishing the catch-up") from (failed or [None])[0]
+            bar.update(task, completed=c["acked"])
+            time.sleep(0.5)
 
 
 def _simulate(settings: Settings, speedup: float, start: datetime, duration: float | None,

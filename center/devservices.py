@@ -50,11 +50,12 @@ def free_port() -> int:
     raise ServiceError("no free TCP port on 127.0.0.1")
 
 
-def _port_bindable(port: int) -> bool:
-    with socket.socket() as s:
+def _port_bindable(port: int, host: str = HOST) -> bool:
+    """True when this process could listen on host:port now (`envwatch run`/`demo` check theirs with it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((HOST, port))
+            s.bind((host, port))
         except OSError:
             return False
     return True

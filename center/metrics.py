@@ -20,6 +20,9 @@ Store (shared by all instances, read at scrape time):
     envwatch_notices{status}                    outbox rows pending / delivered / failed
     envwatch_delivery_failures                  notices given up on (status failed)
     envwatch_delivery_retrying                  notices pending after at least one failed attempt
+Process (prometheus_client's own collectors, in the app's registry):
+    process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, process_start_time_seconds, ...
+    python_info{implementation,major,minor,patchlevel,version}
 Service:
     envwatch_leader                             1 while this instance runs the detectors and the outbox
     envwatch_store_up                           0 when the store could not be read for this scrape
@@ -34,7 +37,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -66,6 +69,9 @@ class Metrics:
         self.job_failures = Counter("envwatch_detect_job_failures", "scheduled detector runs that raised", ["job"],
                                     registry=self.registry)
         self.registry.register(_StateCollector(engine, ingest_counters, is_leader))
+        # CPU, memory and file descriptors of this process (from /proc), and the Python version.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
     def observe_job(self, job: str, seconds: float, ok: bool) -> None:
         self.job_duration.labels(job).observe(seconds)

@@ -63,7 +63,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -1051,11 +1051,13 @@ def mn_of(line: bytes) -> str | None:
     return mn if ok else None
 
 
-def replay(settings: Settings, file: str | Path, rate: float = 0.0) -> int:
+def replay(settings: Settings, file: str | Path, rate: float = 0.0,
+           on_published: Callable[[], None] | None = None) -> int:
     """Publish each non-empty line of a raw packet file (CR LF stripped) to its station's topic.
 
     Topic `{prefix}/up/station/{MN}`, or `.../_unknown` when no usable MN is found. QoS 1; returns
-    after every PUBACK. rate = messages per second, 0 = as fast as possible.
+    after every PUBACK. rate = messages per second, 0 = as fast as possible. `on_published` is
+    called after each line is handed to the client (a progress bar).
     """
     prefix = settings.broker.topic_prefix
     pub = _Publisher(settings, "replay")
@@ -1070,6 +1072,8 @@ def replay(settings: Settings, file: str | Path, rate: float = 0.0) -> int:
                     time.sleep(max(0.0, real0 + n / rate - time.monotonic()))
                 pub.publish(f"{prefix}/up/station/{mn_of(line) or '_unknown'}", line)
                 n += 1
+                if on_published is not None:
+                    on_published()
         pub.drain()
     finally:
         pub.close()

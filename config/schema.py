@@ -6,9 +6,11 @@ package looks things up in; it is validated once here so that the rest can trust
 
 from __future__ import annotations
 
+import difflib
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -73,6 +75,22 @@ class BrokerSettings(_Model):
         return self
 
 
+def _http_url(v: str | None, example: str) -> str | None:
+    """An http(s) URL with a host; else the error says what is missing and what would work."""
+    if v is None:
+        return v
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{v!r} is not an http:// or https:// URL (no scheme); write e.g. {example!r}")
+    if not parts.hostname:
+        raise ValueError(f"{v!r} has no host; write e.g. {example!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+    except ValueError as exc:
+        raise ValueError(f"{v!r}: {exc}; write e.g. {example!r}") from exc
+    return v
+
+
 class InfluxSettings(_Model):
     url: str = "http://127.0.0.1:8086"
     # auto: ask the server (/ping X-Influxdb-Version); v1 writes via /write, v2/v3 via /api/v2/write.
@@ -84,6 +102,11 @@ class InfluxSettings(_Model):
     username: str | None = None
     password: SecretStr | None = None
     timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _url_has_scheme(cls, v: str) -> str:
+        return _http_url(v, "http://127.0.0.1:8086") or v
 
 
 class IngestSettings(_Model):
@@ -179,6 +202,11 @@ class Contact(_Model):
     language: Literal["zh-CN", "en"] = "zh-CN"
     # The enterprise's MQTT account (username = enterprise id) for reading notices and answering.
     mqtt_password: SecretStr | None = None
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_is_http(cls, v: str | None) -> str | None:
+        return _http_url(v, "https://example.cn/envwatch/notice")
 
 
 class Enterprise(_Model):
@@ -469,3 +497,54 @@ class Settings(_Model):
         if self.store.url is not None:
             return self.store.url.get_secret_value()
         return f"sqlite:///{self.ingest.state_dir}/envwatch.sqlite"
+
+
+def reference_problems(s: Settings) -> list[tuple[str, str]]:
+    """(key path, message) for every reference to something the configuration does not define:
+    users -> enterprises and officers, overrides -> enterprises/outlets, escalation kinds, MQTT
+    accounts that would collide. Valid settings only; the loader reports these after validation."""
+    enterprises = {e.id: e for e in s.registry.enterprises}
+    officers = {o.id for o in s.notify.officers}
+    devices = {d.id for d in s.registry.devices}
+    out: list[tuple[str, str]] = []
+    for i, u in enumerate(s.center.users):
+        if u.enterprise_id is not None and u.enterprise_id not in enterprises:
+            out.append((f"center.users.{i}.enterprise_id", f"no enterprise {u.enterprise_id!r} in registry.enterprises"
+                        + did_you_mean(u.enterprise_id, enterprises)))
+        if u.officer_id is not None and u.officer_id not in officers:
+            out.append((f"center.users.{i}.officer_id", f"no officer {u.officer_id!r} in notify.officers"
+                        + did_you_mean(u.officer_id, officers)))
+    for i, o in enumerate(s.detect.overrides):
+        if o.enterprise is not None and o.enterprise not in enterprises:
+            out.append((f"detect.overrides.{i}.enterprise", f"no enterprise {o.enterprise!r} in registry.enterprises"
+                        + did_you_mean(o.enterprise, enterprises)))
+        elif o.outlet is not None and o.enterprise is not None:
+            outlets = {x.id for x in enterprises[o.enterprise].outlets}
+            if o.outlet not in outlets:
+                out.append((f"detect.overrides.{i}.outlet", f"no outlet {o.outlet!r} at enterprise {o.enterprise!r}"
+                            + did_you_mean(o.outlet, outlets)))
+        if o.pollutant is not None and o.pollutant not in pollutant_codes():
+            out.append((f"detect.overrides.{i}.pollutant", f"unknown pollutant code {o.pollutant!r}"
+                        + did_you_mean(o.pollutant, pollutant_codes())))
+    # Enterprises, devices, officers and stations log in to MQTT under their id (MN): `envwatch broker
+    # acl` skips a second account of the same name, so that party could never log in.
+    first: dict[str, tuple[str, str]] = {}
+    named = ([("enterprise", f"registry.enterprises.{i}.id", e.id) for i, e in enumerate(s.registry.enterprises)]
+             + [("device", f"registry.devices.{i}.id", d.id) for i, d in enumerate(s.registry.devices)]
+             + [("officer", f"notify.officers.{i}.id", o.id) for i, o in enumerate(s.notify.officers)]
+             + [("station", f"registry.enterprises.{i}.outlets.{j}.stations.{k}.mn", st.mn)
+                for i, e in enumerate(s.registry.enterprises) for j, o in enumerate(e.outlets)
+                for k, st in enumerate(o.stations)])
+    for kind, path, ident in named:
+        # Duplicates within enterprises, devices and stations are reported by the registry's own check.
+        if ident in first and (first[ident][0] != kind or kind == "officer"):
+            out.append((path, f"{ident!r} is also {first[ident][1]}: enterprises, devices, officers and stations "
+                              "share one MQTT account namespace (username = id or MN)"))
+        first.setdefault(ident, (kind, path))
+    return out
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """'; did you mean 'hourly'?' for the closest choice, or '' when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -1,7 +1,8 @@
 """What `envwatch detect` and `envwatch alerts export` do; center/cli.py wires them to typer.
 
     detect_range(settings, start, end, kinds=None)         -> list[Report]   (progress bar on long ranges)
-    export_alerts(settings, start, end, out, kinds=None)   -> number of alerts written (JSON Lines)
+    export_alerts(settings, start, end, out, kinds=None)   -> number of alerts written (JSON Lines or CSV)
+    detector_problems(settings)                             -> (key path, message) of detect.detectors mistakes
     parse_time("2016-08-24T08:00")                          -> aware datetime (naive input = China time)
 """
 
@@ -48,17 +49,25 @@ def detect_range(settings: Settings, start: datetime, end: datetime, kinds: Sequ
 
 
 def export_alerts(settings: Settings, start: datetime, end: datetime, out: IO[str] | str | Path,
-                  kinds: Sequence[str] | None = None, store: AlertStore | None = None) -> int:
-    """Write the alerts whose window overlaps [start, end) as JSON Lines (oldest window first)."""
+                  kinds: Sequence[str] | None = None, store: AlertStore | None = None, fmt: str = "jsonl") -> int:
+    """Write the alerts whose window overlaps [start, end) as JSON Lines or CSV (oldest window first)."""
+    import csv
     import json
 
     store = store or AlertStore(settings.store_url()).create()
     n = 0
-    fh = open(out, "w", encoding="utf-8") if isinstance(out, (str, Path)) else out
+    fh = open(out, "w", encoding="utf-8", newline="") if isinstance(out, (str, Path)) else out
+    writer = csv.DictWriter(fh, EXPORT_FIELDS, lineterminator="\n", extrasaction="ignore") if fmt == "csv" else None
+    if writer is not None:
+        writer.writeheader()
     try:
         for stored in store.alerts(start, end, kinds=kinds):
             d = stored.to_json()
-            fh.write(json.dumps({k: d.get(k) for k in EXPORT_FIELDS}, ensure_ascii=False) + "\n")
+            if writer is not None:
+                writer.writerow({k: json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
+                                 for k, v in d.items()})
+            else:
+                fh.write(json.dumps({k: d.get(k) for k in EXPORT_FIELDS}, ensure_ascii=False) + "\n")
             n += 1
     finally:
         if fh is not out:
@@ -73,3 +82,31 @@ def summary(reports: list[Report]) -> str:
         ch = ", ".join(f"{k} {v}" for k, v in sorted(r.changes.items()) if v)
         lines.append(f"{r.kind}: {r.windows} windows, {r.alerts} alerts" + (f" ({ch})" if ch else ""))
     return "\n".join(lines)
+
+
+def detector_problems(settings: Settings) -> list[tuple[str, str]]:
+    """Mistakes in detect.detectors that would stop detection at run time: unknown kinds and parameters
+    (with the closest known name), and values a detector refuses."""
+    from config.schema import did_you_mean
+    from detect.registry import DetectorConfigError, build_detectors, detector_classes
+
+    classes = detector_classes()
+    out: list[tuple[str, str]] = []
+    for kind, cfg in settings.detect.detectors.items():
+        if kind not in classes:
+            out.append((f"detect.detectors.{kind}", f"unknown detector kind {kind!r}; known: "
+                                                    f"{', '.join(sorted(classes))}{did_you_mean(kind, classes)}"))
+            continue
+        names = sorted(set(classes[kind]._get_param_names()) - {"overrides"})
+        out += [(f"detect.detectors.{kind}.params.{p}", f"unknown parameter {p!r} of {kind}; known: "
+                                                        f"{', '.join(names)}{did_you_mean(p, names)}")
+                for p in cfg.params if p not in names]
+    if out:
+        return out
+    try:
+        build_detectors(settings, kinds=sorted(classes))  # every kind, disabled ones too: they may be switched on
+    except DetectorConfigError as exc:
+        for text in exc.problems:
+            path, _, msg = text.partition(": ")
+            out.append((path, msg) if path.startswith("detect.") else ("detect", text))
+    return out

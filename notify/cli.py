@@ -21,11 +21,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from notify import workflow
-from notify.notices import EVENT_WORDS, actor_words
+from center.cliopts import check_range, one_of, output_format, parse_time_arg, require_store
 from ingest.model import CHINA_TZ as CHINA
-from ingest.model import parse_time
-from notify.store import as_utc
+
+# notify.workflow (and through it the detectors and scikit-learn) is imported by the commands that use it,
+# so that `envwatch --help` and argument errors answer at once.
 
 STATE_LABELS: dict[str, dict[str, str]] = {
     "zh-CN": {"open": "新立案", "notified": "已通知", "acknowledged": "已确认", "rectification_reported": "已报整改",
@@ -51,6 +51,8 @@ HEADERS = {
 
 
 def local(t: datetime | None) -> str:
+    from notify.store import as_utc
+
     return "" if t is None else as_utc(t).astimezone(CHINA).strftime("%Y-%m-%d %H:%M")  # type: ignore[union-attr]
 
 
@@ -60,13 +62,30 @@ def _lang(lang: str) -> str:
     return lang
 
 
+CASE_FIELDS = ("id", "enterprise_id", "outlet_id", "problem", "pollutant", "severity", "state", "opened_at",
+               "deadline_at", "emergency")
+TICKET_FIELDS = ("id", "case_id", "priority", "reason", "status", "enterprise_id", "outlet_id", "problem", "officer",
+                 "opened_at", "evidence_digest")
+
+
+def _id_column(table: Table, header: str, ids: list[str]) -> None:
+    # Ids are copied into `cases show` / `tickets show`: never cut or wrapped, whatever the width.
+    table.add_column(header, no_wrap=True, overflow="ignore", min_width=max((len(i) for i in ids), default=2))
+
+
 def print_cases(engine: Any, console: Console, state: str | None = None, enterprise: str | None = None,
-                open_only: bool = False, lang: str = "zh-CN", limit: int = 200) -> int:
-    """A table of cases, newest first; returns how many were shown."""
+                open_only: bool = False, lang: str = "zh-CN", limit: int = 200, fmt: str = "table") -> int:
+    """A table of cases, newest first (or JSON / CSV for scripts); returns how many were shown."""
+    from notify import workflow
+
     h, labels = HEADERS[lang], STATE_LABELS[lang]
     rows = workflow.list_cases(engine, state=state, enterprise_id=enterprise, open_only=open_only, limit=limit)
+    if fmt != "table":
+        _emit(rows, CASE_FIELDS, fmt, console)
+        return len(rows)
     table = Table(title="案件 (cases)" if lang == "zh-CN" else "Cases")
-    for key in ("id", "enterprise", "outlet", "problem", "severity", "state", "opened", "deadline", "emergency"):
+    _id_column(table, h["id"], [c["id"] for c in rows])
+    for key in ("enterprise", "outlet", "problem", "severity", "state", "opened", "deadline", "emergency"):
         table.add_column(h[key])
     for c in rows:
         table.add_row(c["id"], c["enterprise_id"], c["outlet_id"] or "-", c["problem"], c["severity"],
@@ -76,12 +95,29 @@ def print_cases(engine: Any, console: Console, state: str | None = None, enterpr
     return len(rows)
 
 
-def print_case(engine: Any, console: Console, case_id: str, lang: str = "zh-CN") -> bool:
+def _emit(rows: Any, fields: tuple[str, ...] | None, fmt: str, console: Console) -> None:
+    """Rows as CSV (with `fields`) or JSON, plain text on the console's file (no markup, no wrapping)."""
+    from center.cliopts import emit_csv, emit_json
+
+    if fmt == "csv" and fields is not None:
+        emit_csv(rows, fields, console.file)
+    else:
+        emit_json(rows, console.file)
+
+
+def print_case(engine: Any, console: Console, case_id: str, lang: str = "zh-CN", fmt: str = "table") -> bool:
     """One case: its facts, its history, and its ticket; False when there is no such case."""
+    from notify import workflow
+    from notify.notices import EVENT_WORDS, actor_words
+
     c = workflow.get_case(engine, case_id)
     if c is None:
-        console.print(f"[red]no case {case_id}[/red]")
+        Console(stderr=True).print(f"no case {case_id}; `envwatch cases list` shows the ids", style="red",
+                                   markup=False, highlight=False)
         return False
+    if fmt == "json":
+        _emit(c, None, fmt, console)
+        return True
     h, labels = HEADERS[lang], STATE_LABELS[lang]
     console.print(f"[bold]{c['id']}[/bold]  {c['enterprise_id']} / {c['outlet_id'] or '-'} / {c['problem']} "
                   f"{c['pollutant']}  [cyan]{labels.get(c['state'], c['state'])}[/cyan]")
@@ -105,12 +141,18 @@ def print_case(engine: Any, console: Console, case_id: str, lang: str = "zh-CN")
 
 
 def print_tickets(engine: Any, console: Console, status: str | None = None, officer: str | None = None,
-                  lang: str = "zh-CN") -> int:
-    """A table of enforcement tickets, most urgent first; returns how many were shown."""
+                  lang: str = "zh-CN", fmt: str = "table") -> int:
+    """A table of enforcement tickets, most urgent first (or JSON / CSV); returns how many were shown."""
+    from notify import workflow
+
     h, labels = HEADERS[lang], TICKET_LABELS[lang]
     rows = workflow.list_tickets(engine, status=status, officer=officer)
+    if fmt != "table":
+        _emit(rows, TICKET_FIELDS, fmt, console)
+        return len(rows)
     table = Table(title="执法工单 (tickets)" if lang == "zh-CN" else "Tickets")
-    for key in ("id", "priority", "reason", "status", "enterprise", "outlet", "problem", "officer", "opened", "evidence"):
+    _id_column(table, h["id"], [t["id"] for t in rows])
+    for key in ("priority", "reason", "status", "enterprise", "outlet", "problem", "officer", "opened", "evidence"):
         table.add_column(h[key])
     for t in rows:
         table.add_row(t["id"], t["priority"], t["reason"], labels.get(t["status"], t["status"]), t["enterprise_id"],
@@ -120,11 +162,17 @@ def print_tickets(engine: Any, console: Console, status: str | None = None, offi
     return len(rows)
 
 
-def print_ticket(engine: Any, console: Console, ticket_id: str, lang: str = "zh-CN") -> bool:
+def print_ticket(engine: Any, console: Console, ticket_id: str, lang: str = "zh-CN", fmt: str = "table") -> bool:
+    from notify import workflow
+
     t = workflow.get_ticket(engine, ticket_id)
     if t is None:
-        console.print(f"[red]no ticket {ticket_id}[/red]")
+        Console(stderr=True).print(f"no ticket {ticket_id}; `envwatch tickets list` shows the ids", style="red",
+                                   markup=False, highlight=False)
         return False
+    if fmt == "json":
+        _emit(t, None, fmt, console)
+        return True
     console.print(f"[bold]{t['id']}[/bold] {t['priority']} {t['reason']} "
                   f"{TICKET_LABELS[lang].get(t['status'], t['status'])} officer={t['officer'] or '-'}")
     if t["findings"]:
@@ -141,65 +189,92 @@ cases_app = typer.Typer(no_args_is_help=True, help="Cases: alerts turned into no
 tickets_app = typer.Typer(no_args_is_help=True, help="Enforcement tickets")
 emergency_app = typer.Typer(no_args_is_help=True, help="Heavy-pollution weather emergencies")
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (or $ENVWATCH_CONFIG)")]
-LangOpt = Annotated[str, typer.Option("--lang", help="zh-CN or en")]
+LangOpt = Annotated[str, typer.Option("--lang", help="zh-CN or en", callback=_lang)]
+StateOpt = Annotated[Optional[str], typer.Option(help="only cases in this state",
+                                                 callback=one_of(STATE_LABELS["en"], "case state"))]
+StatusOpt = Annotated[Optional[str], typer.Option(help="only tickets with this status",
+                                                  callback=one_of(TICKET_LABELS["en"], "ticket status"))]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON on stdout instead of a table")]
+CsvOpt = Annotated[bool, typer.Option("--csv", help="CSV on stdout instead of a table")]
 
 
-def _engine(config: Path | None) -> Any:
+def _emergency_levels() -> tuple[str, ...]:
+    from notify.context import EMERGENCY_LEVELS
+
+    return EMERGENCY_LEVELS
+
+
+def _engine(config: Path | None, create: bool = False) -> Any:
+    """The case store of the configuration. Only commands that write (`create`) may make a new one: a reading
+    command run with the wrong --config or from elsewhere refuses instead of showing an empty store."""
     from config import ConfigError, load
     from notify.store import engine_from_settings, migrate
 
     try:
         settings = load(config)
     except ConfigError as exc:
-        Console(stderr=True).print(f"[red]configuration invalid[/red] {exc}")
+        Console(stderr=True).print(f"configuration invalid {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(2) from exc
+    if not create:
+        from config.loader import resolve_path
+
+        require_store(settings, str(resolve_path(config)))
     engine = engine_from_settings(settings)
-    migrate(engine)  # a fresh deployment has an empty store; migrating is a no-op otherwise
+    migrate(engine)  # a store of an older version is brought up to date; a no-op otherwise
     return engine
 
 
 @cases_app.command("list")
-def cases_list(config: ConfigOpt = None, state: Annotated[Optional[str], typer.Option()] = None,
+def cases_list(config: ConfigOpt = None, state: StateOpt = None,
                enterprise: Annotated[Optional[str], typer.Option()] = None,
-               open_only: Annotated[bool, typer.Option("--open")] = False, lang: LangOpt = "zh-CN") -> None:
-    """List cases, newest first."""
-    print_cases(_engine(config), Console(), state, enterprise, open_only, _lang(lang))
+               open_only: Annotated[bool, typer.Option("--open")] = False, lang: LangOpt = "zh-CN",
+               limit: Annotated[int, typer.Option(min=1)] = 200, json_: JsonOpt = False, csv_: CsvOpt = False) -> None:
+    """List cases, newest first, with their full ids (for `cases show`)."""
+    fmt = output_format(json_, csv_)
+    print_cases(_engine(config), Console(), state, enterprise, open_only, lang, limit=limit, fmt=fmt)
 
 
 @cases_app.command("show")
-def cases_show(case_id: str, config: ConfigOpt = None, lang: LangOpt = "zh-CN") -> None:
+def cases_show(case_id: str, config: ConfigOpt = None, lang: LangOpt = "zh-CN", json_: JsonOpt = False) -> None:
     """Show one case with its full history."""
-    if not print_case(_engine(config), Console(), case_id, _lang(lang)):
+    if not print_case(_engine(config), Console(), case_id, lang, fmt="json" if json_ else "table"):
         raise typer.Exit(1)
 
 
 @tickets_app.command("list")
-def tickets_list(config: ConfigOpt = None, status: Annotated[Optional[str], typer.Option()] = None,
-                 officer: Annotated[Optional[str], typer.Option()] = None, lang: LangOpt = "zh-CN") -> None:
+def tickets_list(config: ConfigOpt = None, status: StatusOpt = None,
+                 officer: Annotated[Optional[str], typer.Option()] = None, lang: LangOpt = "zh-CN",
+                 json_: JsonOpt = False, csv_: CsvOpt = False) -> None:
     """List enforcement tickets, most urgent first."""
-    print_tickets(_engine(config), Console(), status, officer, _lang(lang))
+    print_tickets(_engine(config), Console(), status, officer, lang, fmt=output_format(json_, csv_))
 
 
 @tickets_app.command("show")
-def tickets_show(ticket_id: str, config: ConfigOpt = None, lang: LangOpt = "zh-CN") -> None:
+def tickets_show(ticket_id: str, config: ConfigOpt = None, lang: LangOpt = "zh-CN", json_: JsonOpt = False) -> None:
     """Show one ticket with its case."""
-    if not print_ticket(_engine(config), Console(), ticket_id, _lang(lang)):
+    if not print_ticket(_engine(config), Console(), ticket_id, lang, fmt="json" if json_ else "table"):
         raise typer.Exit(1)
 
 
 @emergency_app.command("declare")
-def emergency_declare(level: Annotated[str, typer.Option("--level", help="yellow | orange | red")],
-                      start: Annotated[str, typer.Option("--from", help="ISO time; no offset = UTC+08:00")],
-                      end: Annotated[str, typer.Option("--to", help="ISO time; no offset = UTC+08:00")],
+def emergency_declare(level: Annotated[str, typer.Option("--level", help="yellow | orange | red",
+                                                         callback=one_of(_emergency_levels, "emergency level"))],
+                      start: Annotated[datetime, typer.Option("--from", parser=parse_time_arg, metavar="TIME",
+                                                              help="ISO time; no offset = UTC+08:00")],
+                      end: Annotated[datetime, typer.Option("--to", parser=parse_time_arg, metavar="TIME",
+                                                            help="ISO time; no offset = UTC+08:00")],
                       by: Annotated[str, typer.Option("--by")] = "center", note: str = "",
                       config: ConfigOpt = None) -> None:
     """Declare a heavy-pollution emergency over [--from, --to)."""
+    from notify import workflow
+
+    check_range(start, end)
     try:
-        eid = workflow.declare_emergency(_engine(config), level, parse_time(start), parse_time(end), by, note)
+        eid = workflow.declare_emergency(_engine(config, create=True), level, start, end, by, note)
     except ValueError as exc:
-        Console(stderr=True).print(f"[red]{exc}[/red]")
+        Console(stderr=True).print(str(exc), style="red", markup=False, highlight=False)
         raise typer.Exit(2) from exc
-    Console().print(f"emergency {eid}: {level} {local(parse_time(start))} – {local(parse_time(end))} (UTC+08:00)")
+    Console().print(f"emergency {eid}: {level} {local(start)} – {local(end)} (UTC+08:00)")
 
 
 # -- actions: the actor is the person at the terminal ----------------------------------------------
@@ -215,7 +290,7 @@ def cli_actor(by: str | None) -> str:
 
 
 def _fail(exc: Exception) -> None:
-    Console(stderr=True).print(f"[red]{exc}[/red]")
+    Console(stderr=True).print(str(exc), style="red", markup=False, highlight=False)
     raise typer.Exit(2) from exc
 
 
@@ -231,6 +306,8 @@ def tickets_route(ticket_id: str, officer: Annotated[str, typer.Option("--office
     """Send a ticket to another officer (only an officer; only before it is accepted)."""
     from datetime import timezone
 
+    from notify import workflow
+
     settings, engine = _settings_engine(config)
     try:
         t = workflow.route_ticket(engine, settings, ticket_id, officer, datetime.now(timezone.utc), cli_actor(by))
@@ -245,6 +322,8 @@ def cases_escalate(case_id: str, priority: Annotated[str, typer.Option("--priori
     """Hand a case to enforcement now; the ticket goes to the routed officer."""
     from datetime import timezone
 
+    from notify import workflow
+
     settings, engine = _settings_engine(config)
     try:
         workflow.act(engine, settings, case_id, "escalate", datetime.now(timezone.utc), cli_actor(by), priority=priority)
@@ -254,13 +333,27 @@ def cases_escalate(case_id: str, priority: Annotated[str, typer.Option("--priori
     Console().print(f"case {case_id} escalated: ticket {t['id']} {t['priority']} -> {t['officer'] or '-'}")
 
 
+GROUP_STATUSES = ("pending", "confirmed", "dismissed")  # notify.groups: pending until confirmed or dismissed
+GROUP_FIELDS = ("id", "kind", "window_start", "window_end", "status", "enterprises", "stations", "cases")
+
+
 @cases_app.command("groups")
-def cases_groups(config: ConfigOpt = None, status: Annotated[Optional[str], typer.Option()] = None) -> None:
+def cases_groups(config: ConfigOpt = None,
+                 status: Annotated[Optional[str], typer.Option(callback=one_of(GROUP_STATUSES, "group status"))] = None,
+                 json_: JsonOpt = False, csv_: CsvOpt = False) -> None:
     """Grouped findings (one cause, many stations): pending ones wait for confirm or dismiss."""
+    from notify import workflow
+
+    fmt = output_format(json_, csv_)
+    rows = workflow.list_groups(_engine(config), status)
+    if fmt != "table":
+        _emit(rows, GROUP_FIELDS, fmt, Console())
+        return
     table = Table(title="合并事项 (groups)")
-    for col in ("id", "kind", "window", "status", "enterprises", "stations", "cases"):
+    _id_column(table, "id", [g["id"] for g in rows])
+    for col in ("kind", "window", "status", "enterprises", "stations", "cases"):
         table.add_column(col)
-    for g in workflow.list_groups(_engine(config), status):
+    for g in rows:
         table.add_row(g["id"], g["kind"], f"{local(g['window_start'])} – {local(g['window_end'])}", g["status"],
                       str(g["enterprises"]), str(g["stations"]), str(g["cases"]))
     Console().print(table)
@@ -271,6 +364,7 @@ def cases_group_confirm(group_id: str, config: ConfigOpt = None, by: ByOpt = Non
     """Confirm a group: each enterprise concerned gets one notice listing its findings."""
     from datetime import timezone
 
+    from notify import workflow
     from notify.groups import GroupError
 
     settings, engine = _settings_engine(config)
@@ -287,6 +381,7 @@ def cases_group_dismiss(group_id: str, reason: Annotated[str, typer.Option("--re
     """Dismiss a group (e.g. a network artefact): every case in it closes with the reason."""
     from datetime import timezone
 
+    from notify import workflow
     from notify.groups import GroupError
 
     settings, engine = _settings_engine(config)

@@ -44,16 +44,53 @@ def _refs(text: str) -> set[str]:
     return set(re.findall(r"\$(\w+)", text))
 
 
+def _datasource_refs(node: Any) -> list[dict[str, Any]]:
+    if isinstance(node, dict):
+        own = [node["datasource"]] if isinstance(node.get("datasource"), dict) else []
+        return own + [r for v in node.values() for r in _datasource_refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _datasource_refs(v)]
+    return []
+
+
 def test_provisioning_files_match_the_dashboard() -> None:
     ds = DATASOURCES["datasources"]
     assert DATASOURCES["apiVersion"] == 1 and len(ds) == 1
     assert ds[0]["type"] == "influxdb" and ds[0]["jsonData"]["version"] == "InfluxQL" and ds[0]["jsonData"]["dbName"]
     provider = PROVIDERS["providers"][0]
     assert PROVIDERS["apiVersion"] == 1 and provider["type"] == "file" and provider["options"]["path"]
-    uids = {p["datasource"]["uid"] for p in _panels()}
-    uids |= {t["datasource"]["uid"] for p in _panels() for t in p["targets"]}
-    uids |= {v["datasource"]["uid"] for v in _variables() if v["type"] == "query"}
-    assert uids == {ds[0]["uid"]}
+
+
+def test_dashboard_is_importable_without_a_fixed_datasource_uid() -> None:
+    """Import (Dashboards > New > Import) asks for the data source through __inputs; every panel, target and
+    query variable then follows the `datasource` variable, so no uid of one Grafana is baked in."""
+    (inp,) = DASHBOARD["__inputs"]
+    assert inp["type"] == "datasource" and inp["pluginId"] == "influxdb"
+    assert {r["id"] for r in DASHBOARD["__requires"]} >= {"grafana", "influxdb", "timeseries", "table"}
+    var = _variables()[0]
+    assert var["type"] == "datasource" and var["name"] == "datasource" and var["query"] == "influxdb"
+    assert var["current"]["value"] == "${%s}" % inp["name"]
+    refs = _datasource_refs(DASHBOARD["panels"]) + _datasource_refs(_variables())
+    assert len(refs) >= 15 and all(r == {"type": "influxdb", "uid": "${datasource}"} for r in refs), refs
+    assert DATASOURCES["datasources"][0]["uid"] not in json.dumps(DASHBOARD)
+
+
+def test_dashboard_is_what_build_makes_of_it() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("grafana_build", ROOT / "build.py")
+    assert spec and spec.loader
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    assert build.build(DASHBOARD) == DASHBOARD, "run python grafana/build.py"
+
+
+def test_every_panel_has_units() -> None:
+    for p in _panels():
+        fc = p["fieldConfig"]
+        units = [fc["defaults"].get("unit")] + [pr["value"] for o in fc["overrides"] for pr in o["properties"]
+                                                 if pr["id"] == "unit"]
+        assert any(u and u != "none" for u in units), p["title"]
 
 
 def test_dashboard_structure() -> None:
@@ -140,6 +177,8 @@ def _resolve_variables(influx: Influx, pick: Callable[[list[str]], list[str]]) -
         if v["type"] == "textbox":
             chosen[v["name"]] = v["query"]
             continue
+        if v["type"] == "datasource":
+            continue
         series = influx.query(_substitute(v["query"], chosen))
         options = sorted({row[1] for s in series for row in s.values})
         assert options, f"variable {v['name']}: no values from {v['query']}"
@@ -175,3 +214,30 @@ def test_limit_line_is_the_limit_variable(influx: Influx) -> None:
     chosen = _resolve_variables(influx, lambda o: ["a21026"] if "a21026" in o else o[:1]) | {"limit": "100"}
     values = {row[1] for s in influx.query(_substitute(target["query"], chosen)) for row in s.values}
     assert values == {100.0}
+
+
+def _rename(name: str, transformations: list[dict[str, Any]]) -> str:
+    """Grafana's renameByRegex, in Python (the patterns use no JS-only syntax; $1 -> \\1)."""
+    for t in transformations:
+        o = t["options"]
+        name = re.sub(o["regex"], re.sub(r"\$(\d)", r"\\\1", o["renamePattern"]), name)
+    return name
+
+
+def test_series_show_pollutant_names_with_their_units(influx: Influx) -> None:
+    panel = next(p for p in _panels() if p["title"].startswith("Minute averages"))
+    chosen = {v["name"]: ".*" for v in _variables() if v["type"] == "query"}
+    series = influx.query(_substitute(panel["targets"][0]["query"], chosen))
+    names = sorted(_rename(f"{s.tags['mn']} {s.tags['pollutant']}", panel["transformations"]) for s in series)
+    assert names == ["MN1 二氧化硫 SO2", "MN1 氧气含量 O2", "MN2 二氧化硫 SO2", "MN2 氧气含量 O2"]
+
+    def unit_of(name: str) -> str:
+        found = [pr["value"] for o in panel["fieldConfig"]["overrides"] if o["matcher"]["id"] == "byRegexp"
+                 and re.search(o["matcher"]["options"], name) for pr in o["properties"] if pr["id"] == "unit"]
+        assert len(found) == 1, (name, found)
+        return found[0]
+
+    assert unit_of("MN1 二氧化硫 SO2") == "conmgm3" and unit_of("MN1 氧气含量 O2") == "percent"
+    zs = next(p for p in _panels() if p["title"].startswith("O2-corrected"))
+    assert _rename("MN1 a21026 hourly Zs (station)", zs["transformations"]) == "MN1 二氧化硫 SO2 hourly Zs (station)"
+    assert _rename("limit", zs["transformations"]) == "limit"
