@@ -108,7 +108,7 @@ def test_data_revision_is_declared_everywhere_a_kind_is() -> None:
     assert all("data_revision" in labels for labels in PROBLEM_LABELS.values())
     assert "data_revision" in EscalationSettings().immediate_kinds
     assert "data_revision" in simulate.KINDS
-    board = (ROOT / "center/static/board.js").read_text()
+    board = (ROOT / "center/static/common.js").read_text()  # the screens' shared KINDS
     assert "'data_revision'" in board
     for lang in ("zh-CN", "en"):
         i18n = json.loads((ROOT / f"center/static/i18n/{lang}.json").read_text())
