@@ -11,7 +11,8 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from center import api_queries as q
-from center.api_models import AnswerIn, AnswerResult, CaseAction, CaseOut, CaseSummary, NoticeOut
+from center.api_models import (AnswerIn, AnswerResult, CaseAction, CaseOut, CaseSummary, GroupAction, GroupOut,
+                               NoticeOut)
 from center.auth import Principal, enterprise_user, operator, operator_or_enterprise
 from config import ids
 from config.ids import attachment_name
@@ -144,6 +145,8 @@ def _apply(engine: Engine, settings: Any, case_id: str, body: CaseAction, now: d
         kw["assignee"] = _require(body.assignee, "assignee", a)
     elif a == "escalate":
         kw["priority"] = body.priority
+    elif a == "route":
+        kw["officer"] = _require(body.officer, "officer", a)
     elif a == "assess_pollution":
         if body.consequence is None:
             raise HTTPException(422, detail="action 'assess_pollution' needs `consequence` (true or false)")
@@ -262,3 +265,43 @@ def list_notices(request: Request, case_id: str | None = None, status: str | Non
                  who: Principal = Depends(operator_or_enterprise)) -> list[dict[str, Any]]:
     """Notices, newest first; an enterprise gets those addressed to it."""
     return q.list_notices(engine_of(request), who.scope, case_id=case_id, status=status, limit=limit)
+
+
+# -- grouped findings (one cause, many stations) ----------------------------------------------------
+
+@router.get("/api/groups", response_model=list[GroupOut], tags=["groups"])
+def list_groups(request: Request, status: str | None = None, who: Principal = Depends(operator)) -> list[dict[str, Any]]:
+    """Findings held in groups (a shared cause): pending ones send nothing until confirmed."""
+    return workflow.list_groups(engine_of(request), status)
+
+
+@router.get("/api/groups/{group_id}", response_model=GroupOut, tags=["groups"])
+def get_group(request: Request, group_id: str, who: Principal = Depends(operator)) -> dict[str, Any]:
+    """One group with the ids of the cases it holds."""
+    return _group(request, group_id)
+
+
+def _group(request: Request, group_id: str) -> dict[str, Any]:
+    g = workflow.get_group(engine_of(request), group_id)
+    if g is None:
+        raise HTTPException(404, detail=f"no group {group_id!r}; list them with GET /api/groups")
+    return g
+
+
+@router.post("/api/groups/{group_id}/actions", response_model=GroupOut, tags=["groups"])
+def act_on_group(request: Request, group_id: str, body: GroupAction, who: Principal = Depends(operator)) -> dict[str, Any]:
+    """confirm (each enterprise gets one notice listing its findings) or dismiss (with a reason)."""
+    from notify.groups import GroupError
+
+    engine, settings = engine_of(request), request.app.state.settings
+    _group(request, group_id)
+    now = datetime.now(timezone.utc)
+    try:
+        if body.action == "confirm":
+            g = workflow.confirm_group(engine, settings, group_id, now, who.actor)
+        else:
+            g = workflow.dismiss_group(engine, settings, group_id, now, who.actor, _require(body.reason, "reason", "dismiss"))
+    except GroupError as exc:
+        raise HTTPException(409, detail=str(exc)) from exc
+    request.app.state.broadcaster.cases_changed(engine, g["case_ids"], names_of(request))
+    return g

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import Connection, Engine, insert, select
@@ -27,6 +27,8 @@ from config.schema import Settings
 from detect.base import Alert
 from notify import attachments as attachment_files
 from notify import cases, context, rules, tickets
+from notify import groups as groups_mod
+from notify import notices as notices_mod
 from notify.events import events_of
 from notify.store import as_utc, reading, utc
 from notify.tables import answers, case_alerts, notices
@@ -59,18 +61,41 @@ def _retrying(engine: Engine, work: Callable[[Connection], T]) -> T:
 
 def process_alerts(engine: Engine, settings: Settings, alerts: Iterable[Alert], now: datetime,
                    evidence: bool = True) -> list[dict[str, Any]]:
-    """Open or join cases for `alerts` (event-time order), then settle everything due by `now`."""
-    out = [_retrying(engine, lambda conn, a=a: cases.ingest_alerts(conn, settings, [a], now)[0])
-           for a in cases.sort_alerts(alerts)]
+    """Open or join cases for `alerts` (event-time order), then settle everything due by `now`.
+
+    Findings sharing a cause are held in a group (notify.groups); an enterprise with several new
+    findings in this pass gets one notice listing them (sent after the last alert is in).
+    """
+    ordered = cases.sort_alerts(alerts)
+    groups = _retrying(engine, lambda conn: groups_mod.assign_groups(conn, settings, ordered, now))
+    deferred: list[dict[str, Any]] = []
+
+    def one(conn: Connection, a: Alert) -> dict[str, Any]:
+        mine: list[dict[str, Any]] = []  # this attempt's notices only (a retried attempt starts afresh)
+        out = cases.ingest_alerts(conn, settings, [a], now, groups, mine)[0]
+        deferred.extend(mine)
+        return out
+
+    out = [_retrying(engine, lambda conn, a=a: one(conn, a)) for a in ordered]
+    if deferred:
+        _retrying(engine, lambda conn: notices_mod.enqueue_pass(conn, settings, deferred, now))
     tick(engine, settings, now, evidence=evidence)
     return out
 
 
 def tick(engine: Engine, settings: Settings, now: datetime, evidence: bool = True) -> list[dict[str, Any]]:
-    """Overdue answers and rectifications, verification windows; then any evidence still missing."""
-    done = _retrying(engine, lambda conn: cases.tick(conn, settings, now))
+    """Reminders, overdue answers and rectifications, verification windows; then the evidence still
+    missing, and the ticket notices (each once its evidence is locked; with evidence=False at once)."""
+    def settle(conn: Connection) -> list[dict[str, Any]]:
+        unqueued = cases.unqueued_notices(conn)
+        if unqueued:
+            notices_mod.enqueue_pass(conn, settings, unqueued, now)
+        return cases.tick(conn, settings, now)
+
+    done = _retrying(engine, settle)
     if evidence:
         build_missing_evidence(engine, settings, now)
+    send_ticket_notices(engine, settings, now, wait=evidence)
     return done
 
 
@@ -82,6 +107,25 @@ def build_missing_evidence(engine: Engine, settings: Settings, now: datetime) ->
     for tid in ids:
         built += tickets.attach_evidence(engine, settings, tid, now)
     return built
+
+
+def send_ticket_notices(engine: Engine, settings: Settings, now: datetime, wait: bool = True) -> int:
+    """Ticket notices not yet sent: a ticket whose evidence could not be built for
+    notify.evidence_wait_s (wall clock) goes without it, so no officer is left untold; with
+    wait=False (no evidence builder) at once."""
+    with engine.connect() as conn:
+        rows = [dict(m) for m in conn.execute(select(tickets_t).where(tickets_t.c.notice_seq.is_(None))).mappings()]
+    sent = 0
+    for t in rows:
+        def work(conn: Connection, t: dict[str, Any] = t) -> bool:
+            if wait:
+                opened = tickets.ticket_opened_recorded_at(conn, t)
+                wall = max(utc(now), datetime.now(timezone.utc))
+                if opened is not None and (wall - opened).total_seconds() < settings.notify.evidence_wait_s:
+                    return False
+            return tickets.send_ticket_notice(conn, settings, t["id"]) is not None
+        sent += _retrying(engine, work)
+    return sent
 
 
 # -- answers from enterprises ---------------------------------------------------------------------
@@ -182,7 +226,12 @@ def act(engine: Engine, settings: Settings, case_id: str, action: str, at: datet
             return cases.verify(conn, case_id, at, actor)
         if action == "escalate":
             cases.apply_decisions(conn, settings, case_id, [rules.Escalate("manual", kw.get("priority", "P2"),
-                                                                           detail={"by": actor})], at)
+                                                                           detail={"by": actor})], at, actor=actor)
+        elif action == "route":
+            t = tickets.ticket_of_case(conn, case_id)
+            if t is None:
+                raise cases.TransitionError(f"case {case_id} has no ticket to route; escalate it first")
+            tickets.route(conn, settings, t["id"], kw["officer"], at, actor)
         elif action == "self_reported":
             cases.mark_self_reported(conn, case_id, at, actor)
         elif action == "assess_pollution":
@@ -206,6 +255,57 @@ def officer_action(engine: Engine, settings: Settings, ticket_id: str, action: s
             return tickets.close(conn, ticket_id, officer, kw["outcome"], at)
         raise tickets.TicketError(f"unknown ticket action {action!r}")
 
+    return _retrying(engine, work)
+
+
+def route_ticket(engine: Engine, settings: Settings, ticket_id: str, officer: str, at: datetime,
+                 actor: str) -> dict[str, Any]:
+    """An operator sends a ticket to another configured officer (TicketError for a non-officer)."""
+    return _retrying(engine, lambda conn: tickets.route(conn, settings, ticket_id, officer, at, actor))
+
+
+# -- grouped findings -----------------------------------------------------------------------------
+
+def list_groups(engine: Engine, status: str | None = None) -> list[dict[str, Any]]:
+    with reading(engine).connect() as conn:
+        return groups_mod.list_groups(conn, status)
+
+
+def get_group(engine: Engine, group_id: str) -> dict[str, Any] | None:
+    with reading(engine).connect() as conn:
+        try:
+            return groups_mod.get_group(conn, group_id)
+        except groups_mod.GroupError:
+            return None
+
+
+def confirm_group(engine: Engine, settings: Settings, group_id: str, at: datetime, actor: str) -> dict[str, Any]:
+    """A person confirms the grouped findings: each enterprise gets one notice listing its cases,
+    with deadlines from then (from delivery, once confirmed)."""
+    def work(conn: Connection) -> dict[str, Any]:
+        g = groups_mod.decide(conn, group_id, "confirmed", at, actor, None)
+        deferred: list[dict[str, Any]] = []
+        for cid in g["case_ids"]:
+            if cases.load_case(conn, cid)["state"] == "open":
+                cases.apply_decisions(conn, settings, cid, [rules.Notify("rectification_notice")], at,
+                                      actor=actor, deferred=deferred)
+        notices_mod.enqueue_pass(conn, settings, deferred, at)
+        return g
+    return _retrying(engine, work)
+
+
+def dismiss_group(engine: Engine, settings: Settings, group_id: str, at: datetime, actor: str,
+                  reason: str) -> dict[str, Any]:
+    """A person dismisses the grouped findings (e.g. a network artefact): every case closes with the reason."""
+    if not reason or not reason.strip():
+        raise groups_mod.GroupError(f"dismissing group {group_id} needs a reason")
+
+    def work(conn: Connection) -> dict[str, Any]:
+        g = groups_mod.decide(conn, group_id, "dismissed", at, actor, reason)
+        for cid in g["case_ids"]:
+            if cases.load_case(conn, cid)["state"] in cases.ACTIVE:
+                cases.dismiss(conn, cid, at, actor, f"group {group_id}: {reason}")
+        return g
     return _retrying(engine, work)
 
 
@@ -246,10 +346,21 @@ def get_case(engine: Engine, case_id: str) -> dict[str, Any] | None:
         out["alerts"] = cases.alerts_of(conn, case_id)
         out["notices"] = [dict(r) for r in conn.execute(select(notices).where(notices.c.case_id == case_id)
                                                         .order_by(notices.c.created_at, notices.c.id)).mappings()]
+        out["notices"] += _listed_in(conn, out)
         out["answers"] = [{**r, "received_at": as_utc(r["received_at"])} for r in conn.execute(
             select(answers).where(answers.c.case_id == case_id).order_by(answers.c.received_at)).mappings()]
         out["ticket"] = tickets.ticket_of_case(conn, case_id)
         return out
+
+
+def _listed_in(conn: Connection, case: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Notices keyed to another case of the same enterprise that list this case too (one notice
+    per enterprise and pass, notices.enqueue_pass)."""
+    rows = conn.execute(select(notices).where(
+        notices.c.audience == "enterprise", notices.c.recipient == case["enterprise_id"],
+        notices.c.kind.in_(("rectification_notice", "reopened")), notices.c.case_id != case["id"],
+        notices.c.created_at >= case["opened_at"]).order_by(notices.c.created_at, notices.c.id)).mappings()
+    return [dict(r) for r in rows if any(c.get("case_id") == case["id"] for c in (r["payload"] or {}).get("cases", []))]
 
 
 def list_tickets(engine: Engine, status: str | None = None, officer: str | None = None,

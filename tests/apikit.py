@@ -55,7 +55,8 @@ def users() -> list[dict[str, Any]]:
 
 
 def center_overrides(**extra: Any) -> dict[str, Any]:
-    return {"center": {"users": users(), **extra}, "notify": {"officers": [{"id": "OFF1", "name": "Li"}]}}
+    return {"center": {"users": users(), **extra}, "notify": {"officers": [{"id": "OFF1", "name": "Li"},
+                                                                             {"id": "OFF2", "name": "Zhao"}]}}
 
 
 def auth(who: str) -> dict[str, str]:

@@ -28,7 +28,7 @@ import yaml
 from center.devservices import Service, free_port
 from config.loader import from_mapping
 from config.schema import InfluxSettings
-from ingest.deadletter import DeadLetters, deadletter_path
+from ingest.deadletter import MAX_RAW_BYTES, DeadLetters, deadletter_path
 from notify.evidence import verify
 from notify.store import make_engine
 from tests.apikit import SERVICE_ENV, T0, auth, seed_case, service_argv, service_config, wait_for
@@ -220,9 +220,13 @@ def test_mqtt_answers_with_path_ids_or_beyond_the_limits_are_refused_and_write_n
     assert_nowhere(svc, marker)
     # Each refused answer is kept byte-exact with its reason.
     with DeadLetters(deadletter_path(svc["tmp"] / "state")) as dl:
-        kept = {(d.topic.split("/")[-2], d.raw): d.detail for d in dl.list(reason="invalid_answer", limit=1000)}
-    for ent, payload in attacks:
-        assert (ent, payload) in kept, payload[:80]
+        rows = dl.list(reason="invalid_answer", limit=1000)
+        kept = {(d.topic.split("/")[-2], d.raw): d.detail for d in rows}
+        sizes = {(d.topic.split("/")[-2], d.raw): (d.size, d.sha256) for d in rows}
+    for ent, payload in attacks:  # byte-exact, or (oversized) its prefix with the whole size and digest
+        key = (ent, payload[:MAX_RAW_BYTES])
+        assert key in kept, payload[:80]
+        assert sizes[key] == (len(payload), hashlib.sha256(payload).hexdigest())
     assert "another enterprise" in kept[("EA", attacks[5][1])] or "not a case of" in kept[("EA", attacks[5][1])]
 
 

@@ -41,7 +41,7 @@ def test_migrations_build_exactly_the_tables_and_are_idempotent(empty_url: str) 
     migrate(empty_url)  # already at head: nothing to do
     engine = make_engine(empty_url)
     try:
-        assert current_revision(engine) == "0001"
+        assert current_revision(engine) == "0002_case_loop"
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
             assert diff == []
@@ -60,7 +60,7 @@ def test_downgrade_to_base_and_up_again(empty_url: str) -> None:
         with engine.connect() as conn:
             assert "cases" not in sa.inspect(conn).get_table_names()
         migrate(engine)
-        assert current_revision(engine) == "0001"
+        assert current_revision(engine) == "0002_case_loop"
     finally:
         engine.dispose()
 
@@ -91,7 +91,7 @@ def test_urls_and_settings_choose_the_store(tmp_path: Path, pg_cluster: Postgres
     try:
         assert engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
         migrate(engine)
-        assert current_revision(engine) == "0001"
+        assert current_revision(engine) == "0002_case_loop"
     finally:
         engine.dispose()
         drop_pg_database(url)

@@ -56,7 +56,9 @@ def test_packets_in_alert_and_case_out_then_sigterm_stops_cleanly(service: dict[
                           "an exceedance alert", timeout=60)
         case = wait_for(lambda: next((x for x in c.get("/api/cases").json() if x["problem"] == "exceedance"), None),
                         "a case for the alert", timeout=60)
-        detail = c.get(f"/api/cases/{case['id']}").json()
+        # The pass's notices are queued once its last alert is in (one notice per enterprise and pass).
+        detail = wait_for(lambda: (d := c.get(f"/api/cases/{case['id']}").json())["notices"] and d,
+                          "the case's notices", timeout=30)
     assert [(a["enterprise_id"], a["outlet_id"], a["pollutant"], a["window_start"]) for a in alerts] == [
         ("EA", "O1", "a21026", T0.strftime("%Y-%m-%dT%H:%M:%SZ"))]
     assert 80 < alerts[0]["value"] < 81 and alerts[0]["limit"] == 35
