@@ -326,7 +326,7 @@ async function loadLists() {
 function valueText(kind, value, limit, unit) {
   if (value === null || value === undefined) return '';
   if (kind === 'offline') {
-    return t('fmt.offline').replace('{value}', fmtNum(value)).replace('{limit}', limit ? fmtNum(limit) : '–');
+    return t('fmt.offline').replace('{value}', Math.round(value)).replace('{limit}', limit ? Math.round(limit) : '–');
   }
   return `${fmtNum(value)}${limit ? ` / ${fmtNum(limit)}` : ''} ${unit || ''}`.trim();
 }
