@@ -85,12 +85,11 @@ def seeded(board: BoardService) -> dict[str, Any]:
     with board.engine.begin() as conn:
         case_store.start_clock(conn, board.settings, east_open, NOW - 30 * H, 1)
         case_store.start_clock(conn, board.settings, west_open, datetime.now(timezone.utc) - timedelta(minutes=210), 1)
-    deadline = time.monotonic() + 20  # the workflow loop escalates the overdue east case: wait for it
-    while board.api.get(f"/api/cases/{east_open}").json()["state"] != "escalated":
-        assert time.monotonic() < deadline, "the overdue case was not escalated"
-        time.sleep(0.1)
     (off,) = store(board, [mk("chem-west", NOW - 3 * H, 60.0, kind="offline", pollutant="", limit=15.0, unit="min")],
                    datetime.now(timezone.utc))
+    # The workflow's next pass escalates the overdue east case: the board shows it escalated and overdue.
+    workflow.tick(board.engine, board.settings, datetime.now(timezone.utc), evidence=False)
+    assert board.api.get(f"/api/cases/{east_open}").json()["state"] == "escalated"
     return {"east": east_open, "west": west_open, "offline": off["case_id"], "total": N_EAST + N_WEST + 1}
 
 
