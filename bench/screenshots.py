@@ -10,7 +10,7 @@ What it does, all on loopback in a temporary directory:
   3. starts the whole service (center.service.Service: detection, cases, outbox, HTTP), waits
      until the scenario's cases are open, and has an enterprise answer one notice and an operator
      assign it, as people would;
-  4. opens the board in headless Chromium and saves board.png, case.png and map.png.
+  4. opens the board in headless Chromium and saves board.png, case.png, map.png and stats.png.
 Nothing is mocked: the pictures show what an operator would see after that afternoon.
 """
 
@@ -150,6 +150,9 @@ def shoot(url: str, out: Path, case_id: str) -> None:
         page.wait_for_selector("#map svg path.track")
         page.wait_for_timeout(500)
         page.screenshot(path=str(out / "map.png"))
+        page.goto(f"{url}/static/stats.html?period=daily")  # the token is in localStorage since the board
+        page.wait_for_selector("#kpis .kpi")
+        page.screenshot(path=str(out / "stats.png"), full_page=True)
         browser.close()
 
 
@@ -187,7 +190,7 @@ def main() -> int:
                 case_id = stage_people(api, ent)
                 print("summary:", api.get("/api/summary").json())
             shoot(url, args.out, case_id)
-            print(f"saved {', '.join(str(args.out / n) for n in ('board.png', 'case.png', 'map.png'))}")
+            print(f"saved {', '.join(str(args.out / n) for n in ('board.png', 'case.png', 'map.png', 'stats.png'))}")
         finally:
             if service is not None:
                 service.stop()

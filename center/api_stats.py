@@ -70,21 +70,25 @@ def _xlsx(data: bytes, filename: str) -> Response:
     return Response(data, media_type=XLSX, headers={"content-disposition": disposition})
 
 
-@router.get("/api/reports/daily", response_class=Response,
-            responses={200: {"content": {XLSX: {}}, "description": "the daily report workbook"}})
+def _report(request: Request, period: str, date: str | None, month: str | None) -> Response:
+    window = window_of(period, date, month)
+    data = reports.workbook(_stats(request, period, window, None))
+    when = (date or _today()) if period == "daily" else (month or _today()[:7])
+    return _xlsx(data, f"envwatch-{period}-{when}.xlsx")
+
+
+XLSX_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {XLSX: {}}, "description": "the report workbook"}}
+
+
+@router.get("/api/reports/daily", response_class=Response, responses=XLSX_RESPONSE)
 def daily_report(request: Request, date: str | None = Query(None, description="YYYY-MM-DD (China); default today"),
                  _: Principal = Depends(operator)) -> Response:
     """The daily report of the city as an Excel workbook (Chinese)."""
-    window = window_of("daily", date, None)
-    data = reports.workbook(_stats(request, "daily", window, None))
-    return _xlsx(data, f"envwatch-daily-{date or _today()}.xlsx")
+    return _report(request, "daily", date, None)
 
 
-@router.get("/api/reports/monthly", response_class=Response,
-            responses={200: {"content": {XLSX: {}}, "description": "the monthly report workbook"}})
+@router.get("/api/reports/monthly", response_class=Response, responses=XLSX_RESPONSE)
 def monthly_report(request: Request, month: str | None = Query(None, description="YYYY-MM (China); default this month"),
                    _: Principal = Depends(operator)) -> Response:
     """The monthly report of the city as an Excel workbook (Chinese)."""
-    window = window_of("monthly", None, month)
-    data = reports.workbook(_stats(request, "monthly", window, None))
-    return _xlsx(data, f"envwatch-monthly-{month or _today()[:7]}.xlsx")
+    return _report(request, "monthly", None, month)
