@@ -10,18 +10,22 @@ Definitions (README "Statistics"; HJ 75-2017 and the bureau's assessment practic
   the busiest hour of the period (3600 s / readings in that hour, snapped down to 1, 2, 5, 10, 15,
   20, 30 or 60 min as detect/hourly.py does); a station that sent nothing: 1 min.
 - Expected records of a (station, pollutant) = seconds of the period / interval. Received records =
-  interval-long slots of the period holding at least one minute reading (so a logger that repeats a
-  slot cannot lift its rate above 100 %). Transmission rate = received / expected.
+  the minute readings stored, at most the expected; a station that sent more readings in some hour
+  than its interval allows (a logger repeating or crowding readings) is counted by interval-long
+  slots holding a reading instead, so extra readings never make up for missing ones.
+  Transmission rate = received / expected.
 - A valid hour: at least 45 valid minutes (HJ 75-2017), valid minutes = readings flagged N x the
-  interval; a channel with no flag at all in the hour (HJ/T 212-2005 loggers) counts every reading as
-  valid, as the exceedance detectors do. A stopped hour: at least 45 minutes flagged F (source
-  stopped); stopped hours are not expected. Valid-data rate = valid hours / (hours - stopped hours).
+  interval; a channel that carries no flag at all in the period (HJ/T 212-2005 loggers) counts
+  every reading as valid, as the exceedance detectors do. A stopped hour: at least 45 minutes
+  flagged F (source stopped); stopped hours are not expected. Valid-data rate = valid hours /
+  (hours - stopped hours).
 - Transmission-valid rate (传输有效率) = transmission rate x valid-data rate.
 - The period ends at the last whole hour before `now`: the rest of today is not yet expected.
 
-All counting is InfluxQL aggregates over subqueries (GROUP BY time(interval) then count of slots,
-GROUP BY time(1h) then count of hours passing a threshold): what comes back is one row per
-(station, pollutant), never a minute. Stations are grouped by interval, one statement set per group.
+All counting is InfluxQL aggregates, in two requests: records, flags and the busiest hour per
+(station, pollutant); then hours passing the 45-minute count for N and for F (subqueries grouped
+by hour), and only for the few stations that need them, flagless hours and interval slots. What
+comes back is one row per (station, pollutant), never a minute (bench/stats.py).
 """
 
 from __future__ import annotations
@@ -79,17 +83,16 @@ def data_rates(source: ReadingSource, lookup: Lookup, start: datetime, end: date
     seconds = max(0, int((end - start).total_seconds()))
     hours = seconds // 3600
     mns = sorted(set(want["mn"]))
-    every_station = enterprise is None
-    window = Window(start, end) if seconds else None
-    known = _station_intervals(source, window, mns, intervals or {}, every_station) if window else {}
+    counted = _counts(source, Window(start, end), mns, enterprise is None) if seconds and mns else _no_counts()
+    known = _station_intervals(counted, intervals or {})
     want["interval_s"] = [known.get(mn, 60) for mn in want["mn"]]
-    counts = [_counted(source, window, interval, group, every_station and len(set(known.values())) <= 1)
-              for interval, group in want.groupby("interval_s")["mn"]] if window else []
-    got = pd.concat(counts) if counts else pd.DataFrame(columns=["mn", "pollutant", *SUMS[1:2], *SUMS[3:]])
-    out = want.merge(got, on=["mn", "pollutant"], how="left")
+    out = want.merge(_judged(source, Window(start, end), want, counted, enterprise is None) if seconds and mns
+                     else _no_counts(),
+                     on=["mn", "pollutant"], how="left")
     for col in ("received", "stopped_hours", "valid_hours"):
         out[col] = pd.to_numeric(out[col]).fillna(0).astype("int64")
     out["expected"] = (seconds // out["interval_s"]).astype("int64")
+    out["received"] = out["received"].clip(upper=out["expected"])
     out["hours"] = hours
     out["stopped_hours"] = out["stopped_hours"].clip(upper=hours)
     out["valid_hours"] = out["valid_hours"].clip(upper=hours - out["stopped_hours"])
@@ -99,21 +102,10 @@ def data_rates(source: ReadingSource, lookup: Lookup, start: datetime, end: date
     return Rates(start, end, series, stations, firms)
 
 
-def _station_intervals(source: ReadingSource, window: Window, mns: list[str], fixed: Mapping[str, int],
-                       every_station: bool) -> dict[str, int]:
-    """Reporting interval per station: configured, else from its busiest hour (one aggregate)."""
-    out = {mn: int(fixed[mn]) for mn in mns if fixed.get(mn)}
-    todo = [mn for mn in mns if mn not in out]
-    if todo:
-        chunks = [None] if every_station else _chunks(todo)
-        stmts = [f"SELECT max(c) AS busiest FROM (SELECT count({ident('avg')}) AS c FROM {ident(MINUTE)} "
-                 f"WHERE {_where(window, chunk)} GROUP BY time(1h), {ident('mn')}, {ident('pollutant')} fill(none)) "
-                 f"GROUP BY {ident('mn')}" for chunk in chunks]
-        df = series_frame(source._run(stmts), ("mn",), ["busiest"])
-        for mn, busiest in zip(df["mn"], df["busiest"]):
-            if mn in todo and busiest:
-                out[mn] = min(3600, _snap_interval(3600.0 / float(busiest)))
-    return out
+def _no_counts() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series([], dtype=object if c in ("mn", "pollutant") else "int64")
+                         for c in ("mn", "pollutant", "records", "flags", "busiest", "received", "stopped_hours",
+                                   "valid_hours")})
 
 
 def _where(window: Window, mns: list[str] | None, *extra: str) -> str:
@@ -123,38 +115,74 @@ def _where(window: Window, mns: list[str] | None, *extra: str) -> str:
     return " AND ".join(parts)
 
 
-def _counted(source: ReadingSource, window: Window, interval_s: int, mns: pd.Series, unfiltered: bool) -> pd.DataFrame:
-    """received, stopped_hours, valid_hours per (mn, pollutant) for stations sharing one interval."""
-    need = math.ceil(VALID_MINUTES * 60 / interval_s)  # readings that make 45 valid minutes
-    by = f"{ident('mn')}, {ident('pollutant')}"
-    n, f = ident("avg"), ident("flag")
-    chunks: Sequence[list[str] | None] = [None] if unfiltered else _chunks(list(mns))
-    stmts: list[str] = []
-    for chunk in chunks:
-        w = _where(window, chunk)
-
-        def hours(name: str, cond: str, where: str = w, select: str = f"count({n}) AS c") -> str:
-            return (f"SELECT count(c) AS {name} FROM (SELECT {select} FROM {ident(MINUTE)} WHERE {where} "
-                    f"GROUP BY time(1h), {by} fill(none)) WHERE {cond} GROUP BY {by}")
-
-        full = f"count({n}) AS c, count({f}) AS nf"
-        stmts += [
-            f"SELECT count(c) AS received FROM (SELECT count({n}) AS c FROM {ident(MINUTE)} WHERE {w} "
-            f"GROUP BY time({interval_s}s), {by} fill(none)) GROUP BY {by}",
-            hours("valid_n", f"c >= {need}", _where(window, chunk, f"{f} = {literal('N')}")),
-            hours("stopped_hours", f"c >= {need}", _where(window, chunk, f"{f} = {literal('F')}")),
-            # A flagless hour is full (>= need readings) with no flag: all full hours, less the full
-            # ones carrying a flag (count(flag) is null, not 0, where no reading has one).
-            hours("full", f"c >= {need}", select=full),
-            hours("full_flagged", f"c >= {need} AND nf >= 1", select=full),
-        ]
-    # One request; each statement names its count, so the rows of one (mn, pollutant) add up.
-    names = ["received", "valid_n", "stopped_hours", "full", "full_flagged"]
-    rows = series_frame(source._run(stmts), ("mn", "pollutant"), names)
+def _frame(source: ReadingSource, stmts: list[str], names: Sequence[str]) -> pd.DataFrame:
+    """Statements that each name their counts, in one request: a row per (mn, pollutant), 0 when absent."""
+    rows = series_frame(source._run(stmts), ("mn", "pollutant"), list(names)) if stmts else _no_counts()
     for name in names:
         rows[name] = pd.to_numeric(rows[name]).fillna(0).astype("int64")
-    table = rows.groupby(["mn", "pollutant"], as_index=False)[names].sum()
-    table["valid_hours"] = table["valid_n"] + (table["full"] - table["full_flagged"]).clip(lower=0)
+    return rows.groupby(["mn", "pollutant"], as_index=False)[list(names)].sum()
+
+
+def _counts(source: ReadingSource, window: Window, mns: list[str], every_station: bool) -> pd.DataFrame:
+    """Per (mn, pollutant): records, readings carrying a flag, and the busiest hour's records."""
+    by = f"{ident('mn')}, {ident('pollutant')}"
+    n, f = ident("avg"), ident("flag")
+    stmts = []
+    for chunk in ([None] if every_station else _chunks(mns)):
+        w = _where(window, chunk)
+        stmts += [f"SELECT count({n}) AS records, count({f}) AS flags FROM {ident(MINUTE)} WHERE {w} GROUP BY {by}",
+                  f"SELECT max(c) AS busiest FROM (SELECT count({n}) AS c FROM {ident(MINUTE)} WHERE {w} "
+                  f"GROUP BY time(1h), {by} fill(none)) GROUP BY {by}"]
+    return _frame(source, stmts, ("records", "flags", "busiest"))
+
+
+def _station_intervals(counted: pd.DataFrame, fixed: Mapping[str, int]) -> dict[str, int]:
+    """Reporting interval per station: configured, else from its busiest hour over its channels."""
+    busiest = counted.groupby("mn")["busiest"].max()
+    out = {str(mn): min(3600, _snap_interval(3600.0 / float(b))) for mn, b in busiest.items() if b > 0}
+    out.update({mn: int(v) for mn, v in fixed.items() if v})
+    return out
+
+
+def _judged(source: ReadingSource, window: Window, want: pd.DataFrame, counted: pd.DataFrame,
+            every_station: bool) -> pd.DataFrame:
+    """received, stopped_hours, valid_hours per (mn, pollutant).
+
+    received: the records, except for a station that sent more than its interval allows in some hour
+    (a logger repeating or crowding readings): for it, the interval slots holding a reading. Valid
+    hours: hours with enough N readings; for a channel that carries no flag at all in the period
+    (HJ/T 212-2005 loggers), hours with enough readings. Stopped hours: enough F readings.
+    """
+    by = f"{ident('mn')}, {ident('pollutant')}"
+    n, f = ident("avg"), ident("flag")
+    table = want[["mn", "pollutant", "interval_s"]].merge(counted, on=["mn", "pollutant"], how="left").fillna(0)
+    table["need"] = [math.ceil(VALID_MINUTES * 60 / i) for i in table["interval_s"]]
+    over = table[table["busiest"] > 3600 // table["interval_s"]]
+    flagless = table[(table["records"] > 0) & (table["flags"] == 0)]
+
+    def hours(name: str, cond: str, where: str) -> str:
+        return (f"SELECT count(c) AS {name} FROM (SELECT count({n}) AS c FROM {ident(MINUTE)} WHERE {where} "
+                f"GROUP BY time(1h), {by} fill(none)) WHERE {cond} GROUP BY {by}")
+
+    stmts = []
+    needs = table.groupby("need")
+    for need, group in needs:
+        # The whole city at one interval needs no station filter (rows of unknown stations are dropped).
+        for chunk in ([None] if every_station and needs.ngroups == 1 else _chunks(list(group["mn"]))):
+            stmts += [hours("valid_n", f"c >= {need}", _where(window, chunk, f"{f} = {literal('N')}")),
+                      hours("stopped_hours", f"c >= {need}", _where(window, chunk, f"{f} = {literal('F')}"))]
+    for need, group in flagless.groupby("need"):
+        stmts += [hours("valid_flagless", f"c >= {need}", _where(window, chunk)) for chunk in _chunks(list(group["mn"]))]
+    for interval, group in over.groupby("interval_s"):
+        stmts += [f"SELECT count(c) AS slots FROM (SELECT count({n}) AS c FROM {ident(MINUTE)} "
+                  f"WHERE {_where(window, chunk)} GROUP BY time({int(interval)}s), {by} fill(none)) GROUP BY {by}"
+                  for chunk in _chunks(list(group["mn"]))]
+    got = _frame(source, stmts, ("valid_n", "stopped_hours", "valid_flagless", "slots"))
+    table = table.merge(got, on=["mn", "pollutant"], how="left").fillna(0)
+    is_over = table.set_index(["mn", "pollutant"]).index.isin(over.set_index(["mn", "pollutant"]).index)
+    is_flagless = (table["records"] > 0) & (table["flags"] == 0)
+    table["received"] = table["slots"].where(is_over, table["records"])
+    table["valid_hours"] = table["valid_flagless"].where(is_flagless, table["valid_n"])
     return table[["mn", "pollutant", "received", "stopped_hours", "valid_hours"]].astype(
         {"received": "int64", "stopped_hours": "int64", "valid_hours": "int64"})
 
