@@ -45,6 +45,7 @@ class AlertOut(_Out):
     updated_at: datetime
     resolved_at: datetime | None = None
     case_id: str | None = None
+    suppressed_by: str | None = None  # the approved filing (notify/filings.py) that explains it: no case
 
 
 class Finding(BaseModel):

@@ -12,7 +12,8 @@ so that a browser reconnecting with Last-Event-ID misses nothing this instance s
 Each event has an audience. The center's subscribers get `center` events (every alert and case
 change). An enterprise gets only `enterprise` events of its own cases: the case as notify.views lets
 it see it, keyed by the last history event it may see, so an internal change (a ticket accepted, a
-note, findings) sends it nothing at all, not even that something happened.
+note, findings) sends it nothing at all, not even that something happened. Its own early warnings
+reach it as `warning` events (the same facts its notice topic gets).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ _EVENT_ID = re.compile(r"[0-9]{1,18}")
 @dataclass(frozen=True, slots=True)
 class Event:
     id: int
-    name: str  # alert | case
+    name: str  # alert | case | warning
     enterprise_id: str
     data: dict[str, Any]
     audience: str = "center"  # center | enterprise
@@ -112,6 +113,15 @@ class Broadcaster:
             mine = _case_data(views.case_summary_for("enterprise", case), enterprise_last)
             self.publish(("case:enterprise", case["id"], enterprise_last["seq"]), "case", case["enterprise_id"], mine,
                          audience="enterprise")
+        return sent
+
+    def warning(self, warning: dict[str, Any]) -> bool:
+        """One early warning (detect/warning.py) as a `warning` event: not an alert, never a case.
+        Addressed to its enterprise too (the same facts its notice topic gets)."""
+        key, data = ("warning", warning["id"], warning["status"], warning["level"]), {"change": warning["status"],
+                                                                                      "warning": warning}
+        sent = self.publish(key, "warning", warning["enterprise_id"], data)
+        self.publish(("warning:enterprise", *key[1:]), "warning", warning["enterprise_id"], data, audience="enterprise")
         return sent
 
     def alerts_changed(self, engine: Engine, ids: Iterable[str]) -> None:
@@ -235,7 +245,7 @@ def last_event_id(request: Request) -> int | None:
 
 @router.get("/api/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
-                             "description": "events `alert` and `case`, see center/API.md"}})
+                             "description": "events `alert`, `case` and `warning`, see center/API.md"}})
 async def stream(request: Request, principal: Principal = Depends(stream_user)) -> StreamingResponse:
     """Server-sent events of new and changed alerts and cases (an enterprise: its own cases, as it may see them)."""
     broadcaster: Broadcaster = request.app.state.broadcaster

@@ -12,6 +12,8 @@ What runs, in order of start:
     answers        enterprise answers over MQTT -> workflow.answer (every instance; idempotent)
     lease          leadership (center/lease.py); the leader alone runs the three loops of
                    center/service_loops.py: detection, case workflow, outbox
+    warnings       the early warning (detect/warning.py) on the ingest's written topic; every
+                   instance keeps its state, the leader alone stores and sends warnings
     http           uvicorn serving center.app.create_app on center.host:center.port
 
 Running two instances on one PostgreSQL store: give each its own broker.client_id and
@@ -73,9 +75,12 @@ def prepare_store(engine: Engine) -> None:
     from detect.store import AlertStore
     from notify.store import migrate
 
+    from detect.warning import create_tables as create_warning_tables
+
     if engine.dialect.name != "postgresql":
         migrate(engine)
         AlertStore(engine).create()
+        create_warning_tables(engine)
         return
     from center.lease import lock_key
 
@@ -85,6 +90,7 @@ def prepare_store(engine: Engine) -> None:
         try:
             migrate(engine)
             AlertStore(engine).create()
+            create_warning_tables(engine)
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key(MIGRATION_LOCK)})
             conn.commit()
@@ -132,6 +138,7 @@ class Service:
         self._start_answers()
         self.lease = lease_for(s.store_url(), s.center.lease_ttl_s)
         self._start_loops()
+        self._start_warnings()
         self.lease.start()
         self._closers.append(("lease", self.lease.stop))
         self._start_http()
@@ -194,6 +201,22 @@ class Service:
         for lp in loops:
             lp.start()
             self._closers.append((lp.name, lp.stop))
+
+    def _start_warnings(self) -> None:
+        """The early warning: fed by the ingest's written messages; only the leader emits."""
+        if not self.settings.detect.warning.enabled:
+            return
+        from detect.source import ReadingSource
+        from detect.warning import WarningEngine
+
+        def broadcast(changes: list[dict[str, Any]]) -> None:
+            for w in changes:
+                self.broadcaster.warning(w)
+
+        engine = WarningEngine(self.settings, self.engine, source=ReadingSource(self.influx), on_change=broadcast,
+                               is_leader=self.lease.is_leader)
+        engine.start()
+        self._closers.append(("warnings", engine.stop))
 
     def _on_alerts(self, payload: list[dict[str, Any]]) -> None:
         """The runner stored changed alerts: tell MQTT, the live board, and the workflow loop."""

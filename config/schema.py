@@ -244,8 +244,18 @@ class DetectOverride(_Model):
     params: dict[str, Any]
 
 
+class WarningSettings(_Model):
+    """Early warning (detect/warning.py): an hour's or day's exceedance told before it closes."""
+
+    enabled: bool = True
+    # Also warn "likely" once this many valid minutes (by the hourly rule's count) have a mean above
+    # the limit; None: only certain warnings.
+    likely_after_minutes: Annotated[int, Field(ge=1, le=60)] | None = None
+
+
 class DetectSettings(_Model):
     detectors: dict[str, DetectorSettings] = Field(default_factory=dict)
+    warning: WarningSettings = Field(default_factory=WarningSettings)
     overrides: list[DetectOverride] = Field(default_factory=list)
     # Seconds after a window closes before it is first evaluated (lets late minutes arrive).
     settle_s: Annotated[int, Field(ge=0)] = 300
@@ -283,7 +293,8 @@ class EscalationSettings(_Model):
     severe_factor: Annotated[float, Field(gt=1)] = 2.0  # exceedance by this factor: immediate
     # Falsification patterns escalate at once: they are not something to "rectify".
     immediate_kinds: list[str] = Field(
-        default_factory=lambda: ["constant_value", "zero_while_operating", "o2_anomaly", "flag_abuse"])
+        default_factory=lambda: ["constant_value", "zero_while_operating", "o2_anomaly", "flag_abuse",
+                                 "data_revision"])
     recurrence_escalates: bool = True
 
 
@@ -338,6 +349,17 @@ class FormalNoticeSettings(_Model):
     })
 
 
+class FilingSettings(_Model):
+    """Filings ahead (停产/检修/标定报备, notify/filings.py)."""
+
+    # Longest period one filing may cover; a longer stop is filed again (and approved again).
+    max_days: Annotated[float, Field(gt=0)] = 31
+    # How far back a filing made after the fact may reach (it is flagged as such either way).
+    max_back_days: Annotated[float, Field(ge=0)] = 7
+    # Largest attachment (a plan, a work order) one filing may carry.
+    max_attachment_bytes: Annotated[int, Field(gt=0)] = 20 * 1024 * 1024
+
+
 class NotifySettings(_Model):
     # Hours an enterprise has to rectify, by problem type (alert kind); `default` for the rest.
     deadline_hours: dict[str, Annotated[float, Field(gt=0)]] = Field(
@@ -361,6 +383,7 @@ class NotifySettings(_Model):
     formal: FormalNoticeSettings = FormalNoticeSettings()
     # A ticket notice waits this long for its evidence package; then it goes without (saying so).
     evidence_wait_s: Annotated[int, Field(ge=0)] = 600
+    filings: FilingSettings = FilingSettings()
 
 
 # A token is the only thing between the internet and a role: long enough that guessing it, even at the

@@ -47,6 +47,7 @@ PROBLEM_LABELS: dict[str, dict[str, str]] = {
         "flag_abuse": "数据标记异常（疑似滥用标记）",
         "multivariate_anomaly": "多项监测数据之间的关系与历史不符（疑似数据异常）",
         "hotspot": "走航/无人机监测发现污染热点",
+        "data_revision": "已上报的监测数据被重新上报为不同数值（疑似篡改历史数据）",
     },
     "en": {
         "exceedance": "hourly mean above the permit limit", "daily_exceedance": "daily mean above the permit limit",
@@ -56,6 +57,7 @@ PROBLEM_LABELS: dict[str, dict[str, str]] = {
         "flag_abuse": "abnormal data flags (suspected abuse of flags)",
         "multivariate_anomaly": "readings that no longer relate to each other as they used to (suspected data anomaly)",
         "hotspot": "pollution hotspot found by mobile monitoring",
+        "data_revision": "readings already reported were sent again with different values (suspected rewriting of records)",
     },
 }
 

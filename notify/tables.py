@@ -202,3 +202,34 @@ notice_numbers = Table(
     Column("issued_at", UTC_TIME, nullable=False),
     UniqueConstraint("year", "seq", name="uq_notice_number"),
 )
+
+# Filings ahead (停产/检修/标定报备): an enterprise announces a planned shutdown, maintenance or
+# calibration of one outlet; the center approves or rejects it. An approved period suppresses the
+# findings it explains (notify/filings.py), like a silence in Alertmanager: who, when, why, until.
+FILING_KINDS = ("shutdown", "maintenance", "calibration")
+filings = Table(
+    "filings", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("enterprise_id", String(64), nullable=False),
+    Column("outlet_id", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # shutdown | maintenance | calibration
+    Column("start", UTC_TIME, nullable=False),
+    Column("end", UTC_TIME, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("attachment", JSON),  # {name, sha256, size, path}: path made by the server
+    Column("filed_at", UTC_TIME, nullable=False),
+    Column("filed_by", String(128), nullable=False),
+    Column("after_the_fact", Boolean, nullable=False),  # its period started before it was filed
+    Column("status", String(16), nullable=False),  # pending | approved | rejected
+    Column("decided_at", UTC_TIME),
+    Column("decided_by", String(128)),
+    Column("decision_note", Text, nullable=False, server_default=""),
+)
+Index("ix_filings_outlet", filings.c.enterprise_id, filings.c.outlet_id, filings.c.status)
+
+# One row per alert an approved filing explains: the alert stays stored (and visible), opens no case.
+alert_suppressions = Table(
+    "alert_suppressions", metadata,
+    Column("alert_id", String(32), primary_key=True),
+    Column("filing_id", String(32), ForeignKey("filings.id"), nullable=False),
+    Column("suppressed_at", UTC_TIME, nullable=False),)

@@ -26,7 +26,7 @@ from config import ids
 from config.schema import Settings
 from detect.base import Alert
 from notify import attachments as attachment_files
-from notify import cases, context, rules, tickets
+from notify import cases, context, filings, rules, tickets
 from notify import groups as groups_mod
 from notify import notices as notices_mod
 from notify.events import events_of
@@ -66,6 +66,7 @@ def process_alerts(engine: Engine, settings: Settings, alerts: Iterable[Alert], 
     Findings sharing a cause are held in a group (notify.groups); an enterprise with several new
     findings in this pass gets one notice listing them (sent after the last alert is in).
     """
+    alerts = filings.admit(engine, alerts, now)  # those an approved filing explains open no case
     ordered = cases.sort_alerts(alerts)
     groups = _retrying(engine, lambda conn: groups_mod.assign_groups(conn, settings, ordered, now))
     deferred: list[dict[str, Any]] = []
