@@ -57,7 +57,8 @@ def period_stats(settings: Settings, engine: Engine, influx: Influx, window: Win
     """Rates, exceedances and case outcomes of `window` (the city's, or only `enterprise`'s)."""
     now = now or datetime.now(timezone.utc)
     lookup = Lookup(settings.registry)
-    names = {e.id: e.name for e in settings.registry.enterprises}
+    # An enterprise's statistics name no other enterprise.
+    names = {e.id: e.name for e in settings.registry.enterprises if enterprise is None or e.id == enterprise}
     outlet_names = {(e.id, o.id): o.name or o.id for e in settings.registry.enterprises for o in e.outlets}
     rates = data_rates(ReadingSource(influx), lookup, *clip_to_now(window, now), enterprise=enterprise)
     starts = buckets(window, period)

@@ -14,6 +14,7 @@ Known data over three hours (detect_helpers' registry):
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -190,6 +191,7 @@ def test_an_enterprise_sees_only_its_own_statistics_and_no_report(seeded: dict[s
         s = c.get("/api/stats", params={"period": "daily", "date": day}).json()
         assert {r["mn"] for r in s["rates"]["stations"]} == {"MN-A-01"}
         assert {r["enterprise"] for r in s["rates"]["enterprises"]} == {"EA"}
+        assert s["names"] == {"EA": "Plant A"} and "Plant B" not in json.dumps(s, ensure_ascii=False)
         assert s["exceedances"]["total"] == 2 and {r["enterprise"] for r in s["exceedances"]["by_enterprise"]} == {"EA"}
         assert s["cases"]["total"]["opened"] == 1 and [r["enterprise"] for r in s["cases"]["enterprises"]] == ["EA"]
         # another enterprise's id as a parameter changes nothing: the scope is the token's
