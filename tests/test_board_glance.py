@@ -90,7 +90,10 @@ def seeded(board: BoardService) -> dict[str, Any]:
     # The workflow's next pass escalates the overdue east case: the board shows it escalated and overdue.
     workflow.tick(board.engine, board.settings, datetime.now(timezone.utc), evidence=False)
     assert board.api.get(f"/api/cases/{east_open}").json()["state"] == "escalated"
-    return {"east": east_open, "west": west_open, "offline": off["case_id"], "total": N_EAST + N_WEST + 1}
+    (short,) = store(board, [mk("plant-east", NOW - 4 * H, 30.0, kind="insufficient_valid_data", limit=45.0,
+                                unit="min")], datetime.now(timezone.utc))
+    return {"east": east_open, "west": west_open, "offline": off["case_id"], "short": short["case_id"],
+            "total": N_EAST + N_WEST + 2}
 
 
 def open_board(page: Any, board: BoardService) -> None:
@@ -117,6 +120,7 @@ def test_case_rows_answer_at_a_glance(page: Any, board: BoardService, seeded: di
     west = row(page, seeded["west"])
     assert "due-soon" in (west.get_attribute("class") or "") and "剩" in west.locator("td.due").inner_text()
     assert "离线 60 分钟（允许 15 分钟）" in row(page, seeded["offline"]).inner_text()
+    assert "二氧化硫 有效数据 30 分钟（需 45 分钟）" in row(page, seeded["short"]).inner_text()
 
 
 def test_paging_sorting_search_and_counts_follow_filters(page: Any, board: BoardService, seeded: dict[str, Any]) -> None:

@@ -228,18 +228,21 @@ async function loadLists() {
   renderAlerts();
 }
 
-// "value / limit unit", and for an offline alert "离线 60 分钟（允许 15 分钟）".
+// "value / limit unit"; for an offline alert "离线 60 分钟（允许 15 分钟）", for too few valid minutes
+// "有效数据 30 分钟（需 45 分钟）".
 function valueText(kind, value, limit, unit) {
   if (value === null || value === undefined) return '';
-  if (kind === 'offline') {
-    return t('fmt.offline').replace('{value}', Math.round(value)).replace('{limit}', limit ? Math.round(limit) : '–');
+  if (kind === 'offline' || kind === 'insufficient_valid_data') { // minutes: silent / allowed, valid / needed
+    return t(`fmt.${kind}`).replace('{value}', Math.round(value)).replace('{limit}', limit ? Math.round(limit) : '–')
+      .replaceAll('{unit}', t(unit === 'h' ? 'unit.h' : 'unit.min')); // daily: valid hours of the day
   }
   return `${fmtNum(value)}${limit ? ` / ${fmtNum(limit)}` : ''} ${unit || ''}`.trim();
 }
 
 // The exceedance multiple (超标倍数) = (value − limit) / limit, as HJ and the bureaus state it.
 function multipleText(kind, value, limit) {
-  if (kind === 'offline' || value === null || value === undefined || !limit || value <= limit) return '';
+  if (['offline', 'insufficient_valid_data'].includes(kind) || value === null || value === undefined || !limit
+    || value <= limit) return '';
   return t('fmt.multiple').replace('{n}', ((value - limit) / limit).toFixed(2));
 }
 
