@@ -10,6 +10,7 @@ const TZ8 = 8 * 3600e3;
 const pct = (x) => (x === null || x === undefined ? '–' : `${(100 * x).toFixed(1)}%`);
 const chinaDay = (d) => new Date(d.getTime() + TZ8).toISOString().slice(0, 10);
 const LOW = 0.9; // rates below this are highlighted
+const STATIONS_SHOWN = 50; // the worst stations on screen; the rest behind "show all"
 
 function form() {
   const f = $('#controls');
@@ -79,7 +80,8 @@ function render() {
   const worst = [...d.rates.stations].sort((a, b) => (a.transmission_valid_rate ?? 2) - (b.transmission_valid_rate ?? 2));
   table($('#t-stations'), [h('th', {}, t('stats.col.enterprise')), h('th', {}, t('stats.col.outlet')),
     h('th', {}, 'MN'), ...rateHead],
-  worst.map((r) => [h('td', {}, r.enterprise_name || r.enterprise), h('td', {}, r.outlet_name), h('td', {}, r.mn), ...rateCells(r)]));
+  worst.map((r) => [h('td', {}, r.enterprise_name || r.enterprise), h('td', {}, r.outlet_name), h('td', {}, r.mn), ...rateCells(r)]),
+  STATIONS_SHOWN);
   table($('#t-exceed'), ['enterprise', 'pollutant', 'kind', 'count'].map((k) => h('th', { class: k === 'count' ? 'num' : null }, t(`stats.col.${k}`))),
     d.exceedances.by_enterprise_pollutant.map((r) => [h('td', {}, r.enterprise_name || r.enterprise),
       h('td', {}, pollutantName(r.pollutant)), h('td', {}, label('kind', r.kind)), h('td', { class: 'num' }, r.count)]));
@@ -91,10 +93,18 @@ function render() {
     .map((k) => h('li', {}, h('b', {}, t(`stats.def.${k}.name`)), ' ', t(`stats.def.${k}`))));
 }
 
-function table(node, head, rows) {
-  node.replaceChildren(h('thead', {}, h('tr', {}, head)),
-    h('tbody', {}, rows.length ? rows.map((cells) => h('tr', {}, cells))
-      : h('tr', {}, h('td', { colspan: head.length, class: 'muted' }, t('stats.none')))));
+// Rows past `first` are hidden on screen behind a "show all" row (a city has thousands of stations);
+// on paper every row prints.
+function table(node, head, rows, first = Infinity) {
+  const body = rows.length ? rows.map((cells, i) => h('tr', { class: i >= first ? 'more' : null }, cells))
+    : [h('tr', {}, h('td', { colspan: head.length, class: 'muted' }, t('stats.none')))];
+  if (rows.length > first) {
+    node.classList.remove('expanded');
+    body.push(h('tr', { class: 'show-all' }, h('td', { colspan: head.length },
+      h('button', { type: 'button', onclick: () => node.classList.add('expanded') },
+        t('stats.show_all').replace('{n}', rows.length)))));
+  }
+  node.replaceChildren(h('thead', {}, h('tr', {}, head)), h('tbody', {}, body));
 }
 
 // Vertical bars, one per hour or day; labels thinned so they never overlap.
