@@ -14,7 +14,7 @@ What it does, all on loopback in a temporary directory:
      assign it, the enterprise file a maintenance ahead that the operator approves, and another
      case escalated to an officer with its evidence locked, as people would;
   4. opens the three screens in headless Chromium and saves board.png, case.png, map.png,
-     filings.png (the board), portal.png, portal-filings.png (the enterprise) and desk.png (the officer).
+     filings.png and stats.png (the board), portal.png, portal-filings.png (the enterprise) and desk.png (the officer).
 Nothing is mocked: the pictures show what each user would see after that afternoon.
 """
 
@@ -197,6 +197,9 @@ def shoot(url: str, out: Path, case_id: str, ticket_id: str) -> None:
         page.wait_for_selector("#filings tr[data-filing-id]")
         page.screenshot(path=str(out / "filings.png"))
 
+        page.goto(f"{url}/static/stats.html?period=daily")  # the token is in localStorage since the board
+        page.wait_for_selector("#kpis .kpi")
+        page.screenshot(path=str(out / "stats.png"), full_page=True)
         page = signed_in(ENTERPRISE)
         page.goto(f"{url}/portal#/case/{case_id}")
         page.wait_for_selector("#chart svg path.series")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from center import api_queries as q
-from center.api_cases import engine_of
+from center.api_cases import bad_sort, engine_of, page_of, paged
 from center.api_models import (
     AlertOut,
     EmergencyIn,
@@ -50,20 +50,29 @@ def me(request: Request, who: Principal = Depends(any_user)) -> dict[str, Any]:
 
 
 @router.get("/api/summary", response_model=Summary, tags=["overview"])
-def summary(request: Request, _: Principal = Depends(operator)) -> dict[str, Any]:
-    """Counts per state and kind, for the board's header."""
-    return q.summary(engine_of(request))
+def summary(request: Request, kind: str | None = None, enterprise: str | None = None, severity: str | None = None,
+            _: Principal = Depends(operator)) -> dict[str, Any]:
+    """Counts per state and kind, for the board's header; cases and alerts under the given filters."""
+    return q.summary(engine_of(request), kind=kind, enterprise=enterprise, severity=severity)
 
 
 @router.get("/api/alerts", response_model=list[AlertOut], tags=["alerts"])
-def list_alerts(request: Request, kind: str | None = None, enterprise: str | None = None, severity: str | None = None,
-                status: str | None = None, start: str | None = Query(None, alias="from"),
+def list_alerts(request: Request, response: Response, kind: str | None = None, enterprise: str | None = None,
+                severity: str | None = None, status: str | None = None, start: str | None = Query(None, alias="from"),
                 end: str | None = Query(None, alias="to"), limit: int = Query(200, ge=1, le=1000),
+                offset: int = Query(0, ge=0, le=10_000_000),
+                sort: str | None = Query(None, description="window_end, severity, kind, enterprise, ...; -column descends"),
+                q_: str | None = Query(None, alias="q", max_length=100, description="search ids and names"),
                 _: Principal = Depends(operator)) -> list[dict[str, Any]]:
-    """Alerts, newest window first; from/to select windows overlapping [from, to)."""
+    """Alerts, newest window first; from/to select windows overlapping [from, to). X-Total-Count: all that match."""
     t0, t1 = parse_time(start, "from"), parse_time(end, "to")
     check_range(t0, t1)
-    return q.list_alerts(engine_of(request), kind, enterprise, severity, status, t0, t1, limit)
+    try:
+        page = q.alert_page(engine_of(request), kind, enterprise, severity, status, t0, t1,
+                            page_of(request, limit, offset, sort, q_))
+    except ValueError as exc:
+        raise bad_sort(exc) from exc
+    return paged(response, page)
 
 
 @router.get("/api/alerts/{alert_id}", response_model=AlertOut, tags=["alerts"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -40,17 +40,59 @@ def _not_found(case_id: str) -> HTTPException:
 
 def _named(request: Request, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     names = names_of(request)
-    return [{**r, "enterprise_name": names.get(r["enterprise_id"], "")} for r in rows]
+    outlets = {(e.id, o.id): o.name for e in request.app.state.settings.registry.enterprises for o in e.outlets}
+    return [{**r, "enterprise_name": names.get(r["enterprise_id"], ""),
+             "outlet_name": outlets.get((r["enterprise_id"], r.get("outlet_id", "")), "")} for r in rows]
+
+
+def name_matches(request: Request, text: str | None) -> dict[str, list[str]]:
+    """Ids whose names contain `text` (case-insensitive): enterprises, outlets, pollutants (zh/en) and
+    kinds (their labels), so that a search for 热电 or 二氧化硫 finds rows that store only ids."""
+    if not text:
+        return {}
+    from config.tables import pollutants
+    from notify.notices import PROBLEM_LABELS
+
+    low = text.lower()
+    reg = request.app.state.settings.registry
+    return {
+        "enterprise": [e.id for e in reg.enterprises if low in e.name.lower()],
+        "outlet": sorted({o.id for e in reg.enterprises for o in e.outlets if o.name and low in o.name.lower()}),
+        "pollutant": [p.code for p in pollutants().values() if low in p.zh.lower() or low in p.en.lower()],
+        "kind": sorted({k for labels in PROBLEM_LABELS.values() for k, v in labels.items() if low in v.lower()}),
+    }
+
+
+def page_of(request: Request, limit: int, offset: int, sort: str | None, text: str | None) -> q.Page:
+    return q.Page(limit=limit, offset=offset, sort=sort, q=text or None, also=name_matches(request, text))
+
+
+def paged(response: Response, rows_total: tuple[list[dict[str, Any]], int]) -> list[dict[str, Any]]:
+    """The rows; their total under the filters and search goes in the X-Total-Count header."""
+    rows, total = rows_total
+    response.headers["X-Total-Count"] = str(total)
+    return rows
+
+
+def bad_sort(exc: ValueError) -> HTTPException:
+    return HTTPException(422, detail=str(exc))
 
 
 @router.get("/api/cases", response_model=list[CaseSummary])
-def list_cases(request: Request, state: str | None = None, enterprise: str | None = None, kind: str | None = None,
-               severity: str | None = None, open: bool | None = None, limit: int = Query(200, ge=1, le=1000),
+def list_cases(request: Request, response: Response, state: str | None = None, enterprise: str | None = None,
+               kind: str | None = None, severity: str | None = None, open: bool | None = None,
+               limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0, le=10_000_000),
+               sort: str | None = Query(None, description="a column (opened_at, deadline_at, severity, state, "
+                                                          "enterprise, kind, ...), -column for descending"),
+               q_: str | None = Query(None, alias="q", max_length=100, description="search ids and names"),
                who: Principal = Depends(operator_or_enterprise)) -> list[dict[str, Any]]:
-    """Cases, newest first; an enterprise user gets its own only."""
-    rows = q.list_cases(engine_of(request), who.scope, state=state, enterprise=enterprise, kind=kind,
-                        severity=severity, open_only=open, limit=limit)
-    return _named(request, rows)
+    """Cases, newest first; an enterprise user gets its own only. X-Total-Count: all that match."""
+    try:
+        rows, total = q.case_page(engine_of(request), who.scope, state=state, enterprise=enterprise, kind=kind,
+                                  severity=severity, open_only=open, page=page_of(request, limit, offset, sort, q_))
+    except ValueError as exc:
+        raise bad_sort(exc) from exc
+    return paged(response, (_named(request, rows), total))
 
 
 def load_case(request: Request, case_id: str, who: Principal) -> dict[str, Any]:

@@ -48,11 +48,25 @@ class AlertOut(_Out):
     suppressed_by: str | None = None  # the approved filing (notify/filings.py) that explains it: no case
 
 
+class Finding(BaseModel):
+    """The worst alert of one pollutant of a case: value / limit and the exceedance multiple."""
+
+    pollutant: str
+    kind: str
+    value: float | None = None
+    limit: float | None = None
+    unit: str = ""
+    ratio: float | None = None  # value / limit; the exceedance multiple (超标倍数) is ratio - 1
+    window_end: datetime | None = None
+
+
 class CaseSummary(_Out):
     id: str
     enterprise_id: str
     enterprise_name: str = ""
     outlet_id: str
+    outlet_name: str = ""
+    findings: list[Finding] = Field(default_factory=list)  # center only: one per pollutant, worst first
     problem: str
     pollutant: str = ""
     state: str

@@ -7,11 +7,12 @@ found, which is what makes another enterprise's case a 404 rather than a 403.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, func, or_, select
+from sqlalchemy import ColumnElement, Engine, Select, case, func, or_, select
 
 from detect.store import alerts_table as alerts_t
 from notify import filings, views, workflow
@@ -21,10 +22,59 @@ from notify.tables import cases as cases_t
 from notify.tables import tickets as tickets_t
 
 MAX_LIMIT = 1000
+SEVERITY_ORDER = ("critical", "major", "minor", "info")  # most severe first
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Paging, sorting and search of a list: `sort` is a column name, `-name` for descending; `q`
+    matches text columns (case-insensitively) and, through `also`, ids whose names match it."""
+
+    limit: int = 200
+    offset: int = 0
+    sort: str | None = None
+    q: str | None = None
+    also: Mapping[str, Sequence[str]] = field(default_factory=dict)  # column -> ids that match q by name
 
 
 def _limit(n: int) -> int:
     return max(1, min(n, MAX_LIMIT))
+
+
+def _severity_rank(col: Any) -> ColumnElement[int]:
+    return case(*((col == s, i) for i, s in enumerate(SEVERITY_ORDER)), else_=len(SEVERITY_ORDER))
+
+
+def sort_keys(sortable: Mapping[str, Any]) -> list[str]:
+    """The values a `sort` parameter accepts for these columns."""
+    return sorted([*sortable, *(f"-{k}" for k in sortable)])
+
+
+def _ordered(q: Select[Any], page: Page, sortable: Mapping[str, Any], default: list[Any], tie: Any) -> Select[Any]:
+    """`q` ordered by page.sort (ValueError for an unknown one), then by id; paged."""
+    if page.sort:
+        name = page.sort.lstrip("-")
+        if name not in sortable:
+            raise ValueError(f"sort {page.sort!r} is not one of {', '.join(sort_keys(sortable))}")
+        col = sortable[name]
+        order = [col.desc().nulls_last() if page.sort.startswith("-") else col.asc().nulls_last()]
+    else:
+        order = default
+    return q.order_by(*order, tie).limit(_limit(page.limit)).offset(max(0, page.offset))
+
+
+def _search(q: Select[Any], page: Page, columns: Sequence[Any], by_name: Mapping[str, Any],
+            *extra: ColumnElement[bool]) -> Select[Any]:
+    """Rows where any text column contains page.q, or whose ids matched it by name (page.also)."""
+    if not page.q:
+        return q
+    terms = [col.icontains(page.q, autoescape=True) for col in columns] + list(extra)
+    terms += [by_name[k].in_(list(ids)) for k, ids in page.also.items() if k in by_name and ids]
+    return q.where(or_(*terms))
+
+
+def _total(conn: Any, q: Select[Any]) -> int:
+    return int(conn.execute(select(func.count()).select_from(q.order_by(None).subquery())).scalar_one())
 
 
 # -- alerts -----------------------------------------------------------------------------------------
@@ -44,12 +94,9 @@ def alert_dict(m: Mapping[str, Any]) -> dict[str, Any]:
     return d
 
 
-def list_alerts(engine: Engine, kind: str | None = None, enterprise: str | None = None, severity: str | None = None,
-                status: str | None = None, start: datetime | None = None, end: datetime | None = None,
-                limit: int = 200) -> list[dict[str, Any]]:
-    """Alerts, newest window first; start/end select windows overlapping [start, end)."""
+def _alert_filters(q: Select[Any], kind: str | None, enterprise: str | None, severity: str | None,
+                   status: str | None, start: datetime | None, end: datetime | None) -> Select[Any]:
     t = alerts_t.c
-    q = _alert_select().order_by(t.window_end.desc(), t.id).limit(_limit(limit))
     for col, val in ((t.kind, kind), (t.enterprise_id, enterprise), (t.severity, severity), (t.status, status)):
         if val:
             q = q.where(col == val)
@@ -57,8 +104,34 @@ def list_alerts(engine: Engine, kind: str | None = None, enterprise: str | None 
         q = q.where(t.window_end > start)
     if end is not None:
         q = q.where(t.window_start < end)
+    return q
+
+
+ALERT_SORTS: dict[str, Any] = {
+    "window_end": alerts_t.c.window_end, "window_start": alerts_t.c.window_start, "kind": alerts_t.c.kind,
+    "severity": _severity_rank(alerts_t.c.severity), "enterprise": alerts_t.c.enterprise_id,
+    "pollutant": alerts_t.c.pollutant, "status": alerts_t.c.status, "updated_at": alerts_t.c.updated_at,
+}
+
+
+def list_alerts(engine: Engine, kind: str | None = None, enterprise: str | None = None, severity: str | None = None,
+                status: str | None = None, start: datetime | None = None, end: datetime | None = None,
+                limit: int = 200) -> list[dict[str, Any]]:
+    """Alerts, newest window first; start/end select windows overlapping [start, end)."""
+    return alert_page(engine, kind, enterprise, severity, status, start, end, Page(limit=limit))[0]
+
+
+def alert_page(engine: Engine, kind: str | None = None, enterprise: str | None = None, severity: str | None = None,
+               status: str | None = None, start: datetime | None = None, end: datetime | None = None,
+               page: Page = Page()) -> tuple[list[dict[str, Any]], int]:
+    """One page of the filtered, searched alerts (newest window first unless sorted) and their total."""
+    t = alerts_t.c
+    q = _alert_filters(_alert_select(), kind, enterprise, severity, status, start, end)
+    q = _search(q, page, (t.id, t.enterprise_id, t.outlet_id, t.station_mn, t.pollutant, t.kind),
+                {"enterprise": t.enterprise_id, "pollutant": t.pollutant, "kind": t.kind, "outlet": t.outlet_id})
     with reading(engine).connect() as conn:
-        return [alert_dict(m) for m in conn.execute(q).mappings()]
+        rows = [alert_dict(m) for m in conn.execute(_ordered(q, page, ALERT_SORTS, [t.window_end.desc()], t.id)).mappings()]
+        return rows, _total(conn, q)
 
 
 def get_alert(engine: Engine, alert_id: str) -> dict[str, Any] | None:
@@ -104,12 +177,27 @@ def _case_dict(m: Mapping[str, Any]) -> dict[str, Any]:
     return d
 
 
+CASE_SORTS: dict[str, Any] = {
+    "opened_at": cases_t.c.opened_at, "updated_at": cases_t.c.updated_at, "deadline_at": cases_t.c.deadline_at,
+    "ack_due_at": cases_t.c.ack_due_at, "severity": _severity_rank(cases_t.c.severity), "state": cases_t.c.state,
+    "enterprise": cases_t.c.enterprise_id, "kind": cases_t.c.problem, "pollutant": cases_t.c.pollutant,
+    "assignee": cases_t.c.assignee,
+}
+
+
 def list_cases(engine: Engine, scope: str | None, state: str | None = None, enterprise: str | None = None,
                kind: str | None = None, severity: str | None = None, open_only: bool | None = None,
                limit: int = 200) -> list[dict[str, Any]]:
     """Cases inside `scope`, newest first, filtered; an enterprise's as it sees them (notify.views)."""
+    return case_page(engine, scope, state, enterprise, kind, severity, open_only, Page(limit=limit))[0]
+
+
+def case_page(engine: Engine, scope: str | None, state: str | None = None, enterprise: str | None = None,
+              kind: str | None = None, severity: str | None = None, open_only: bool | None = None,
+              page: Page = Page()) -> tuple[list[dict[str, Any]], int]:
+    """One page of the filtered, searched cases inside `scope` (newest first unless sorted) and their total."""
     c = cases_t.c
-    q = _case_scope(select(cases_t), scope).order_by(c.opened_at.desc(), c.id).limit(_limit(limit))
+    q = _case_scope(select(cases_t), scope)
     for col, val in ((c.state, state), (c.enterprise_id, enterprise), (c.problem, kind), (c.severity, severity)):
         if val:
             q = q.where(col == val)
@@ -117,9 +205,44 @@ def list_cases(engine: Engine, scope: str | None, state: str | None = None, ente
         q = q.where(c.state.not_in(CLOSED_STATES))
     elif open_only is False:
         q = q.where(c.state.in_(CLOSED_STATES))
+    codes = list(page.also.get("pollutant", ()))
+    # A case's other pollutants are those of its alerts.
+    any_pollutant = (select(case_alerts.c.case_id).join(alerts_t, alerts_t.c.id == case_alerts.c.alert_id)
+                     .where(case_alerts.c.case_id == c.id, alerts_t.c.pollutant.in_(codes)).exists())
+    q = _search(q, page, (c.id, c.enterprise_id, c.outlet_id, c.pollutant, c.problem, c.assignee),
+                {"enterprise": c.enterprise_id, "pollutant": c.pollutant, "kind": c.problem, "outlet": c.outlet_id},
+                *([any_pollutant] if codes else []))
     with reading(engine).connect() as conn:
-        rows = [_case_dict(m) for m in conn.execute(q).mappings()]
-    return rows if scope is None else [views.case_summary_for("enterprise", r) for r in rows]
+        rows = [_case_dict(m) for m in conn.execute(_ordered(q, page, CASE_SORTS, [c.opened_at.desc()], c.id)).mappings()]
+        total = _total(conn, q)
+    if scope is None:
+        findings = case_findings(engine, [r["id"] for r in rows])
+        return [{**r, "findings": findings.get(r["id"], [])} for r in rows], total
+    return [views.case_summary_for("enterprise", r) for r in rows], total
+
+
+def case_findings(engine: Engine, case_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Per case, one finding per pollutant of its alerts: the worst (highest value / limit) with its
+    kind, value, limit and unit; the board shows them as value / limit and exceedance multiple."""
+    if not case_ids:
+        return {}
+    a = alerts_t.c
+    q = (select(case_alerts.c.case_id, a.kind, a.pollutant, a.value, a.limit_value, a.unit, a.window_end)
+         .join(alerts_t, alerts_t.c.id == case_alerts.c.alert_id).where(case_alerts.c.case_id.in_(list(case_ids))))
+    worst: dict[tuple[str, str], dict[str, Any]] = {}
+    with reading(engine).connect() as conn:
+        for m in conn.execute(q).mappings():
+            ratio = m["value"] / m["limit_value"] if m["value"] is not None and m["limit_value"] else None
+            key = (m["case_id"], m["pollutant"])
+            old = worst.get(key)
+            if old is None or (ratio is not None and (old["ratio"] is None or ratio > old["ratio"])):
+                worst[key] = {"pollutant": m["pollutant"], "kind": m["kind"], "value": m["value"],
+                              "limit": m["limit_value"], "unit": m["unit"], "ratio": ratio,
+                              "window_end": as_utc(m["window_end"])}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for (case_id, _), f in sorted(worst.items(), key=lambda kv: (kv[0][0], -(kv[1]["ratio"] or 0), kv[0][1])):
+        out.setdefault(case_id, []).append(f)
+    return out
 
 
 def case_detail(engine: Engine, case_id: str, scope: str | None) -> dict[str, Any] | None:
@@ -220,16 +343,27 @@ def _counts(engine: Engine, q: Select[Any]) -> dict[str, int]:
         return {str(k): int(n) for k, n in conn.execute(q).all()}
 
 
-def summary(engine: Engine) -> dict[str, dict[str, int]]:
-    """Counts per state and kind for the board's header."""
+def summary(engine: Engine, kind: str | None = None, enterprise: str | None = None,
+            severity: str | None = None) -> dict[str, dict[str, int]]:
+    """Counts per state and kind for the board's header; cases and alerts counted under the filters."""
     c, a, t, n = cases_t.c, alerts_t.c, tickets_t.c, notices.c
+
+    def cases_where(q: Select[Any]) -> Select[Any]:
+        for col, val in ((c.problem, kind), (c.enterprise_id, enterprise), (c.severity, severity)):
+            q = q.where(col == val) if val else q
+        return q
+
+    def alerts_where(q: Select[Any]) -> Select[Any]:
+        return _alert_filters(q, kind, enterprise, severity, None, None, None)
+
     return {
-        "cases_by_state": _counts(engine, select(c.state, func.count()).group_by(c.state)),
-        "open_cases_by_kind": _counts(engine, select(c.problem, func.count()).where(c.state.not_in(CLOSED_STATES))
-                                      .group_by(c.problem)),
-        "alerts_by_kind": _counts(engine, select(a.kind, func.count()).group_by(a.kind)),
-        "open_alerts_by_kind": _counts(engine, select(a.kind, func.count()).where(a.status == "open").group_by(a.kind)),
-        "alerts_by_severity": _counts(engine, select(a.severity, func.count()).where(a.status == "open")
+        "cases_by_state": _counts(engine, cases_where(select(c.state, func.count())).group_by(c.state)),
+        "open_cases_by_kind": _counts(engine, cases_where(select(c.problem, func.count()))
+                                      .where(c.state.not_in(CLOSED_STATES)).group_by(c.problem)),
+        "alerts_by_kind": _counts(engine, alerts_where(select(a.kind, func.count())).group_by(a.kind)),
+        "open_alerts_by_kind": _counts(engine, alerts_where(select(a.kind, func.count())).where(a.status == "open")
+                                       .group_by(a.kind)),
+        "alerts_by_severity": _counts(engine, alerts_where(select(a.severity, func.count())).where(a.status == "open")
                                       .group_by(a.severity)),
         "tickets_by_status": _counts(engine, select(t.status, func.count()).group_by(t.status)),
         "notices_by_status": {"pending": 0, "delivered": 0, "failed": 0}

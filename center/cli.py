@@ -199,6 +199,42 @@ def alerts_export(
     err.print(f"{n} alerts")
 
 
+@app.command()
+def report(
+    period: Annotated[str, typer.Argument(help="daily or monthly")],
+    out: Annotated[Path, typer.Option("--out", help="the .xlsx file to write")],
+    date: Annotated[Optional[str], typer.Option(help="China day YYYY-MM-DD (daily; default today)")] = None,
+    month: Annotated[Optional[str], typer.Option(help="China month YYYY-MM (monthly; default this month)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write the daily or monthly report (rates, exceedances, cases; in Chinese) as an Excel workbook."""
+    from center.reports import write_report
+
+    if period not in ("daily", "monthly"):
+        err.print(f"[red]unknown report {period!r}[/red]: use daily or monthly")
+        raise typer.Exit(2)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ingest.influx import InfluxError
+
+    settings = settings_or_exit(config)
+    try:
+        stats = write_report(settings, period, date if period == "daily" else month, str(out))  # type: ignore[arg-type]
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    except InfluxError as exc:
+        err.print(f"[red]InfluxDB cannot answer[/red] ({exc}); check influxdb.url, or `envwatch check`")
+        raise typer.Exit(1) from exc
+    except (SQLAlchemyError, OSError) as exc:
+        err.print(f"[red]cannot read the case store or write {out}[/red]: {str(exc).splitlines()[0]}")
+        raise typer.Exit(1) from exc
+    city = stats["rates"]["city"]
+    rate = "-" if city["transmission_rate"] is None else f"{100 * city['transmission_rate']:.1f} %"
+    err.print(f"{out}: {len(stats['rates']['stations'])} stations, transmission {rate}, "
+              f"{stats['exceedances']['total']} exceedances, {stats['cases']['total']['opened']} cases")
+
+
 @broker_app.command("acl")
 def broker_acl(
     out: Annotated[Path, typer.Option("--out", help="folder for passwd, acl and mosquitto-envwatch.conf")],

@@ -6,7 +6,12 @@
 
 Object.assign(S, { // common.js holds the shared part
   cases: new Map(), alerts: new Map(), warnings: new Map(), fresh: new Set(), es: null, caseId: null, readings: null, summaryTimer: null,
+  // Server-side pages of the two lists: the API sorts, searches and counts (X-Total-Count).
+  casePage: { offset: 0, limit: 25, sort: '-opened_at' }, alertPage: { offset: 0, limit: 25, sort: '-window_end' },
+  caseTotal: 0, alertTotal: 0, listsTimer: null,
 });
+const PAGE_SIZES = [25, 50, 100];
+const DUE_SOON_MS = 2 * 3600e3; // a deadline closer than this is highlighted as due soon
 
 // -- sign-in ---------------------------------------------------------------------------------------
 
@@ -96,25 +101,28 @@ function renderWarnings() {
   )) : [h('li', { class: 'muted' }, t('warnings.empty'))]));
 }
 
-function onAlert({ alert }) {
+function onAlert({ alert, change }) {
   if (matchesAlert(alert)) {
-    S.alerts.set(alert.id, alert);
     S.fresh.add(alert.id);
-    renderAlerts();
+    if (S.alerts.has(alert.id)) { S.alerts.set(alert.id, alert); renderAlerts(); }
+    loadListsSoon(); // the page, its order and its total come from the server
+  }
+  if (change === 'new' && !alert.suppressed_by) { // an alert a filing explains raises no alarm
+    alarmFor(alert, alertText(alert), () => { location.hash = alert.case_id ? `#/case/${alert.case_id}` : '#/board'; });
   }
   refreshSummarySoon();
 }
 
 function onCase({ case: c }) {
-  if (matchesCase(c)) {
-    S.cases.set(c.id, c);
-    S.fresh.add(c.id);
-  } else {
-    S.cases.delete(c.id);
-  }
-  renderCases();
+  if (matchesCase(c)) S.fresh.add(c.id);
+  if (S.cases.has(c.id) || matchesCase(c)) loadListsSoon();
   if (S.caseId === c.id) loadCase(c.id);
   refreshSummarySoon();
+}
+
+function loadListsSoon() {
+  clearTimeout(S.listsTimer);
+  S.listsTimer = setTimeout(loadLists, 300); // a burst of events costs one request per list
 }
 
 function refreshSummarySoon() {
@@ -125,7 +133,8 @@ function refreshSummarySoon() {
 // -- counts ----------------------------------------------------------------------------------------
 
 async function loadSummary() {
-  S.summary = await api('/api/summary');
+  const f = filters(); // the counts follow the filters
+  S.summary = await api(`/api/summary${query({ kind: f.kind, enterprise: f.enterprise, severity: f.severity })}`);
   renderCounts();
 }
 
@@ -167,14 +176,23 @@ function fillFilters() {
 
 function filters() {
   const f = $('#filters');
-  return { kind: f.kind.value, enterprise: f.enterprise.value, severity: f.severity.value, state: f.state.value };
+  return { kind: f.kind.value, enterprise: f.enterprise.value, severity: f.severity.value, state: f.state.value,
+    q: f.q.value.trim() };
 }
 
 function setFilter(name, value) {
   const f = $('#filters');
   f[name].value = value;
   if (location.hash !== '#/board') location.hash = '#/board';
+  filtersChanged();
+}
+
+// A new filter or search starts both lists at their first page; the counts follow.
+function filtersChanged() {
+  S.casePage.offset = 0;
+  S.alertPage.offset = 0;
   loadLists();
+  loadSummary();
 }
 
 function matchesAlert(a) {
@@ -192,16 +210,64 @@ function matchesCase(c) {
 
 async function loadLists() {
   const f = filters();
-  const caseQ = { kind: f.kind, enterprise: f.enterprise, severity: f.severity, limit: 200 };
+  const caseQ = { kind: f.kind, enterprise: f.enterprise, severity: f.severity, q: f.q, ...S.casePage };
   if (f.state === '_open') caseQ.open = 'true'; else caseQ.state = f.state;
-  const [cases, alerts] = await Promise.all([
-    api(`/api/cases${query(caseQ)}`),
-    api(`/api/alerts${query({ kind: f.kind, enterprise: f.enterprise, severity: f.severity, limit: 100 })}`),
-  ]);
-  S.cases = new Map(cases.map((c) => [c.id, c]));
-  S.alerts = new Map(alerts.map((a) => [a.id, a]));
+  const alertQ = { kind: f.kind, enterprise: f.enterprise, severity: f.severity, q: f.q, ...S.alertPage };
+  let cases; let alerts;
+  try {
+    [cases, alerts] = await Promise.all([api(`/api/cases${query(caseQ)}`, { withTotal: true }), api(`/api/alerts${query(alertQ)}`, { withTotal: true })]);
+  } catch (e) {
+    toast(`${t('act.failed')}: ${e.message}`, true);
+    return;
+  }
+  S.cases = new Map(cases.rows.map((c) => [c.id, c]));
+  S.alerts = new Map(alerts.rows.map((a) => [a.id, a]));
+  S.caseTotal = cases.total;
+  S.alertTotal = alerts.total;
   renderCases();
   renderAlerts();
+}
+
+// "value / limit unit"; for an offline alert "离线 60 分钟（允许 15 分钟）", for too few valid minutes
+// "有效数据 30 分钟（需 45 分钟）".
+function valueText(kind, value, limit, unit) {
+  if (value === null || value === undefined) return '';
+  if (kind === 'offline' || kind === 'insufficient_valid_data') { // minutes: silent / allowed, valid / needed
+    return t(`fmt.${kind}`).replace('{value}', Math.round(value)).replace('{limit}', limit ? Math.round(limit) : '–')
+      .replaceAll('{unit}', t(unit === 'h' ? 'unit.h' : 'unit.min')); // daily: valid hours of the day
+  }
+  return `${fmtNum(value)}${limit ? ` / ${fmtNum(limit)}` : ''} ${unit || ''}`.trim();
+}
+
+// The exceedance multiple (超标倍数) = (value − limit) / limit, as HJ and the bureaus state it.
+function multipleText(kind, value, limit) {
+  if (['offline', 'insufficient_valid_data'].includes(kind) || value === null || value === undefined || !limit
+    || value <= limit) return '';
+  return t('fmt.multiple').replace('{n}', ((value - limit) / limit).toFixed(2));
+}
+
+function outletName(enterpriseId, outletId) {
+  const o = (S.enterprises.get(enterpriseId)?.outlets || []).find((x) => x.id === outletId);
+  return o?.name || outletId || '';
+}
+
+function alertText(a) {
+  return [entName(a.enterprise_id), outletName(a.enterprise_id, a.outlet_id), label('kind', a.kind),
+    a.kind === 'offline' ? '' : pollutantName(a.pollutant), valueText(a.kind, a.value, a.limit, a.unit),
+    multipleText(a.kind, a.value, a.limit)].filter(Boolean).join(' · ');
+}
+
+function pager(el, page, total, reload) {
+  const from = total ? page.offset + 1 : 0; const to = Math.min(total, page.offset + page.limit);
+  const go = (offset) => { page.offset = Math.max(0, offset); reload(); };
+  const size = h('select', { 'aria-label': t('page.size'), onchange: (e) => { page.limit = +e.target.value; go(0); } },
+    PAGE_SIZES.map((n) => h('option', { value: n }, t('page.per').replace('{n}', n))));
+  size.value = String(page.limit);
+  el.replaceChildren(
+    h('button', { type: 'button', 'data-page': 'prev', disabled: page.offset <= 0, onclick: () => go(page.offset - page.limit) }, '‹'),
+    h('span', { class: 'range' }, t('page.range').replace('{from}', from).replace('{to}', to).replace('{total}', total)),
+    h('button', { type: 'button', 'data-page': 'next', disabled: to >= total, onclick: () => go(page.offset + page.limit) }, '›'),
+    size);
 }
 
 async function loadWarnings() {
@@ -211,8 +277,9 @@ async function loadWarnings() {
 }
 
 function renderAlerts() {
-  const list = [...S.alerts.values()].sort(byNewest('window_end')).slice(0, 100);
-  $('#alert-count').textContent = `(${list.length})`;
+  const list = [...S.alerts.values()];
+  $('#alert-count').textContent = `(${S.alertTotal})`;
+  pager($('#alert-pager'), S.alertPage, S.alertTotal, loadLists);
   $('#alerts').replaceChildren(...(list.length ? list.map((a) => h('li', {
     class: `alert level-${a.severity} ${a.status === 'resolved' ? 'resolved' : ''} ${a.suppressed_by ? 'suppressed' : ''} ${S.fresh.has(a.id) ? 'fresh' : ''}`,
     'data-alert-id': a.id,
@@ -221,27 +288,76 @@ function renderAlerts() {
   h('span', { class: 'time' }, fmtTime(a.window_end)),
   h('span', { class: `sev sev-${a.severity}` }, label('severity', a.severity)),
   h('b', {}, label('kind', a.kind)),
-  h('span', { class: 'who' }, entName(a.enterprise_id), a.outlet_id ? ` · ${a.outlet_id}` : ''),
-  a.pollutant ? h('span', {}, pollutantName(a.pollutant)) : null,
-  a.value !== null && a.value !== undefined ? h('span', { class: 'num' }, `${fmtNum(a.value)}${a.limit ? ` / ${fmtNum(a.limit)}` : ''} ${a.unit || ''}`) : null,
+  h('span', { class: 'who' }, entName(a.enterprise_id), a.outlet_id ? ` · ${outletName(a.enterprise_id, a.outlet_id)}` : ''),
+  a.pollutant && a.kind !== 'offline' ? h('span', {}, pollutantName(a.pollutant)) : null,
+  a.value !== null && a.value !== undefined ? h('span', { class: 'num' }, valueText(a.kind, a.value, a.limit, a.unit),
+    multipleText(a.kind, a.value, a.limit) ? h('b', { class: 'multiple' }, ' ', multipleText(a.kind, a.value, a.limit)) : null) : null,
   a.suppressed_by ? h('a', { class: 'badge suppressed', href: '#/filings', 'data-filing-id': a.suppressed_by,
     title: a.suppressed_by }, t('alert.suppressed')) : null,
   )) : [h('li', { class: 'muted' }, t('alerts.empty'))]));
 }
 
+// The deadline the case waits on now: acknowledgement before it is acknowledged, then rectification.
+function pendingDue(c) {
+  if (['verified', 'dismissed'].includes(c.state)) return null;
+  if (['open', 'notified'].includes(c.state) && c.ack_due_at) return { what: 'ack', at: c.ack_due_at };
+  return c.deadline_at ? { what: 'rectify', at: c.deadline_at } : null;
+}
+
+function duration(ms) {
+  const m = Math.round(Math.abs(ms) / 60e3);
+  const d = Math.floor(m / 1440); const hh = Math.floor((m % 1440) / 60); const mm = m % 60;
+  const parts = d ? [`${d}${t('unit.d')}`, `${hh}${t('unit.h')}`] : hh ? [`${hh}${t('unit.h')}`, `${mm}${t('unit.min')}`] : [`${mm}${t('unit.min')}`];
+  return parts.join(S.lang === 'en' ? ' ' : '');
+}
+
+function dueCell(c) {
+  const due = pendingDue(c);
+  if (!due) return h('td', { class: 'due' }, '');
+  const left = Date.parse(due.at) - Date.now();
+  const state = left < 0 ? 'overdue' : left < DUE_SOON_MS ? 'soon' : 'ok';
+  const text = left < 0 ? t('due.overdue').replace('{d}', duration(left)) : t('due.left').replace('{d}', duration(left));
+  return h('td', { class: `due due-${state}`, 'data-due': state, title: `${t(`due.${due.what}`)} ${fmtTime(due.at)}` },
+    h('span', { class: 'muted' }, t(`due.${due.what}`)), ' ', h('b', {}, text));
+}
+
+function findingsCell(c) {
+  const fs = c.findings && c.findings.length ? c.findings : [{ pollutant: c.pollutant, kind: c.problem }];
+  return h('td', { class: 'findings' }, fs.map((f) => h('div', { class: 'finding', 'data-pollutant': f.pollutant || '' },
+    f.kind === 'offline' ? null : h('span', {}, pollutantName(f.pollutant)), ' ',
+    h('span', { class: 'num' }, valueText(f.kind, f.value, f.limit, f.unit)),
+    multipleText(f.kind, f.value, f.limit) ? h('b', { class: 'multiple' }, ' ', multipleText(f.kind, f.value, f.limit)) : null)));
+}
+
 function renderCases() {
-  const list = [...S.cases.values()].sort(byNewest('updated_at'));
-  $('#case-count').textContent = `(${list.length})`;
-  $('#cases').replaceChildren(...(list.length ? list.map((c) => h('tr', {
-    class: S.fresh.has(c.id) ? 'fresh' : '', 'data-case-id': c.id, 'data-state': c.state,
-    onclick: () => { location.hash = `#/case/${c.id}`; },
-  },
-  h('td', {}, fmtTime(c.opened_at)), h('td', {}, c.enterprise_name || entName(c.enterprise_id)), h('td', {}, c.outlet_id),
-  h('td', {}, label('kind', c.problem)), h('td', {}, pollutantName(c.pollutant)),
-  h('td', {}, h('span', { class: `sev sev-${c.severity}` }, label('severity', c.severity))),
-  h('td', {}, h('span', { class: `state state-${c.state}` }, label('state', c.state)), c.emergency ? h('span', { class: 'badge emergency' }, '!') : null),
-  h('td', {}, fmtTime(c.deadline_at)), h('td', {}, c.assignee || ''),
-  )) : [h('tr', {}, h('td', { colspan: 9, class: 'muted' }, t('cases.empty')))]));
+  const list = [...S.cases.values()];
+  $('#case-count').textContent = `(${S.caseTotal})`;
+  pager($('#case-pager'), S.casePage, S.caseTotal, loadLists);
+  for (const th of document.querySelectorAll('#case-head-row th[data-sort]')) {
+    const key = th.dataset.sort; const cur = S.casePage.sort;
+    th.dataset.dir = cur === key ? 'asc' : cur === `-${key}` ? 'desc' : '';
+  }
+  $('#cases').replaceChildren(...(list.length ? list.map((c) => {
+    const due = pendingDue(c); const left = due ? Date.parse(due.at) - Date.now() : null;
+    const urgency = left === null ? '' : left < 0 ? 'overdue' : left < DUE_SOON_MS ? 'due-soon' : '';
+    return h('tr', {
+      class: `${S.fresh.has(c.id) ? 'fresh' : ''} ${urgency}`, 'data-case-id': c.id, 'data-state': c.state,
+      onclick: () => { location.hash = `#/case/${c.id}`; },
+    },
+    h('td', {}, fmtTime(c.opened_at)), h('td', {}, c.enterprise_name || entName(c.enterprise_id)),
+    h('td', {}, c.outlet_name || outletName(c.enterprise_id, c.outlet_id)),
+    h('td', {}, label('kind', c.problem)), findingsCell(c),
+    h('td', {}, h('span', { class: `sev sev-${c.severity}` }, label('severity', c.severity))),
+    h('td', {}, h('span', { class: `state state-${c.state}` }, label('state', c.state)), c.emergency ? h('span', { class: 'badge emergency' }, '!') : null),
+    dueCell(c), h('td', {}, c.assignee || ''));
+  }) : [h('tr', {}, h('td', { colspan: 9, class: 'muted' }, t('cases.empty')))]));
+}
+
+// Click a column title to sort by it; again to reverse.
+function sortCasesBy(key) {
+  S.casePage.sort = S.casePage.sort === key ? `-${key}` : key;
+  S.casePage.offset = 0;
+  loadLists();
 }
 
 // -- case view -------------------------------------------------------------------------------------
@@ -403,10 +519,17 @@ function renderMap() {
     const d = tr.points.filter((p) => p.lat !== null).map((p, i) => `${i ? 'L' : 'M'}${P(p.lat, p.lon).map((v) => v.toFixed(1)).join(',')}`).join('');
     if (d) g.push(s('path', { d, class: `track ${tr.kind}`, 'data-device': tr.device }, s('title', {}, `${tr.device} (${tr.kind})`)));
   }
+  // Labels are placed after the markers are drawn and the texts measured (maplabels.js): none
+  // covers another or a marker, none leaves the map; the enterprises hotspots are attributed to
+  // and the hotspots are labelled first and always.
+  const attributed = new Set(hots.map((x) => x.enterprise?.id).filter(Boolean));
+  const labels = []; // {node, x, y, r, must}
   for (const e of ents) {
     const [x, y] = P(e.lat, e.lon);
-    g.push(s('g', { class: `ent ${e.positive_list ? 'positive' : ''}`, 'data-enterprise': e.id },
-      s('circle', { cx: x, cy: y, r: 4 }), s('text', { x: x + 6, y: y + 4 }, e.name), s('title', {}, `${e.name} (${e.id})`)));
+    const text = s('text', { class: 'map-label', 'data-label-for': e.id }, e.name);
+    g.push(s('g', { class: `ent ${e.positive_list ? 'positive' : ''} ${attributed.has(e.id) ? 'attributed' : ''}`, 'data-enterprise': e.id },
+      s('circle', { cx: x, cy: y, r: attributed.has(e.id) ? 5 : 4 }), text, s('title', {}, `${e.name} (${e.id})`)));
+    labels.push({ node: text, x, y, r: 5, must: attributed.has(e.id), rank: attributed.has(e.id) ? 0 : 2 });
   }
   for (const x of hots) {
     const p = hotspotPoint(x.alert);
@@ -416,15 +539,46 @@ function renderMap() {
       const [ex, ey] = P(x.enterprise.lat, x.enterprise.lon);
       g.push(s('line', { x1: hx, y1: hy, x2: ex, y2: ey, class: 'attrib' }));
     }
+    const text = s('text', { class: 'hotspot-label map-label', 'data-label-for': x.alert.id },
+      `${pollutantName(x.alert.pollutant)} ${fmtNum(x.alert.value)}`);
     g.push(s('circle', { cx: hx, cy: hy, r: 9, class: 'hotspot', 'data-alert-id': x.alert.id },
-      s('title', {}, `${label('kind', 'hotspot')} ${x.alert.pollutant} → ${x.enterprise?.name || '?'}`)),
-    s('text', { x: hx + 12, y: hy - 8, class: 'hotspot-label' }, `${x.alert.pollutant} ${fmtNum(x.alert.value)}`));
+      s('title', {}, `${label('kind', 'hotspot')} ${pollutantName(x.alert.pollutant)} → ${x.enterprise?.name || '?'}`)), text);
+    labels.push({ node: text, x: hx, y: hy, r: 9, must: true, rank: 1 });
   }
-  $('#map').replaceChildren(s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'map-svg', role: 'img' }, g));
+  const svgEl = s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'map-svg', role: 'img' }, g);
+  $('#map').replaceChildren(svgEl);
+  placeMapLabels(svgEl, labels, W, H);
   $('#hotspots').replaceChildren(...(hots.length ? hots.map((x) => h('li', {
     onclick: x.alert.case_id ? () => { location.hash = `#/case/${x.alert.case_id}`; } : null, class: 'link',
   }, fmtTime(x.alert.window_end), ' ', h('b', {}, x.alert.pollutant), ' ', fmtNum(x.alert.value), ' ', x.alert.unit || '',
   ' → ', x.enterprise ? x.enterprise.name : '?')) : [h('li', { class: 'muted' }, t('case.none'))]));
+}
+
+// Measure each label (getBBox at the origin), place them all (placeLabels), then move each text to
+// its box; a label that finds no free place is hidden (its point keeps the tooltip). A label moved
+// away from its point gets a thin leader line.
+function placeMapLabels(svgEl, labels, W, H) {
+  labels.sort((a, b) => a.rank - b.rank);
+  const sized = labels.map((l) => {
+    l.node.setAttribute('x', 0); l.node.setAttribute('y', 0);
+    const b = l.node.getBBox();
+    return { ...l, w: b.width, h: b.height, dy: -b.y };
+  });
+  const obstacles = [...svgEl.querySelectorAll('circle')].map((c) => {
+    const r = +c.getAttribute('r'); return { x: +c.getAttribute('cx') - r, y: +c.getAttribute('cy') - r, w: 2 * r, h: 2 * r };
+  }).concat([...svgEl.querySelectorAll('text.tick')].map((tx) => { const b = tx.getBBox(); return { x: b.x, y: b.y, w: b.width, h: b.height }; }));
+  const boxes = placeLabels(sized, W, H, obstacles);
+  sized.forEach((l, i) => {
+    const box = boxes[i];
+    if (!box) { l.node.remove(); return; }
+    l.node.setAttribute('x', box.x.toFixed(1));
+    l.node.setAttribute('y', (box.y + l.dy).toFixed(1));
+    l.node.dataset.placed = box.leader ? 'leader' : 'near';
+    if (box.leader) {
+      const cx = Math.min(Math.max(l.x, box.x), box.x + box.w); const cy = Math.min(Math.max(l.y, box.y), box.y + box.h);
+      l.node.before(s('line', { x1: l.x, y1: l.y, x2: cx, y2: cy, class: 'leader' }));
+    }
+  });
 }
 
 // -- enterprises and emergencies -------------------------------------------------------------------
@@ -543,6 +697,7 @@ function renderAll() {
   if (document.body.dataset.view === 'map') renderMap();
   if (document.body.dataset.view === 'enterprises') renderEnterprises();
   if (document.body.dataset.view === 'filings') renderFilings();
+  renderAlarmSwitches();
   loadEmergency();
 }
 
@@ -551,8 +706,16 @@ async function main() {
   $('#btn-lang').addEventListener('click', () => switchLang(renderAll));
   $('#btn-logout').addEventListener('click', () => { localStorage.removeItem(LS.token); showLogin(false); });
   $('#btn-emergency').addEventListener('click', declareEmergency);
-  $('#filters').addEventListener('change', loadLists);
-  $('#filters').addEventListener('reset', () => setTimeout(loadLists));
+  $('#filters').addEventListener('change', filtersChanged);
+  $('#filters').addEventListener('reset', () => setTimeout(filtersChanged));
+  $('#filters').addEventListener('submit', (ev) => { ev.preventDefault(); filtersChanged(); });
+  let typing = null;
+  $('#filters').q.addEventListener('input', () => { clearTimeout(typing); typing = setTimeout(filtersChanged, 350); });
+  for (const th of document.querySelectorAll('#case-head-row th[data-sort]')) th.addEventListener('click', () => sortCasesBy(th.dataset.sort));
+  $('#alert-sort').addEventListener('change', (ev) => { S.alertPage.sort = ev.target.value; S.alertPage.offset = 0; loadLists(); });
+  // Countdowns move on by themselves (a re-render of the page's rows, no request).
+  setInterval(() => { if (S.me && document.body.dataset.view === 'board') renderCases(); }, 30e3);
+  initAlarm();
   $('#map-range').addEventListener('change', loadMap);
   $('#chart-pollutant').addEventListener('change', renderChart);
   $('#login-form').addEventListener('submit', (ev) => { ev.preventDefault(); signIn(ev.target.token.value.trim()); });

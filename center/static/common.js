@@ -93,7 +93,10 @@ async function api(path, opts = {}) {
     try { detail = (await r.json()).detail ?? detail; } catch (e) { /* not JSON */ }
     throw new ApiError(r.status, typeof detail === 'string' ? detail : JSON.stringify(detail));
   }
-  return r.status === 204 ? null : r.json();
+  if (r.status === 204) return null;
+  const body = await r.json();
+  // A paged list: opts.withTotal gives {rows, total}, total being how many match (X-Total-Count).
+  return opts.withTotal ? { rows: body, total: Number(r.headers.get('X-Total-Count') ?? body.length) } : body;
 }
 
 function query(params) {
