@@ -305,10 +305,6 @@ def case_id_for(alert: Alert) -> str:
     return hashlib.sha256(f"case|{alert.id}".encode()).hexdigest()[:24]
 
 
-def alert_seen(conn: Connection, alert_id: str) -> bool:
-    return conn.execute(select(case_alerts.c.case_id).where(case_alerts.c.alert_id == alert_id)).first() is not None
-
-
 def alert_facts(alert: Alert) -> dict[str, Any]:
     """What an event records about an alert (the full alert is kept in case_alerts)."""
     return {"alert_id": alert.id, "kind": alert.kind, "severity": alert.severity, "value": alert.value,

@@ -31,7 +31,7 @@ from notify import groups as groups_mod
 from notify import notices as notices_mod
 from notify.events import events_of
 from notify.store import as_utc, reading, utc
-from notify.tables import answers, case_alerts, notices
+from notify.tables import answers, notices
 from notify.tables import cases as cases_t
 from notify.tables import tickets as tickets_t
 
@@ -388,8 +388,3 @@ def get_ticket(engine: Engine, ticket_id: str) -> dict[str, Any] | None:
     if m is None:
         return None
     return {**tickets._row(m), "case": get_case(engine, m["case_id"])}
-
-
-def case_alert_ids(engine: Engine, case_id: str) -> list[str]:
-    with engine.connect() as conn:
-        return list(conn.execute(select(case_alerts.c.alert_id).where(case_alerts.c.case_id == case_id)).scalars())
