@@ -10,7 +10,6 @@ with the app's lifespan, that turns store changes into live events. See center/A
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -141,13 +140,7 @@ def extra_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
 
 
 def _mount_board(app: FastAPI) -> None:
-    """The board's page and static files, when center/board.py is installed (it defines mount(app))."""
-    if importlib.util.find_spec("center.board") is None:
-        return
+    """The board's page and static files (center/board.py)."""
     from center import board
 
-    mount = getattr(board, "mount", None)
-    if mount is None:
-        log.warning("center/board.py has no mount(app); the board is not served")
-        return
-    mount(app)
+    board.mount(app)

@@ -1,24 +1,27 @@
 """The board, the enterprise portal and the officer desk: the three screens, served by the API's own app.
 
     mount(app)   # create_app calls it: GET / (the board and the sign-in for everyone), /portal (enterprises),
-                 # /desk (officers), /static/... (JS, CSS, i18n), /board/pollutants
+                 # /desk (officers), /static/... (JS, CSS, i18n), /board/pollutants, /board/kinds
 
 The pages are static (center/static/): they authenticate with the user's token against the JSON
 API (center/API.md), which decides what each role sees; the board follows GET /api/stream. The
 sign-in on / sends an enterprise token to /portal and an officer token to /desk. Nothing is
 fetched from outside the service, as the center's machines have no internet. The only data outside
-the API is the pollutant name table, which is public reference data and so needs no token.
+the API is the pollutant name table and the detector kinds with their labels, which are public
+reference data and so need no token.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from config.tables import pollutants as pollutant_table
+from detect.registry import all_tags
 
 STATIC = Path(__file__).with_name("static")
 # Revalidate on every load (ETag makes that cheap): after an upgrade no operator runs stale JS.
@@ -47,6 +50,12 @@ def desk() -> FileResponse:
 def pollutants() -> dict[str, dict[str, str]]:
     """Pollutant names for labels: {code: {zh, en, unit}} (config/tables/pollutants.yaml)."""
     return {p.code: {"zh": p.zh, "en": p.en, "unit": p.unit} for p in pollutant_table().values()}
+
+
+@router.get("/board/kinds")
+def kinds() -> list[dict[str, Any]]:
+    """The detector kinds, as their classes declare them: [{kind, labels: {zh-CN, en}, category}]."""
+    return [{k: t[k] for k in ("kind", "labels", "category")} for t in all_tags()]
 
 
 class _Static(StaticFiles):

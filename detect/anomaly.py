@@ -37,7 +37,8 @@ from sklearn.preprocessing import RobustScaler
 
 from detect import frames as fr
 from detect.base import Alert, Detector, Window
-from detect.patterns import ScopedAt, fetch_minutes
+from detect.frames import fetch_minutes
+from detect.params import ScopedAt
 
 if TYPE_CHECKING:
     from config.lookup import Lookup
@@ -93,6 +94,10 @@ class MultivariateAnomaly(ScopedAt, Detector):
     """
 
     kind = "multivariate_anomaly"
+    labels = {"zh-CN": "多参数异常", "en": "multivariate anomaly"}
+    problem = {"zh-CN": "多项监测数据之间的关系与历史不符（疑似数据异常）",
+               "en": "readings that no longer relate to each other as they used to (suspected data anomaly)"}
+    category = "fault"
     lookback_s = 7 * 86400
     # Daily: with refit_hours=24 one run = one history read and one fit per station. Hourly runs
     # work too (same alerts, hours are owned by window end) but re-read history unless cached.

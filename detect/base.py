@@ -74,10 +74,29 @@ def _iso(t: datetime) -> str:
     return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+CATEGORIES = ("exceedance", "falsification", "fault", "mobile")
+
+
 class Detector(BaseEstimator):
-    """Base of all detectors. Subclasses set `kind` and implement `detect`."""
+    """Base of all detectors. Subclasses set `kind` and their tags, and implement `detect`.
+
+    The tags are the one declaration of a kind: notify's notices and rules, the config check and the
+    board (GET /board/kinds) read them through detect.registry; tests/test_detector_contract.py
+    checks every registered kind against this contract.
+    """
 
     kind: ClassVar[str] = ""
+    # What the screens call the kind, per language (short), and how a notice names the problem (formal).
+    labels: ClassVar[dict[str, str]] = {}
+    problem: ClassVar[dict[str, str]] = {}
+    # exceedance: above a permit limit | falsification: a sign of falsified data (escalates at once by
+    # default, notify.escalation.immediate_kinds) | fault: the monitoring fails or looks wrong | mobile:
+    # found by mobile monitoring (drones, vehicles).
+    category: ClassVar[str] = ""
+    # False when one 24-hour window and 24 one-hour windows legitimately find different alerts; then
+    # `variance` says why (the contract suite checks the rest).
+    window_invariant: ClassVar[bool] = True
+    variance: ClassVar[str] = ""
     # How far back a run must look before the window (e.g. trailing history, rolling background).
     lookback_s: ClassVar[int] = 0
     # The natural window length the scheduler uses for this detector.

@@ -72,6 +72,10 @@ class Exceedance(_HourlyBased):
     """Hourly valid mean above the outlet's hourly limit."""
 
     kind = "exceedance"
+    labels = {"zh-CN": "小时超标", "en": "hourly exceedance"}
+    problem = {"zh-CN": "小时均值超标排放",
+               "en": "hourly mean above the permit limit"}
+    category = "exceedance"
     period_s = 3600
 
     def detect(self, window: Window, source: ReadingSource, lookup: Lookup) -> list[Alert]:
@@ -97,6 +101,10 @@ class DailyExceedance(_HourlyBased):
     """Daily mean (of valid hours) above the outlet's daily limit, per China calendar day."""
 
     kind = "daily_exceedance"
+    labels = {"zh-CN": "日均超标", "en": "daily exceedance"}
+    problem = {"zh-CN": "日均值超标排放",
+               "en": "daily mean above the permit limit"}
+    category = "exceedance"
     period_s = 86400
 
     def detect(self, window: Window, source: ReadingSource, lookup: Lookup) -> list[Alert]:
@@ -132,6 +140,10 @@ class InsufficientValidData(_HourlyBased):
     """Hours (and China days) without enough valid data to judge, not explained by a reported stop."""
 
     kind = "insufficient_valid_data"
+    labels = {"zh-CN": "有效数据不足", "en": "insufficient valid data"}
+    problem = {"zh-CN": "有效数据不足",
+               "en": "insufficient valid data"}
+    category = "fault"
     period_s = 3600
 
     def detect(self, window: Window, source: ReadingSource, lookup: Lookup) -> list[Alert]:

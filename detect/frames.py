@@ -1,4 +1,5 @@
-"""Pure pandas helpers shared by the pattern, anomaly and hotspot detectors. No I/O here.
+"""Pure pandas helpers shared by the pattern, anomaly and hotspot detectors. No I/O here but
+`fetch_minutes`, which reads through the ReadingSource it is handed.
 
 A *long* minute frame has one row per (time, mn, pollutant) with columns time (UTC, tz-aware),
 mn, enterprise, outlet, pollutant and the stored fields (avg, min, max, zs_avg, flag, ...).
@@ -10,9 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+from detect.base import Window
+
+if TYPE_CHECKING:
+    from detect.source import ReadingSource
 
 FLOW_CODES = ("a00000", "w00000")
 O2 = "a19001"
@@ -167,3 +174,10 @@ def r(x: float | None, nd: int = 4) -> float | None:
     if x is None or (isinstance(x, float) and np.isnan(x)):
         return None
     return round(float(x), nd)
+
+
+def fetch_minutes(source: "ReadingSource", start: pd.Timestamp, end: datetime,
+                  codes: list[str] | None = None, mns: list[str] | None = None) -> pd.DataFrame:
+    """Minute rows in [start, end) (all stations unless mns), normalized (frames.normalize_long)."""
+    window = Window(to_dt(pd.Timestamp(start)), end)
+    return normalize_long(source.minutes(window, mns=mns, pollutants=codes))

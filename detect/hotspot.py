@@ -28,7 +28,7 @@ from sklearn.cluster import DBSCAN
 
 from detect import frames as fr
 from detect.base import Alert, Detector, Window
-from detect.patterns import ScopedAt
+from detect.params import ScopedAt
 
 if TYPE_CHECKING:
     from config.lookup import Lookup
@@ -69,6 +69,10 @@ class Hotspot(ScopedAt, Detector):
     enterprise/outlet scopes do not apply before attribution."""
 
     kind = "hotspot"
+    labels = {"zh-CN": "走航热点", "en": "mobile hotspot"}
+    problem = {"zh-CN": "走航/无人机监测发现污染热点",
+               "en": "pollution hotspot found by mobile monitoring"}
+    category = "mobile"
     lookback_s = 600
     period_s = 3600
 

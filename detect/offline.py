@@ -42,6 +42,10 @@ class Offline(Scoped, Detector):
     """Stations silent for more than `grace_s` within an hour; looks back `history_s` for the last sighting."""
 
     kind = "offline"
+    labels = {"zh-CN": "离线", "en": "offline"}
+    problem = {"zh-CN": "监测数据中断（离线）",
+               "en": "monitoring data interrupted (offline)"}
+    category = "fault"
     period_s = 3600
     lookback_s = 86400
 

@@ -26,7 +26,7 @@ X of every enterprise.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Self
 
 from config.schema import DetectOverride, DetectSettings
 
@@ -82,7 +82,8 @@ def check_overrides(kind: str, param_names: Iterable[str], overrides: Iterable[D
 
 
 class Scoped:
-    """Mixin for detectors: `params_for(enterprise, outlet, pollutant)` resolves overrides.
+    """Mixin for detectors: `params_for(enterprise, outlet, pollutant)` resolves overrides to a dict;
+    `at(...)` gives the same resolution as an instance of the detector (one resolution, two views).
 
     The class must have an `overrides` constructor argument stored as `self.overrides`.
     Resolution is cached per scope for the life of the instance (parameters are fixed once built;
@@ -105,6 +106,26 @@ class Scoped:
             hit = cache[key] = resolve(base, self.overrides, enterprise, outlet, pollutant)
         return hit
 
+    def at(self, enterprise: str = "", outlet: str = "", pollutant: str = "") -> Self:
+        """This detector with the parameters that apply to one scope, as an instance (the same
+        resolution as `params_for`, read as plain attributes)."""
+        if not self.overrides:
+            return self
+        cache: dict[tuple[str, str, str], Any] = self.__dict__.setdefault("_at_cache", {})
+        key = (enterprise, outlet, pollutant)
+        if key not in cache:
+            cache[key] = type(self)(**{**self.params_for(*key), "overrides": ()})
+        return cache[key]  # type: ignore[no-any-return]
+
+    def widest(self, name: str) -> Any:
+        """The largest value a parameter takes in any scope (how far back a run must read)."""
+        values = [o.get("params", {})[name] for o in self.overrides or () if name in o.get("params", {})]
+        return max([getattr(self, name), *values])
+
     def set_params(self, **params: Any) -> Any:
         self.__dict__.pop("_scoped_cache", None)
+        self.__dict__.pop("_at_cache", None)
         return super().set_params(**params)  # type: ignore[misc]
+
+
+ScopedAt = Scoped  # the name the pattern, anomaly and hotspot detectors use

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,8 @@ import pandas as pd
 from config.tables import pollutants
 from detect import frames as fr
 from detect.base import Alert, Detector, Window
-from detect.params import Scoped
+from detect.frames import fetch_minutes
+from detect.params import ScopedAt
 from detect.source import MINUTE, ident, series_frame, tag_in, time_range
 
 if TYPE_CHECKING:
@@ -34,36 +35,6 @@ HOUR = fr.HOUR
 def unit_of(code: str) -> str:
     p = pollutants().get(code)
     return p.unit if p is not None else ""
-
-
-def fetch_minutes(source: ReadingSource, start: pd.Timestamp, end: datetime,
-                  codes: list[str] | None = None, mns: list[str] | None = None) -> pd.DataFrame:
-    """Minute rows in [start, end) (all stations unless mns), normalized (frames.normalize_long)."""
-    window = Window(fr.to_dt(pd.Timestamp(start)), end)
-    return fr.normalize_long(source.minutes(window, mns=mns, pollutants=codes))
-
-
-class ScopedAt(Scoped):
-    """Scoped (detect/params.py) plus `at(...)`: this detector with the parameters that apply to one
-    enterprise / outlet / pollutant, as an instance, so that the rules read plain attributes."""
-
-    def at(self, enterprise: str = "", outlet: str = "", pollutant: str = "") -> Self:
-        if not self.overrides:
-            return self
-        cache: dict[tuple[str, str, str], Any] = self.__dict__.setdefault("_at_cache", {})
-        key = (enterprise, outlet, pollutant)
-        if key not in cache:
-            cache[key] = type(self)(**{**self.params_for(*key), "overrides": ()})
-        return cache[key]  # type: ignore[no-any-return]
-
-    def widest(self, name: str) -> Any:
-        """The largest value a parameter takes in any scope (how far back a run must read)."""
-        values = [o.get("params", {})[name] for o in self.overrides or () if name in o.get("params", {})]
-        return max([getattr(self, name), *values])
-
-    def set_params(self, **params: Any) -> Any:
-        self.__dict__.pop("_at_cache", None)
-        return super().set_params(**params)
 
 
 def flow_percentiles(source: ReadingSource, start: pd.Timestamp, end: datetime, pct: int) -> dict[str, float]:
@@ -172,6 +143,10 @@ class ConstantValue(PatternDetector):
     """
 
     kind = "constant_value"
+    labels = {"zh-CN": "数据恒值", "en": "constant value"}
+    problem = {"zh-CN": "监测数据长时间恒值",
+               "en": "constant readings for a long time"}
+    category = "falsification"
     lookback_s = 4 * 3600
     period_s = 3600
 
@@ -303,6 +278,10 @@ class ZeroWhileOperating(_HourlyMinuteCount):
     an instrument flag (calibration gas reads zero on purpose) do not count."""
 
     kind = "zero_while_operating"
+    labels = {"zh-CN": "生产中零值", "en": "zero while operating"}
+    problem = {"zh-CN": "生产期间监测值为零",
+               "en": "zero readings while operating"}
+    category = "falsification"
     lookback_s = 0
 
     def __init__(self, min_minutes: int = 30, zero_eps: float = 1e-3, flow_frac: float = 0.1,
@@ -327,6 +306,10 @@ class NegativeValue(_HourlyMinuteCount):
     Process parameters are excluded: flue-gas pressure (a01013) is legitimately negative."""
 
     kind = "negative_value"
+    labels = {"zh-CN": "负值", "en": "negative value"}
+    problem = {"zh-CN": "监测值为负",
+               "en": "negative readings"}
+    category = "fault"
     severity = "minor"
     lookback_s = 0
 
@@ -366,6 +349,10 @@ class O2Anomaly(PatternDetector):
     """
 
     kind = "o2_anomaly"
+    labels = {"zh-CN": "氧含量异常", "en": "O2 anomaly"}
+    problem = {"zh-CN": "氧含量异常",
+               "en": "abnormal O2 readings"}
+    category = "falsification"
     lookback_s = 24 * 3600
     period_s = 3600
 
@@ -483,6 +470,10 @@ class FlagAbuse(PatternDetector):
     """
 
     kind = "flag_abuse"
+    labels = {"zh-CN": "标记滥用", "en": "flag abuse"}
+    problem = {"zh-CN": "数据标记异常（疑似滥用标记）",
+               "en": "abnormal data flags (suspected abuse of flags)"}
+    category = "falsification"
     lookback_s = 24 * 3600
     period_s = 3600
 

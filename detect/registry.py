@@ -1,21 +1,27 @@
 """Which detector class serves which `kind`, and building the configured instances from settings.
 
 Detector classes are found, not listed: every `Detector` subclass with a non-empty `kind` in the
-modules of DETECTOR_MODULES (modules not written yet are skipped; an import error in an existing
-one is raised). Each kind is on unless `detect.detectors.{kind}.enabled` is false; its
+modules of DETECTOR_MODULES. Each kind is on unless `detect.detectors.{kind}.enabled` is false; its
 `params` are constructor arguments (checked by sklearn's set_params), and the overrides that
 concern it (`detect.overrides` with its kind or none) are handed over as `overrides`.
+
+A kind is declared once, by its class and its tags (detect.base.Detector): notify reads the labels
+and categories from here (`tags`, `kinds_in`), the board from GET /board/kinds, and building the
+detectors refuses settings that name a kind no class serves (`kind_problems`; config/ sits below
+detect/ and cannot know the classes, so the check is here). A new detector: one class in a module
+of DETECTOR_MODULES, with its tags and its test.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
 from collections.abc import Sequence
+from functools import cache
+from typing import Any
 
 from config.schema import DetectSettings, Settings
-from detect.base import Detector
+from detect.base import CATEGORIES, Detector
 from detect.params import as_override_dicts, check_overrides
 
 DETECTOR_MODULES = ("detect.exceedance", "detect.offline", "detect.patterns", "detect.anomaly", "detect.hotspot",
@@ -30,12 +36,11 @@ class DetectorConfigError(ValueError):
         super().__init__("detect configuration: " + "; ".join(problems))
 
 
+@cache
 def detector_classes() -> dict[str, type[Detector]]:
-    """kind -> class, over the detector modules present in this installation."""
+    """kind -> class, over the detector modules (a copy may be changed freely: use `dict(...)`)."""
     out: dict[str, type[Detector]] = {}
     for name in DETECTOR_MODULES:
-        if importlib.util.find_spec(name) is None:
-            continue
         module = importlib.import_module(name)
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, Detector) and cls.kind and cls.__module__ == module.__name__:
@@ -52,6 +57,8 @@ def build_detectors(settings: Settings | DetectSettings, kinds: Sequence[str] | 
     problems = [f"detect.detectors.{k}: unknown kind; known: {sorted(classes)}" for k in detect.detectors
                 if k not in classes]
     problems += [f"--kind {k}: unknown kind; known: {sorted(classes)}" for k in kinds or () if k not in classes]
+    if isinstance(settings, Settings):
+        problems += kind_problems(settings)
     out: list[Detector] = []
     for kind in sorted(classes):
         cfg = detect.detectors.get(kind)
@@ -71,3 +78,35 @@ def build_detectors(settings: Settings | DetectSettings, kinds: Sequence[str] | 
     if problems:
         raise DetectorConfigError(problems)
     return out
+
+
+def tags(kind: str) -> dict[str, Any]:
+    """A kind's declared tags (its class's): labels and problem per language, category, window_invariant."""
+    cls = detector_classes()[kind]
+    return {"kind": kind, "labels": dict(cls.labels), "problem": dict(cls.problem), "category": cls.category,
+            "window_invariant": cls.window_invariant, "period_s": cls.period_s}
+
+
+def all_tags() -> list[dict[str, Any]]:
+    """Every kind's tags, by kind (what GET /board/kinds serves)."""
+    return [tags(k) for k in sorted(detector_classes())]
+
+
+@cache
+def kinds_in(category: str) -> tuple[str, ...]:
+    """The kinds of one category (exceedance | falsification | fault | mobile), sorted."""
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown category {category!r}; known: {', '.join(CATEGORIES)}")
+    return tuple(sorted(k for k, cls in detector_classes().items() if cls.category == category))
+
+
+def kind_problems(settings: Settings) -> list[str]:
+    """Kinds named in the settings outside the detect section that no detector serves (the detect
+    section itself is checked by build_detectors): escalation, grouping, deadlines, overrides."""
+    known = detector_classes()
+    n = settings.notify
+    named = [("notify.escalation.immediate_kinds", k) for k in n.escalation.immediate_kinds]
+    named += [("notify.grouping.kinds", k) for k in n.grouping.kinds]
+    named += [("notify.deadline_hours", k) for k in n.deadline_hours if k != "default"]
+    named += [(f"detect.overrides.{i}.kind", o.kind) for i, o in enumerate(settings.detect.overrides) if o.kind]
+    return [f"{where}: unknown detector kind {k!r}; known: {sorted(known)}" for where, k in named if k not in known]

@@ -49,6 +49,10 @@ class DataRevision(Scoped, Detector):
     """Re-sent readings whose values differ from the first received, per receipt hour."""
 
     kind = "data_revision"
+    labels = {"zh-CN": "数据改写", "en": "data revision"}
+    problem = {"zh-CN": "已上报的监测数据被重新上报为不同数值（疑似篡改历史数据）",
+               "en": "readings already reported were sent again with different values (suspected rewriting of records)"}
+    category = "falsification"
     period_s = 3600
 
     def __init__(self, major_change: float = 0.1, intervals: tuple[str, ...] = ("minute", "hour", "day"),

@@ -6,7 +6,7 @@ UTC hours, days run 16:00Z..16:00Z. Evaluating a window means: detect, upsert th
 in (start, end]) that it no longer produces, and publish what changed. Evaluating the same
 window twice therefore changes nothing; evaluating it after late data updates it.
 
-Scheduled job (one per detector, APScheduler BackgroundScheduler, every `tick_s`):
+Scheduled job (`run_job`, one per detector, called by the service's detect loop every tick):
     horizon   = now - max(detect.settle_s, detector.settle_s if it has one)   (offline: its grace)
     due       = windows ending in (watermark, horizon]                 (first run: the last reevaluate_s)
     re-run    = windows ending in (horizon - reevaluate_s, watermark]  when something is due, or
@@ -161,28 +161,3 @@ class Runner:
             if last_end > mark:
                 self.store.set_watermark(job, last_end)
             return report
-
-    def run_all(self) -> list[Report]:
-        """One scheduled run of every detector (what each scheduler tick does, all at once)."""
-        return [self.run_job(d) for d in self.detectors]
-
-    def scheduler(self, tick_s: int = 300) -> Any:
-        """A not-yet-started APScheduler BackgroundScheduler with one job per detector."""
-        from apscheduler.schedulers.background import BackgroundScheduler
-        from apscheduler.triggers.interval import IntervalTrigger
-
-        sched = BackgroundScheduler(timezone=timezone.utc)
-        for det in self.detectors:
-            sched.add_job(self._safe_run, IntervalTrigger(seconds=tick_s, timezone=timezone.utc), args=[det],
-                          id=job_name(det), name=job_name(det), coalesce=True, max_instances=1,
-                          misfire_grace_time=tick_s, next_run_time=datetime.now(timezone.utc))
-        return sched
-
-    def _safe_run(self, detector: Detector) -> None:
-        # A failing run (InfluxDB down, bad data) must not kill the job: the watermark stays, the next tick retries.
-        try:
-            report = self.run_job(detector)
-            if report.windows:
-                log.info("%s: %d windows, changes %s", job_name(detector), report.windows, dict(report.changes))
-        except Exception:
-            log.exception("%s failed; will retry at the next tick", job_name(detector))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
@@ -17,18 +18,37 @@ KeyFor = Callable[[str], "bytes | None"]
 _WS = b" \t\r\n"
 
 
+@dataclass(frozen=True, slots=True)
+class Decoder:
+    """A payload format: `claims(raw)` says a payload is in it; `decode(raw, key_for)` reads it
+    (raising Rejected). A new format: one entry in DECODERS."""
+
+    name: str
+    claims: Callable[[bytes], bool]
+    decode: Callable[[bytes, "KeyFor | None"], "Packet | MobileFix"]
+
+
+# The one registry of payload formats, tried in order; HJ 212 first: almost all traffic.
+DECODERS: tuple[Decoder, ...] = (
+    Decoder("hj212", lambda raw: raw[:2] == b"##", hj212.decode),
+    Decoder("json", lambda raw: raw.lstrip(_WS)[:1] == b"{", lambda raw, _key_for: jsonfmt.decode(raw)),
+)
+# What no format claims is read as HJ 212, whose reasons say what is wrong with the frame.
+FALLBACK = DECODERS[0]
+
+
 def decode_payload(raw: bytes, key_for: KeyFor | None = None, max_bytes: int = 65536) -> Packet | MobileFix:
-    """Decode one payload: JSON if its first non-blank byte is `{`, otherwise an HJ 212 frame.
+    """Decode one payload with the first format of DECODERS that claims it (JSON if its first
+    non-blank byte is `{`, HJ 212 otherwise).
 
     Raises Rejected (too_large, or the decoders' reasons); never anything else.
     """
     if len(raw) > max_bytes:
         raise Rejected(Reason.TOO_LARGE, f"payload of {len(raw)} bytes exceeds {max_bytes}")
-    if raw[:2] == b"##":  # fast path: almost all traffic
-        return hj212.decode(raw, key_for)
-    if raw.lstrip(_WS)[:1] == b"{":
-        return jsonfmt.decode(raw)
-    return hj212.decode(raw, key_for)
+    for d in DECODERS:
+        if d.claims(raw):
+            return d.decode(raw, key_for)
+    return FALLBACK.decode(raw, key_for)
 
 
 def _iso(t: datetime | None) -> str | None:

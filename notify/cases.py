@@ -18,15 +18,18 @@ and the outbox's confirmed delivery (`confirm_delivery`) resets them from the de
 overdue only after that period, and a notice whose delivery is failing and being retried holds its
 case's deadlines until it is delivered or given up.
 
-Every change appends a chained event (notify.events) and bumps the row's `version`, so a writer
-that raced another one fails instead of overwriting it. All times are event times handed in by the
+Every change goes through `record` (state changes through `transition`, which checks the state
+machine and calls it): it appends a chained event (notify.events) and bumps the row's `version`,
+so a writer that raced another one fails instead of overwriting it. The one row change without an
+event of its own is a deferred notice's clock (`start_clock`): the `notice_decided` event it belongs
+to is already recorded and the case's `clock_seq` names it. All times are event times handed in by the
 caller; nothing here reads the clock (the event's recorded_at aside).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -102,6 +105,27 @@ def alerts_of(conn: Connection, case_id: str) -> list[dict[str, Any]]:
 
 # -- transitions ----------------------------------------------------------------------------------
 
+def record(conn: Connection, case: Mapping[str, Any], type: str, at: datetime, actor: str,
+           data: Mapping[str, Any] | None = None, **values: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The one way a case changes: set `values` on its row, bump its version, append event `type`.
+
+    `case` is the row as read in this transaction; ConcurrentUpdate when another writer changed it
+    since. Returns (case after, event).
+    """
+    after = _update(conn, case, type, values)
+    return after, append_event(conn, case["id"], at, actor, type, dict(data or {}))
+
+
+def _update(conn: Connection, case: Mapping[str, Any], what: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Set `values` and bump the version, if the row is still the version `case` was read at."""
+    values = {**values, "version": case["version"] + 1}
+    res = conn.execute(update(cases).where(cases.c.id == case["id"], cases.c.version == case["version"])
+                       .values(**values))
+    if res.rowcount != 1:
+        raise ConcurrentUpdate(f"case {case['id']} changed while {what} was recorded")
+    return {**case, **values}
+
+
 def transition(conn: Connection, case_id: str, action: str, at: datetime, actor: str,
                data: Mapping[str, Any] | None = None, to: str | None = None,
                **updates: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -117,17 +141,11 @@ def transition(conn: Connection, case_id: str, action: str, at: datetime, actor:
         raise TransitionError(f"case {case_id}: cannot {action} a case that is {case['state']} "
                               f"(allowed from: {', '.join(allowed)})")
     new_state = to or target or case["state"]
-    values: dict[str, Any] = {"state": new_state, "updated_at": max(utc(at), case["updated_at"]),
-                              "version": case["version"] + 1, **updates}
+    values: dict[str, Any] = {"state": new_state, "updated_at": max(utc(at), case["updated_at"]), **updates}
     if new_state in CLOSED_STATES:
         values["closed_at"] = utc(at)
-    res = conn.execute(update(cases).where(cases.c.id == case_id, cases.c.version == case["version"])
-                       .values(**values))
-    if res.rowcount != 1:
-        raise ConcurrentUpdate(f"case {case_id} changed while {action} was applied")
-    ev = append_event(conn, case_id, at, actor, EVENT_TYPES[action],
-                      {"from": case["state"], "to": new_state, **(data or {})})
-    return {**case, **values}, ev
+    return record(conn, case, EVENT_TYPES[action], at, actor, {"from": case["state"], "to": new_state, **(data or {})},
+                  **values)
 
 
 def acknowledge(conn: Connection, case_id: str, at: datetime, actor: str, text: str = "") -> dict[str, Any]:
@@ -193,17 +211,24 @@ def close_enforcement(conn: Connection, case_id: str, at: datetime, actor: str, 
 
 def mark_self_reported(conn: Connection, case_id: str, at: datetime, actor: str) -> dict[str, Any]:
     """Record that the enterprise reported the problem itself (a 轻罚/免罚 condition)."""
-    case = load_case(conn, case_id)
-    conn.execute(update(cases).where(cases.c.id == case_id).values(self_reported=True, version=case["version"] + 1))
-    append_event(conn, case_id, at, actor, "self_reported", {})
-    return load_case(conn, case_id)
+    return record(conn, load_case(conn, case_id), "self_reported", at, actor, self_reported=True)[0]
 
 
 def assess_pollution(conn: Connection, case_id: str, at: datetime, actor: str, consequence: bool,
                      note: str = "") -> None:
     """The center's judgement whether the problem caused pollution (overrides the alerts' default)."""
-    load_case(conn, case_id)
-    append_event(conn, case_id, at, actor, "pollution_assessed", {"consequence": consequence, "note": note})
+    record(conn, load_case(conn, case_id), "pollution_assessed", at, actor, {"consequence": consequence, "note": note})
+
+
+CENTER_MARKS = {"acknowledge": "center_acknowledged", "note": "note"}
+
+
+def mark(conn: Connection, case_id: str, at: datetime, actor: str, what: str, text: str = "") -> dict[str, Any]:
+    """The center's own marks on a case (read it: `acknowledge`; a `note`): history only, no state
+    change (the enterprise's acknowledgement is its answer, a different thing)."""
+    if what not in CENTER_MARKS:
+        raise TransitionError(f"unknown mark {what!r}; known: {', '.join(CENTER_MARKS)}")
+    return record(conn, load_case(conn, case_id), CENTER_MARKS[what], at, actor, {"text": text})[0]
 
 
 def deadlines(settings: Settings, problem: str, at: datetime) -> tuple[datetime, datetime]:
@@ -218,10 +243,9 @@ def start_clock(conn: Connection, settings: Settings, case_id: str, sent: dateti
     from then, until its delivery is confirmed (`confirm_delivery`)."""
     case = load_case(conn, case_id)
     ack, deadline = deadlines(settings, case["problem"], utc(sent))
-    conn.execute(update(cases).where(cases.c.id == case_id).values(
-        notice_sent_at=utc(sent), notified_at=None, clock_seq=seq, ack_due_at=ack, deadline_at=deadline,
-        version=case["version"] + 1))
-    return load_case(conn, case_id)
+    # No event of its own: the notice_decided event at `seq` records the decision this clock belongs to.
+    return _update(conn, case, "the notice's clock", {"notice_sent_at": utc(sent), "notified_at": None,
+                                                      "clock_seq": seq, "ack_due_at": ack, "deadline_at": deadline})
 
 
 def confirm_delivery(conn: Connection, settings: Settings, case_id: str, seq: int, delivered_at: datetime,
@@ -234,13 +258,9 @@ def confirm_delivery(conn: Connection, settings: Settings, case_id: str, seq: in
         return False
     told = max(utc(delivered_at), case["notice_sent_at"] or utc(delivered_at))
     ack, deadline = deadlines(settings, case["problem"], told)
-    res = conn.execute(update(cases).where(cases.c.id == case_id, cases.c.version == case["version"]).values(
-        notified_at=told, ack_due_at=ack, deadline_at=deadline, version=case["version"] + 1))
-    if res.rowcount != 1:
-        raise ConcurrentUpdate(f"case {case_id} changed while its notice's delivery was recorded")
-    append_event(conn, case_id, told, SYSTEM, "notice_delivered",
-                 {"notice_id": notice_id, "channel": channel, "event_seq": seq, "ack_due_at": ack,
-                  "deadline_at": deadline})
+    record(conn, case, "notice_delivered", told, SYSTEM,
+           {"notice_id": notice_id, "channel": channel, "event_seq": seq, "ack_due_at": ack, "deadline_at": deadline},
+           notified_at=told, ack_due_at=ack, deadline_at=deadline)
     return True
 
 
@@ -285,10 +305,6 @@ def case_id_for(alert: Alert) -> str:
     return hashlib.sha256(f"case|{alert.id}".encode()).hexdigest()[:24]
 
 
-def alert_seen(conn: Connection, alert_id: str) -> bool:
-    return conn.execute(select(case_alerts.c.case_id).where(case_alerts.c.alert_id == alert_id)).first() is not None
-
-
 def alert_facts(alert: Alert) -> dict[str, Any]:
     """What an event records about an alert (the full alert is kept in case_alerts)."""
     return {"alert_id": alert.id, "kind": alert.kind, "severity": alert.severity, "value": alert.value,
@@ -324,17 +340,14 @@ def join_case(conn: Connection, case: Mapping[str, Any], alert: Alert, emergency
     """Attach `alert` to an open case: raise its severity and emergency mark if need be; no notice."""
     at = alert_time(alert)
     attach(conn, case["id"], alert, at)
-    values: dict[str, Any] = {"version": case["version"] + 1, "updated_at": max(at, case["updated_at"])}
+    values: dict[str, Any] = {"updated_at": max(at, case["updated_at"])}
     if rules.SEVERITY_RANK.get(alert.severity, 0) > rules.SEVERITY_RANK.get(case["severity"], 0):
         values["severity"] = alert.severity
     if emergency_level is not None:
         values["emergency"] = True
     if alert.evidence.get("self_reported"):
         values["self_reported"] = True
-    res = conn.execute(update(cases).where(cases.c.id == case["id"], cases.c.version == case["version"]).values(**values))
-    if res.rowcount != 1:
-        raise ConcurrentUpdate(f"case {case['id']} changed while an alert was attached")
-    append_event(conn, case["id"], at, SYSTEM, "alert_attached", {**alert_facts(alert), "emergency_level": emergency_level})
+    record(conn, case, "alert_attached", at, SYSTEM, {**alert_facts(alert), "emergency_level": emergency_level}, **values)
     return load_case(conn, case["id"])
 
 
@@ -457,27 +470,47 @@ def apply_decisions(conn: Connection, settings: Settings, case_id: str, decision
     """
     sent = max(utc(at), utc(now)) if now is not None else utc(at)
     for d in decisions:
-        when = d.at or at
-        if isinstance(d, rules.Reopen):
-            reopen(conn, settings, case_id, when, actor)
-        elif isinstance(d, rules.Notify):
-            if d.kind == "rectification_notice" and load_case(conn, case_id)["state"] == "open":
-                transition(conn, case_id, "notify", when, actor)
-            starts_clock = d.kind in ("rectification_notice", "reopened")
-            if starts_clock and deferred is None:
-                # The deadlines are stated in the notice: set them before it is rendered. (Deferred
-                # notices get theirs when the pass hands them to the outbox, notices.enqueue_pass.)
-                start_clock(conn, settings, case_id, max(sent, utc(when)), _next_seq(conn, case_id))
-            decide_notice(conn, settings, case_id, when, d.kind, jsonable(d.detail), actor=actor,
-                          deferred=deferred if starts_clock else None)
-        elif isinstance(d, rules.Escalate):
-            _escalate(conn, settings, case_id, d, when, actor)
-        elif isinstance(d, rules.Close):
-            verify(conn, case_id, when, actor)
-        elif isinstance(d, rules.Recommend):
-            conn.execute(update(cases).where(cases.c.id == case_id).values(recommendation=d.recommendation))
-            append_event(conn, case_id, when, actor, "recommendation",
-                         {"recommendation": d.recommendation, "basis": d.basis})
+        _APPLY[type(d)](conn, settings, case_id, d, d.at or at, actor, sent, deferred)
+
+
+def _apply_reopen(conn: Connection, settings: Settings, case_id: str, d: rules.Reopen, when: datetime, actor: str,
+                  sent: datetime, deferred: list[dict[str, Any]] | None) -> None:
+    reopen(conn, settings, case_id, when, actor)
+
+
+def _apply_notify(conn: Connection, settings: Settings, case_id: str, d: rules.Notify, when: datetime, actor: str,
+                  sent: datetime, deferred: list[dict[str, Any]] | None) -> None:
+    if d.kind == "rectification_notice" and load_case(conn, case_id)["state"] == "open":
+        transition(conn, case_id, "notify", when, actor)
+    starts_clock = d.kind in ("rectification_notice", "reopened")
+    if starts_clock and deferred is None:
+        # The deadlines are stated in the notice: set them before it is rendered. (Deferred
+        # notices get theirs when the pass hands them to the outbox, notices.enqueue_pass.)
+        start_clock(conn, settings, case_id, max(sent, utc(when)), _next_seq(conn, case_id))
+    decide_notice(conn, settings, case_id, when, d.kind, jsonable(d.detail), actor=actor,
+                  deferred=deferred if starts_clock else None)
+
+
+def _apply_escalate(conn: Connection, settings: Settings, case_id: str, d: rules.Escalate, when: datetime,
+                    actor: str, sent: datetime, deferred: list[dict[str, Any]] | None) -> None:
+    _escalate(conn, settings, case_id, d, when, actor)
+
+
+def _apply_close(conn: Connection, settings: Settings, case_id: str, d: rules.Close, when: datetime, actor: str,
+                 sent: datetime, deferred: list[dict[str, Any]] | None) -> None:
+    verify(conn, case_id, when, actor)
+
+
+def _apply_recommend(conn: Connection, settings: Settings, case_id: str, d: rules.Recommend, when: datetime,
+                     actor: str, sent: datetime, deferred: list[dict[str, Any]] | None) -> None:
+    record(conn, load_case(conn, case_id), "recommendation", when, actor,
+           {"recommendation": d.recommendation, "basis": d.basis}, recommendation=d.recommendation)
+
+
+# Each kind of decision the rules make, and how it is carried out.
+_APPLY: dict[type, Callable[..., None]] = {rules.Reopen: _apply_reopen, rules.Notify: _apply_notify,
+                                           rules.Escalate: _apply_escalate, rules.Close: _apply_close,
+                                           rules.Recommend: _apply_recommend}
 
 
 def _next_seq(conn: Connection, case_id: str) -> int:
@@ -508,8 +541,7 @@ def decide_notice(conn: Connection, settings: Settings, case_id: str, at: dateti
     the messages. With `deferred`, the rendering waits for the end of the detection pass, so an
     enterprise with several findings gets one notice listing them (notices.enqueue_pass).
     """
-    import importlib.util
-
+    from notify import notices
     from notify.context import emergency_at
 
     case = load_case(conn, case_id)
@@ -517,12 +549,10 @@ def decide_notice(conn: Connection, settings: Settings, case_id: str, at: dateti
     emergency = emergency_at(conn, at) if case["emergency"] else None
     if emergency is not None:
         extra["emergency_level"] = emergency["level"]
-    ev = append_event(conn, case_id, at, actor, "notice_decided", extra)
+    case, ev = record(conn, case, "notice_decided", at, actor, extra)
     if deferred is not None:
         deferred.append({"case_id": case_id, "seq": ev["seq"], "kind": kind, "enterprise_id": case["enterprise_id"],
                          "at": utc(at)})
-    elif importlib.util.find_spec("notify.notices") is not None:
-        from notify import notices
-
+    else:
         notices.enqueue(conn, settings, case, ev, kind)
     return ev

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from email.message import EmailMessage
 from email.utils import format_datetime
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -50,9 +50,26 @@ class DeliveryError(Exception):
 
 
 class Channel(Protocol):
-    """Delivers one outbox row; returns only when the recipient's side has confirmed it."""
+    """Delivers one outbox row; returns only when the recipient's side has confirmed it.
+
+    A channel class also says its `name` (the outbox rows' `channel`), whether a deployment has it
+    (`available`) and whether it reaches a recipient (`reaches`: an Enterprise, None for one not in
+    the registry, or an Officer). A new channel: one class here, added to CHANNELS.
+    """
+
+    name: ClassVar[str]
 
     def deliver(self, notice_row: Mapping[str, Any]) -> None: ...
+
+
+def _always(settings: Settings) -> bool:
+    return True
+
+
+def _email_of(audience: str, who: Any) -> str | None:
+    if who is None:
+        return None
+    return who.email if audience == "officer" else who.contact.email
 
 
 def message(notice_row: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,6 +111,13 @@ def notice_topic(prefix: str, audience: str, recipient: str) -> str:
 
 class MQTTChannel:
     """QoS 1 publish, confirmed by the broker's PUBACK. One connection, opened on first use."""
+
+    name: ClassVar[str] = "mqtt"
+    available = staticmethod(_always)
+
+    @staticmethod
+    def reaches(settings: Settings, audience: str, who: Any) -> bool:
+        return True  # every party has its notice topic ({prefix}/{audience}/{id}/notice)
 
     def __init__(self, settings: Settings, timeout_s: float = 10.0) -> None:
         self.settings = settings
@@ -156,6 +180,13 @@ class MQTTChannel:
 class WebhookChannel:
     """POST the JSON message to the enterprise's webhook_url, signed with its webhook_secret."""
 
+    name: ClassVar[str] = "webhook"
+    available = staticmethod(_always)
+
+    @staticmethod
+    def reaches(settings: Settings, audience: str, who: Any) -> bool:
+        return audience == "enterprise" and who is not None and bool(who.contact.webhook_url)
+
     def __init__(self, settings: Settings, timeout_s: float = 10.0, client: httpx.Client | None = None) -> None:
         self.settings = settings
         self._http = client or httpx.Client(timeout=timeout_s, follow_redirects=False)
@@ -194,6 +225,16 @@ def _check_status(resp: httpx.Response, url: str) -> None:
 
 class EmailChannel:
     """Send over SMTP (settings.notify.smtp); delivered once the server accepted the message."""
+
+    name: ClassVar[str] = "email"
+
+    @staticmethod
+    def available(settings: Settings) -> bool:
+        return settings.notify.smtp is not None
+
+    @staticmethod
+    def reaches(settings: Settings, audience: str, who: Any) -> bool:
+        return settings.notify.smtp is not None and bool(_email_of(audience, who))
 
     def __init__(self, settings: Settings, timeout_s: float = 30.0) -> None:
         if settings.notify.smtp is None:
@@ -253,13 +294,19 @@ def message_id(notice_id: str, sender: str) -> str:
     return f"<{notice_id}@{domain}>"
 
 
+# Every channel, in the order a notice lists them (the one registry: the outbox and notices read it).
+CHANNELS: tuple[Any, ...] = (MQTTChannel, WebhookChannel, EmailChannel)
+
+
 def default_channels(settings: Settings) -> dict[str, Channel]:
     """The channels a deployment's settings allow: mqtt and webhook always, email when SMTP is set."""
-    out: dict[str, Channel] = {"mqtt": MQTTChannel(settings), "webhook": WebhookChannel(settings)}
-    if settings.notify.smtp is not None:
-        out["email"] = EmailChannel(settings)
-    return out
+    return {c.name: c(settings) for c in CHANNELS if c.available(settings)}
 
 
-__all__ = ["Channel", "DeliveryError", "EmailChannel", "MQTTChannel", "WebhookChannel", "default_channels",
+def channels_for(settings: Settings, audience: str, who: Any) -> list[str]:
+    """The names of the channels that reach `who` (an Enterprise or None, or an Officer), in CHANNELS order."""
+    return [c.name for c in CHANNELS if c.available(settings) and c.reaches(settings, audience, who)]
+
+
+__all__ = ["CHANNELS", "Channel", "DeliveryError", "channels_for", "EmailChannel", "MQTTChannel", "WebhookChannel", "default_channels",
            "message", "message_bytes", "message_id", "notice_topic", "sign", "verify_signature"]

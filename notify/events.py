@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, insert, select
 
 from notify.store import as_utc, utc
 from notify.tables import case_events
@@ -78,11 +78,6 @@ def events_of(conn: Connection, case_id: str) -> list[dict[str, Any]]:
     rows = conn.execute(select(case_events).where(case_events.c.case_id == case_id)
                         .order_by(case_events.c.seq)).mappings().all()
     return [{**r, "at": as_utc(r["at"]), "recorded_at": as_utc(r["recorded_at"])} for r in rows]
-
-
-def event_count(conn: Connection) -> int:
-    """All events in the store (tests and idempotency checks)."""
-    return conn.execute(select(func.count()).select_from(case_events)).scalar_one()
 
 
 def verify_chain(rows: Iterable[Mapping[str, Any]]) -> int | None:

@@ -225,7 +225,7 @@ def _plot_pollutant(ax: Any, df: pd.DataFrame, alerts: list[dict[str, Any]], cod
                     language: str = "zh-CN", enterprise: str = "") -> None:
     from matplotlib.dates import DateFormatter
 
-    from notify.notices import PROBLEM_LABELS, pollutant_label
+    from notify.notices import pollutant_label, problem_label
 
     w = CHART_WORDS[language]
     data, label = _series(df, code)
@@ -237,7 +237,7 @@ def _plot_pollutant(ax: Any, df: pd.DataFrame, alerts: list[dict[str, Any]], cod
         start, end = (pd.Timestamp(a[k]) for k in ("window_start", "window_end"))
         ax.axvspan(start, end, color="tab:red", alpha=0.12)
         if a.get("value") is not None:
-            kind = PROBLEM_LABELS[language].get(a["kind"], a["kind"])
+            kind = problem_label(language, a["kind"])
             ax.hlines(a["value"], start, end, colors="tab:red", lw=2, label=f"{kind} {a['value']}")
     limits = {(a["limit"], (a.get("evidence") or {}).get("standard") or "") for a in alerts
               if a.get("limit") is not None and "exceedance" in a["kind"]}

@@ -28,6 +28,7 @@ from sqlalchemy import Connection, func, insert, select
 from config.schema import Enterprise, Officer, Outlet, Settings
 from config.tables import pollutants
 from notify import views
+from notify.channels import channels_for
 from notify.tables import case_alerts, case_events, notice_numbers, notices, tickets
 
 KINDS = ("rectification_notice", "reminder", "reopened", "closed", "ticket")
@@ -38,28 +39,25 @@ CHINA_TZ = timezone(timedelta(hours=8))
 MAX_FINDINGS = 20  # findings listed in a notice (most recent first); the payload says how many in all
 TEMPLATES = Path(__file__).with_name("templates")
 
-PROBLEM_LABELS: dict[str, dict[str, str]] = {
-    "zh-CN": {
-        "exceedance": "小时均值超标排放", "daily_exceedance": "日均值超标排放",
-        "insufficient_valid_data": "有效数据不足", "offline": "监测数据中断（离线）",
-        "constant_value": "监测数据长时间恒值", "zero_while_operating": "生产期间监测值为零",
-        "negative_value": "监测值为负", "o2_anomaly": "氧含量异常",
-        "flag_abuse": "数据标记异常（疑似滥用标记）",
-        "multivariate_anomaly": "多项监测数据之间的关系与历史不符（疑似数据异常）",
-        "hotspot": "走航/无人机监测发现污染热点",
-        "data_revision": "已上报的监测数据被重新上报为不同数值（疑似篡改历史数据）",
-    },
-    "en": {
-        "exceedance": "hourly mean above the permit limit", "daily_exceedance": "daily mean above the permit limit",
-        "insufficient_valid_data": "insufficient valid data", "offline": "monitoring data interrupted (offline)",
-        "constant_value": "constant readings for a long time", "zero_while_operating": "zero readings while operating",
-        "negative_value": "negative readings", "o2_anomaly": "abnormal O2 readings",
-        "flag_abuse": "abnormal data flags (suspected abuse of flags)",
-        "multivariate_anomaly": "readings that no longer relate to each other as they used to (suspected data anomaly)",
-        "hotspot": "pollution hotspot found by mobile monitoring",
-        "data_revision": "readings already reported were sent again with different values (suspected rewriting of records)",
-    },
-}
+def problem_labels() -> dict[str, dict[str, str]]:
+    """{language: {kind: how a notice names the problem}}, from the detectors' tags (detect.registry)."""
+    from detect.registry import detector_classes
+
+    return {lang: {k: cls.problem[lang] for k, cls in detector_classes().items()} for lang in LANGUAGES}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PROBLEM_LABELS":  # the former table, now read from the detectors' tags
+        return problem_labels()
+    raise AttributeError(f"module 'notify.notices' has no attribute {name!r}")
+
+
+def problem_label(language: str, kind: str) -> str:
+    """How a notice in `language` names the problem of alert kind `kind` (the kind itself if unknown)."""
+    from detect.registry import detector_classes
+
+    cls = detector_classes().get(kind)
+    return cls.problem.get(language, kind) if cls is not None else kind
 
 
 def notice_id(decision: str) -> str:
@@ -200,7 +198,7 @@ def _finding(alert: Mapping[str, Any], language: str) -> dict[str, Any]:
     start, end = (datetime.fromisoformat(alert[k]) for k in ("window_start", "window_end"))
     return {
         "alert_id": alert.get("id"), "kind": alert.get("kind"), "severity": alert.get("severity"),
-        "problem_label": PROBLEM_LABELS[language].get(alert.get("kind", ""), alert.get("kind", "")),
+        "problem_label": problem_label(language, alert.get("kind", "")),
         "station_mn": alert.get("station_mn"), "pollutant": alert.get("pollutant"),
         "window_start": _iso(start), "window_end": _iso(end),
         "window_local": _local_range(start, end),
@@ -268,7 +266,7 @@ def _case_facts(settings: Settings, case: Mapping[str, Any], language: str) -> d
         "id": case["id"], "enterprise_id": case["enterprise_id"],
         "enterprise_name": ent.name if ent else case["enterprise_id"],
         "outlet_id": case["outlet_id"], "outlet_name": (outlet.name or outlet.id) if outlet else case["outlet_id"],
-        "problem": case["problem"], "problem_label": PROBLEM_LABELS[language].get(case["problem"], case["problem"]),
+        "problem": case["problem"], "problem_label": problem_label(language, case["problem"]),
         "pollutant": code, "pollutant_name": _pollutant_name(code, language) if code else "",
         "severity": case.get("severity"), "state": case.get("state"), "opened_local": local_time(case.get("opened_at")),
         "recommendation": case.get("recommendation"), "dismiss_reason": case.get("dismiss_reason"),
@@ -346,12 +344,7 @@ def _recipients(settings: Settings, case: Mapping[str, Any], event: Mapping[str,
                 for o in _officers(settings, case, event) for ch in _officer_channels(settings, o)]
     ent = _enterprise(settings, case["enterprise_id"])
     lang = enterprise_language(settings, ent)
-    channels = ["mqtt"]  # always: {prefix}/enterprise/{id}/notice
-    if ent is not None and ent.contact.webhook_url:
-        channels.append("webhook")
-    if ent is not None and ent.contact.email and settings.notify.smtp is not None:
-        channels.append("email")
-    return [("enterprise", case["enterprise_id"], ch, lang) for ch in channels]
+    return [("enterprise", case["enterprise_id"], ch, lang) for ch in channels_for(settings, "enterprise", ent)]
 
 
 def _officers(settings: Settings, case: Mapping[str, Any], event: Mapping[str, Any]) -> list[Officer]:
@@ -368,7 +361,7 @@ def _officers(settings: Settings, case: Mapping[str, Any], event: Mapping[str, A
 
 
 def _officer_channels(settings: Settings, officer: Officer) -> list[str]:
-    return ["mqtt"] + (["email"] if officer.email and settings.notify.smtp is not None else [])
+    return channels_for(settings, "officer", officer)
 
 
 def _insert_ignoring_duplicates(conn: Connection, rows: list[dict[str, Any]]) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -89,17 +88,6 @@ class Dispatcher:
             outcome = self._deliver(row, now)
             setattr(counts, outcome, getattr(counts, outcome) + 1)
         return counts
-
-    def run_forever(self, stop: threading.Event, interval_s: float = 2.0) -> None:
-        """Passes until `stop` is set; a pass that found work is followed at once by the next."""
-        while not stop.is_set():
-            try:
-                busy = self.run_once().claimed > 0
-            except Exception:  # noqa: BLE001 - a store hiccup must not end the service; next pass retries
-                log.exception("outbox pass failed")
-                busy = False
-            if not busy:
-                stop.wait(interval_s)
 
     # -- steps ----------------------------------------------------------------------------------
 

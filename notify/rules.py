@@ -23,10 +23,10 @@ from datetime import datetime, timedelta
 from typing import Any, Union
 
 from config.schema import NotifySettings
+from detect.registry import kinds_in
 
 MINOR = ("info", "minor")
 SEVERITY_RANK = {"info": 0, "minor": 1, "major": 2, "critical": 3}
-EXCEEDANCE_KINDS = ("exceedance", "daily_exceedance")
 EMERGENCY_GRADES = ("C", "D")  # full reduction measures; A, B and "leading" follow normal rules
 OCCURRENCE_EVENTS = ("opened", "reopened")
 P1, P2, P3 = "P1", "P2", "P3"
@@ -100,7 +100,7 @@ def immediate_reason(alert: Mapping[str, Any], ctx: Context) -> str | None:
     f = factor(alert)
     # value/limit means "times over the permit" only for exceedances: an offline alert's value is
     # silent minutes against a grace, a hotspot's a factor over background.
-    if alert.get("kind") in EXCEEDANCE_KINDS and f is not None and f >= esc.severe_factor:
+    if alert.get("kind") in kinds_in("exceedance") and f is not None and f >= esc.severe_factor:
         return "severe"
     if ctx.emergency_level and ctx.grade in EMERGENCY_GRADES and is_exceedance(alert):
         return "emergency"
@@ -109,7 +109,7 @@ def immediate_reason(alert: Mapping[str, Any], ctx: Context) -> str | None:
 
 def is_exceedance(alert: Mapping[str, Any]) -> bool:
     """An emission above its permit limit (what emergency measures are about)."""
-    return alert.get("kind") in EXCEEDANCE_KINDS
+    return alert.get("kind") in kinds_in("exceedance")
 
 
 def is_minor(case: Mapping[str, Any], ctx: Context) -> bool:
@@ -225,17 +225,6 @@ def _reminder(history: Sequence[Mapping[str, Any]], now: datetime, due: datetime
     if _reminded_since_notice(history, what):
         return []
     return [Notify("reminder", at=at, detail={"due": what, "due_at": due})]
-
-
-def reminders_due_by(case: Mapping[str, Any], ctx_settings: NotifySettings) -> list[datetime]:
-    """When this case's reminders fall due (for the store's query of what is due)."""
-    lead = ctx_settings.reminders
-    out = []
-    if case.get("ack_due_at") is not None and lead.acknowledge_before_hours > 0:
-        out.append(case["ack_due_at"] - timedelta(hours=lead.acknowledge_before_hours))
-    if case.get("deadline_at") is not None and lead.rectification_before_hours > 0:
-        out.append(case["deadline_at"] - timedelta(hours=lead.rectification_before_hours))
-    return out
 
 
 def _reminded_since_notice(history: Sequence[Mapping[str, Any]], due: str | None = None) -> bool:

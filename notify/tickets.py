@@ -18,7 +18,6 @@ outcome `no_violation` dismisses it, any other outcome (rectified, penalized, ..
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -167,12 +166,10 @@ def attach_evidence(engine: Engine, settings: Settings, ticket_id: str, at: date
 
     The package is built outside any write transaction (it queries InfluxDB and draws a chart,
     seconds of work), so it never holds the case store's write lock; only recording it does.
-    Returns False, leaving the columns NULL for a later retry, when the builder is not installed
-    or fails (e.g. InfluxDB unreachable): a ticket must not wait for its evidence.
+    Returns False, leaving the columns NULL for a later retry, when the builder fails (e.g.
+    InfluxDB unreachable): a ticket must not wait for its evidence.
     """
-    if importlib.util.find_spec("notify.evidence") is None:
-        return False
-    from notify import evidence
+    from notify import evidence  # loaded on first use: it brings matplotlib
 
     with engine.connect() as conn:
         t = load_ticket(conn, ticket_id)

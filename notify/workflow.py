@@ -31,7 +31,7 @@ from notify import groups as groups_mod
 from notify import notices as notices_mod
 from notify.events import events_of
 from notify.store import as_utc, reading, utc
-from notify.tables import answers, case_alerts, notices
+from notify.tables import answers, notices
 from notify.tables import cases as cases_t
 from notify.tables import tickets as tickets_t
 
@@ -216,7 +216,8 @@ def _apply_answer(conn: Connection, settings: Settings, case: Mapping[str, Any],
 def act(engine: Engine, settings: Settings, case_id: str, action: str, at: datetime, actor: str,
         **kw: Any) -> dict[str, Any]:
     """A center action on a case: dismiss(reason), assign(assignee), escalate(priority), verify,
-    self_reported, assess_pollution(consequence, note). Returns the case after."""
+    self_reported, assess_pollution(consequence, note), acknowledge(text) and note(text) (the center's
+    marks, history only). Returns the case after."""
 
     def work(conn: Connection) -> dict[str, Any]:
         if action == "dismiss":
@@ -237,6 +238,8 @@ def act(engine: Engine, settings: Settings, case_id: str, action: str, at: datet
             cases.mark_self_reported(conn, case_id, at, actor)
         elif action == "assess_pollution":
             cases.assess_pollution(conn, case_id, at, actor, bool(kw["consequence"]), kw.get("note", ""))
+        elif action in cases.CENTER_MARKS:
+            cases.mark(conn, case_id, at, actor, action, kw.get("text", ""))
         else:
             raise cases.TransitionError(f"unknown center action {action!r}")
         return cases.load_case(conn, case_id)
@@ -385,8 +388,3 @@ def get_ticket(engine: Engine, ticket_id: str) -> dict[str, Any] | None:
     if m is None:
         return None
     return {**tickets._row(m), "case": get_case(engine, m["case_id"])}
-
-
-def case_alert_ids(engine: Engine, case_id: str) -> list[str]:
-    with engine.connect() as conn:
-        return list(conn.execute(select(case_alerts.c.alert_id).where(case_alerts.c.case_id == case_id)).scalars())

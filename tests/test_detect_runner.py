@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from center.metrics import Metrics
+from center.service_loops import DetectLoop
 from config.schema import InfluxSettings
 from detect.cli import detect_range, export_alerts, parse_time
 from detect.exceedance import Exceedance, InsufficientValidData
 from detect.publish import AlertPublisher
-from detect.runner import Runner, align_down, windows
+from detect.runner import Runner, align_down, job_name, windows
 from detect.store import AlertStore
 from ingest.influx import Influx
 from tests.detect_helpers import lookup, minute_lines, registry, utc, write
@@ -109,18 +111,17 @@ def test_a_new_runner_resumes_from_the_stored_watermark(settings_factory: Any, i
     assert len(list(b.store.alerts())) == 5
 
 
-def test_the_scheduler_runs_every_detector_and_records_watermarks(settings_factory: Any, influx: Influx) -> None:
+def test_the_detect_loop_runs_every_detector_and_records_watermarks(settings_factory: Any, influx: Influx) -> None:
     r = runner(settings_factory(registry()), influx)
-    sched = r.scheduler(tick_s=3600)
-    assert sorted(j.id for j in sched.get_jobs()) == ["detect:exceedance", "detect:insufficient_valid_data"]
-    sched.start()
+    jobs = ("detect:exceedance", "detect:insufficient_valid_data")
+    assert sorted(job_name(d) for d in r.detectors) == list(jobs)
+    loop = DetectLoop(r, Metrics(r.store.engine), lambda: True, 3600, 600).start()
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not all(r.store.watermark(j) for j in
-                                                       ("detect:exceedance", "detect:insufficient_valid_data")):
+        while time.monotonic() < deadline and not all(r.store.watermark(j) for j in jobs):
             time.sleep(0.1)
     finally:
-        sched.shutdown(wait=True)
+        loop.stop()
     assert r.store.watermark("detect:exceedance") is not None
     assert r.store.watermark("detect:insufficient_valid_data") is not None
 

@@ -168,7 +168,7 @@ function fillFilters() {
       ...values.map(([v, text]) => h('option', { value: v }, text)));
     sel.value = cur;
   };
-  opts(f.kind, KINDS.map((k) => [k, label('kind', k)]));
+  opts(f.kind, S.kinds.map((k) => [k.kind, label('kind', k.kind)]));
   opts(f.enterprise, [...S.enterprises.values()].map((e) => [e.id, e.name]));
   opts(f.severity, SEVERITIES.map((k) => [k, label('severity', k)]));
   opts(f.state, STATES.map((k) => [k, label('state', k)]), null, [h('option', { value: '_open' }, t('filter.open'))]);

@@ -3,9 +3,6 @@
 // share one global scope). Text always enters the DOM as text (h), never as markup.
 'use strict';
 
-const KINDS = ['exceedance', 'daily_exceedance', 'insufficient_valid_data', 'offline', 'constant_value',
-  'zero_while_operating', 'negative_value', 'o2_anomaly', 'flag_abuse', 'multivariate_anomaly', 'hotspot',
-  'data_revision'];
 const STATES = ['open', 'notified', 'acknowledged', 'rectification_reported', 'reopened', 'escalated',
   'verified', 'dismissed'];
 const ACTIVE = ['open', 'notified', 'acknowledged', 'rectification_reported', 'reopened'];
@@ -16,7 +13,8 @@ const LS = { token: 'envwatch.token', lang: 'envwatch.lang' };
 const HOME = { operator: '/', enterprise: '/portal', officer: '/desk' };
 
 // State every screen has; each page adds its own fields.
-const S = { token: null, me: null, lang: 'zh-CN', dict: {}, pollutants: {}, enterprises: new Map() };
+// `kinds`: the detector kinds with their labels, as the service declares them (GET /board/kinds).
+const S = { token: null, me: null, lang: 'zh-CN', dict: {}, kinds: [], pollutants: {}, enterprises: new Map() };
 
 // -- small helpers ---------------------------------------------------------------------------------
 
@@ -109,8 +107,12 @@ function query(params) {
 // -- language --------------------------------------------------------------------------------------
 
 async function setLang(lang) {
-  const r = await fetch(`/static/i18n/${lang}.json`);
-  S.dict = await r.json();
+  const [dict, kinds] = await Promise.all([fetch(`/static/i18n/${lang}.json`).then((r) => r.json()),
+    S.kinds.length ? S.kinds : fetch('/board/kinds').then((r) => r.json())]);
+  // Kind labels come with the detectors (their tags), the other words from the i18n file.
+  for (const k of kinds) dict[`kind.${k.kind}`] = k.labels[lang] ?? k.kind;
+  S.dict = dict;
+  S.kinds = kinds;
   S.lang = lang;
   document.documentElement.lang = lang;
   document.title = t(document.body.dataset.title || 'title');
