@@ -14,7 +14,7 @@ Printed: each time, the ratios job / bare and job / valid per size, and the grow
 
     .venv/bin/python bench/detect.py [--url http://127.0.0.1:8086] [--sizes 2000,20000] [--repeat 2]
 
-Without --url it starts its own influxd (center.devservices) in a temporary directory.
+Without --url it starts its own influxd (devtools.devservices) in a temporary directory.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     svc = None
     if args.url is None:
-        from center.devservices import free_port, start_influxd
+        from devtools.devservices import free_port, start_influxd
 
         svc = start_influxd(Path(tempfile.mkdtemp(prefix="bench-detect-")), free_port())
         url = svc.url

@@ -70,7 +70,7 @@ def merged_registry() -> dict[str, Any]:
 
 
 def build_stream(settings: Settings, field_lines: int, sim_hours: float) -> list[tuple[str, bytes]]:
-    from center.simulate import generate
+    from devtools.simulate import generate
 
     prefix = settings.broker.topic_prefix
     out: list[tuple[str, bytes]] = []
@@ -296,7 +296,7 @@ def main() -> None:
     ap.add_argument("--revisions", action="store_true", help="also measure the revision screen's cost")
     ap.add_argument("--only-revisions", action="store_true", help="only that (and the bare baseline)")
     args = ap.parse_args()
-    from center.devservices import free_port, start_influxd, start_mosquitto
+    from devtools.devservices import free_port, start_influxd, start_mosquitto
 
     with tempfile.TemporaryDirectory(prefix="envwatch-bench-") as tmp:
         work = Path(tmp)

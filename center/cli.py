@@ -101,7 +101,7 @@ def simulate(
     seed: int = 1,
 ) -> None:
     """Publish a configured city's station packets (HJ 212-2017) and mobile tracks (JSON)."""
-    from center.simulate import run
+    from devtools.simulate import run
 
     run(settings_or_exit(config), speedup=speedup, duration=duration, start=start, mobile=mobile,
         scenario=scenario, truth=truth, seed=seed)
@@ -114,7 +114,7 @@ def replay(
     rate: Annotated[float, typer.Option(help="messages per second, 0 = as fast as possible")] = 0.0,
 ) -> None:
     """Publish a file of raw packets (one per line) to the stations' topics."""
-    from center.simulate import replay as do_replay
+    from devtools.simulate import replay as do_replay
 
     n = do_replay(settings_or_exit(config), file, rate=rate)
     Console().print(f"published {n} payloads")
@@ -194,7 +194,7 @@ def services_up(
     influx_port: int = 8086,
 ) -> None:
     """Start local Mosquitto and InfluxDB on loopback (reuses running ones)."""
-    from center.devservices import ensure_up
+    from devtools.devservices import ensure_up
 
     for line in ensure_up(state_dir, mqtt_port=mqtt_port, influx_port=influx_port):
         Console().print(line)
@@ -203,7 +203,7 @@ def services_up(
 @services_app.command("down")
 def services_down(state_dir: Annotated[Path, typer.Option()] = Path(".state")) -> None:
     """Stop the local services started by `services up`."""
-    from center.devservices import ensure_down
+    from devtools.devservices import ensure_down
 
     for line in ensure_down(state_dir):
         Console().print(line)

@@ -41,7 +41,7 @@ def run(settings: Settings, speedup: float = 0.0, seconds: float | None = None, 
     first, before detection starts: an hour whose data is still on its way would otherwise look like
     an outage to the offline detector.
     """
-    from center.devservices import ensure_up
+    from devtools.devservices import ensure_up
     from center.service import Service, ServiceOptions
 
     console = Console()
@@ -76,7 +76,7 @@ def run(settings: Settings, speedup: float = 0.0, seconds: float | None = None, 
 
 def catch_up_start(end: datetime, days_back: int) -> datetime:
     """China midnight `days_back` days before the China day of `end`: the catch-up covers whole days."""
-    from center.simulate import china_day_floor
+    from devtools.simulate import china_day_floor
 
     return china_day_floor(end) - timedelta(days=max(1, days_back))
 
@@ -140,7 +140,7 @@ def _catch_up(settings: Settings, console: Console, start: datetime, end: dateti
 
 def _simulate(settings: Settings, speedup: float, start: datetime, duration: float | None,
               scenario: Path | None) -> int:
-    from center.simulate import run as simulate
+    from devtools.simulate import run as simulate
 
     truth = Path(settings.ingest.state_dir) / "demo-truth.jsonl" if scenario else None
     return simulate(settings, speedup=speedup, duration=duration, start=start, mobile=True,

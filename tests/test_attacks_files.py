@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from center.devservices import Service, free_port
+from devtools.devservices import Service, free_port
 from config.loader import from_mapping
 from config.schema import InfluxSettings
 from ingest.deadletter import MAX_RAW_BYTES, DeadLetters, deadletter_path

@@ -33,7 +33,7 @@ import yaml
 from center.app import create_app
 from center.auth import FailedAuthLimiter
 from center.service import prepare_store
-from center.simulate import generate
+from devtools.simulate import generate
 from detect.store import AlertStore
 from ingest.decode import decode_payload, key_lookup
 from notify import views, workflow

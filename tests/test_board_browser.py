@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from center.devservices import free_port
+from devtools.devservices import free_port
 from config.schema import Settings
 from detect.base import Alert, Window
 from detect.exceedance import Exceedance

@@ -1,6 +1,6 @@
 """`envwatch broker acl` files enforced by a real Mosquitto 2.0, and TLS through ingest.mqtt.
 
-The broker is started by center.devservices with the generated snippet appended: its listener
+The broker is started by devtools.devservices with the generated snippet appended: its listener
 (on broker.port), allow_anonymous false (the last allow_anonymous line wins), password and ACL file.
 """
 
@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
 from center.broker_acl import CONF_FILE, hash_password, plan, write_acl
-from center.devservices import Service, free_port, start_mosquitto
+from devtools.devservices import Service, free_port, start_mosquitto
 from ingest.mqtt import check_connect, connect_options, make_client
 from config.loader import from_mapping
 from config.schema import BrokerSettings, Settings, TLSSettings

@@ -17,7 +17,7 @@ from rich.console import Console
 from sqlalchemy import Engine, select
 
 from center.app import create_app
-from center.devservices import free_port
+from devtools.devservices import free_port
 from center.service import prepare_store
 from config.schema import Settings
 from detect.base import Alert

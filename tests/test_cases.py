@@ -447,7 +447,7 @@ def test_cli_commands_through_typer(tmp_path: Path) -> None:
 # -- evidence packages for tickets ----------------------------------------------------------------
 
 def test_ticket_gets_its_evidence_package_once_influxdb_answers(tmp_path: Path, influx_settings) -> None:
-    from center.devservices import free_port
+    from devtools.devservices import free_port
     from notify import evidence
     from notify.store import make_engine, migrate
 

@@ -100,7 +100,7 @@ def test_identical_replay_and_backfill_raise_nothing(settings_factory: Any, infl
 
 def test_data_revision_is_declared_everywhere_a_kind_is() -> None:
     """Every place that lists detector kinds knows data_revision (labels, board, escalation, simulator)."""
-    from center import simulate
+    from devtools import simulate
     from config.schema import EscalationSettings
     from notify.notices import PROBLEM_LABELS
 

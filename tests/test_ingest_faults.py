@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from center.devservices import Service
+from devtools.devservices import Service
 from config.schema import Settings
 from ingest import hj212
 from ingest.consumer import INFLUX_TOPIC, Ingest

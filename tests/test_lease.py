@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text
 
-from center.devservices import Service, free_port
+from devtools.devservices import Service, free_port
 from center.lease import AdvisoryLease, SingleLease, lease_for
 from config.schema import InfluxSettings
 from detect.store import alerts_table

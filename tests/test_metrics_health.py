@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from center.app import create_app
-from center.devservices import Service, free_port
+from devtools.devservices import Service, free_port
 from center.metrics import Metrics
 from center.service import prepare_store
 from center.service_loops import DetectLoop

@@ -153,8 +153,8 @@ def test_unknown_kind_or_language_is_refused() -> None:
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Any]:
-    from center.devservices import free_port
-    from center.pgservice import start_postgres
+    from devtools.devservices import free_port
+    from devtools.pgservice import start_postgres
 
     state = Path(tempfile.mkdtemp(prefix="envwatch-pg-"))
     svc = start_postgres(state, free_port(), fsync=False)

@@ -24,7 +24,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from center.devservices import free_port
+from devtools.devservices import free_port
 from config.schema import Settings
 from notify.channels import (EmailChannel, MQTTChannel, WebhookChannel, message_id, verify_signature)
 from notify.notices import as_utc, enqueue

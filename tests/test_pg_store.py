@@ -14,7 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, select
 
-from center.pgservice import PostgresService
+from devtools.pgservice import PostgresService
 from config.loader import from_mapping
 from notify import workflow
 from notify.events import verify_chain
