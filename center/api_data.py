@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from center import api_queries as q
+from notify import queries as q
 from center.api_admin import parse_time
 from center.api_cases import engine_of, load_case
 from center.api_models import Hotspot, Readings, Track

@@ -164,7 +164,7 @@ def _print_access(console: Console, settings: Settings) -> None:
 
 
 def _status(service: object) -> str:
-    from center.api_queries import cases_by_state
+    from notify.queries import cases_by_state
     from ingest.consumer import status_line
 
     by_state = cases_by_state(getattr(service, "engine"))

@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from center import api_queries as q
+from notify import queries as q
 from detect.store import watermarks_table
 from notify.store import reading
 from notify.tables import notices

@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from center import api_queries as q
+from notify import queries as q
 from center.api_stream import Broadcaster
 from center.metrics import Metrics
 from config.schema import Settings
@@ -101,7 +101,7 @@ class DetectLoop(Loop):
 
 
 def alert_of(row: dict[str, Any]) -> Alert:
-    """An Alert back from its stored row (api_queries.alert_dict)."""
+    """An Alert back from its stored row (notify.queries.alert_dict)."""
     return Alert(kind=row["kind"], severity=row["severity"], enterprise_id=row["enterprise_id"],
                  outlet_id=row["outlet_id"], station_mn=row["station_mn"], pollutant=row["pollutant"],
                  window_start=row["window_start"], window_end=row["window_end"], detector=row["detector"],

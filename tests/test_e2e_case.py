@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from center import api_queries as q
+from notify import queries as q
 from center.service_loops import alert_of
 from config.lookup import Lookup
 from config.schema import Settings

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from center import api_queries as q
+from notify import queries as q
 from center.app import create_app
 from center.service import prepare_store
 from center.service_loops import alert_of
