@@ -97,7 +97,7 @@ class Broadcaster:
         return True
 
     def alert(self, alert: dict[str, Any]) -> bool:
-        """One alert row (notify.queries.alert_dict) as an `alert` event."""
+        """One alert row (detect.queries.alert_dict) as an `alert` event."""
         change = "resolved" if alert["status"] == "resolved" else (
             "new" if alert["first_seen"] == alert["updated_at"] else "updated")
         data = {"change": change, "alert": AlertOut.model_validate(alert).model_dump(mode="json")}

@@ -15,7 +15,7 @@ naive UTC (SQLite has no time zone type) and returned aware.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -135,11 +135,17 @@ def _row(a: Alert) -> dict[str, Any]:
             "limit_value": None if a.limit is None else float(a.limit), "unit": a.unit, "evidence": _jsonable(a.evidence)}
 
 
+def alert_of(m: Mapping[str, Any]) -> Alert:
+    """The Alert back from its stored row (a mapping of the alerts table's columns): the one converter."""
+    return Alert(kind=m["kind"], severity=m["severity"], enterprise_id=m["enterprise_id"], outlet_id=m["outlet_id"],
+                 station_mn=m["station_mn"], pollutant=m["pollutant"], window_start=m["window_start"],
+                 window_end=m["window_end"], detector=m["detector"], value=m["value"], limit=m["limit_value"],
+                 unit=m["unit"], evidence=dict(m["evidence"] or {}))
+
+
 def _alert(r: Any) -> StoredAlert:
-    a = Alert(kind=r.kind, severity=r.severity, enterprise_id=r.enterprise_id, outlet_id=r.outlet_id,
-              station_mn=r.station_mn, pollutant=r.pollutant, window_start=r.window_start, window_end=r.window_end,
-              detector=r.detector, value=r.value, limit=r.limit_value, unit=r.unit, evidence=dict(r.evidence or {}))
-    return StoredAlert(a, r.status, r.first_seen, r.last_seen, r.updated_at, r.resolved_at)
+    m = r._mapping
+    return StoredAlert(alert_of(m), m["status"], m["first_seen"], m["last_seen"], m["updated_at"], m["resolved_at"])
 
 
 def make_engine(url: str) -> Engine:

@@ -1,4 +1,5 @@
-"""The API's reads of the store, with the caller's scope inside every query.
+"""notify's read model: cases, tickets, notices and alerts with their case, with the caller's scope inside
+every query (used by the API, the CLI's service loops, metrics and the demo).
 
 `scope` is the enterprise an enterprise user is limited to (None: no limit); `officer` likewise
 limits tickets to unaccepted ones and the officer's own. A row outside the scope is simply not
@@ -13,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Select, func, or_, select
 
+from detect.queries import alert_dict
 from detect.store import alerts_table as alerts_t
 from notify import filings, views, workflow
 from notify.store import as_utc, reading
@@ -33,15 +35,6 @@ def _alert_select() -> Select[Any]:
     case_id = (select(case_alerts.c.case_id).where(case_alerts.c.alert_id == alerts_t.c.id)
                .limit(1).scalar_subquery().label("case_id"))
     return select(alerts_t, case_id, filings.suppressing_filing(alerts_t.c.id))
-
-
-def alert_dict(m: Mapping[str, Any]) -> dict[str, Any]:
-    """An alerts row as the API's Alert (the store's `limit_value` column is `limit`)."""
-    d = dict(m)
-    d["limit"] = d.pop("limit_value", None)
-    for k in ("window_start", "window_end", "first_seen", "last_seen", "updated_at", "resolved_at"):
-        d[k] = as_utc(d.get(k))
-    return d
 
 
 def list_alerts(engine: Engine, kind: str | None = None, enterprise: str | None = None, severity: str | None = None,
@@ -70,15 +63,6 @@ def get_alert(engine: Engine, alert_id: str) -> dict[str, Any] | None:
 def alerts_updated_since(engine: Engine, since: datetime, limit: int = 500) -> list[dict[str, Any]]:
     """Alerts whose row changed at or after `since` (wall clock), oldest change first."""
     q = _alert_select().where(alerts_t.c.updated_at >= since).order_by(alerts_t.c.updated_at).limit(limit)
-    with reading(engine).connect() as conn:
-        return [alert_dict(m) for m in conn.execute(q).mappings()]
-
-
-def unprocessed_alerts(engine: Engine, limit: int = 500) -> list[dict[str, Any]]:
-    """Open alerts not attached to any case yet: what the workflow still has to take in."""
-    attached = select(case_alerts.c.alert_id).where(case_alerts.c.alert_id == alerts_t.c.id).exists()
-    q = (select(alerts_t).where(alerts_t.c.status == "open", ~attached, ~filings.suppressed(alerts_t.c.id))
-         .order_by(alerts_t.c.window_end, alerts_t.c.id).limit(limit))
     with reading(engine).connect() as conn:
         return [alert_dict(m) for m in conn.execute(q).mappings()]
 
@@ -235,13 +219,6 @@ def summary(engine: Engine) -> dict[str, dict[str, int]]:
         "notices_by_status": {"pending": 0, "delivered": 0, "failed": 0}
         | _counts(engine, select(n.status, func.count()).group_by(n.status)),
     }
-
-
-def alerts_by_kind_status(engine: Engine) -> dict[tuple[str, str], int]:
-    a = alerts_t.c
-    with reading(engine).connect() as conn:
-        rows = conn.execute(select(a.kind, a.status, func.count()).group_by(a.kind, a.status))
-        return {(k, s): int(n) for k, s, n in rows}
 
 
 def cases_by_state(engine: Engine) -> dict[str, int]:
