@@ -36,7 +36,7 @@ from config.schema import InfluxSettings, Registry  # noqa: E402
 from detect.base import Window  # noqa: E402
 from detect.exceedance import Exceedance  # noqa: E402
 from detect.source import ReadingSource  # noqa: E402
-from ingest.influx import Influx  # noqa: E402
+from core.influx import Influx  # noqa: E402
 
 HOUR = Window(datetime(2024, 3, 1, 2, tzinfo=timezone.utc), datetime(2024, 3, 1, 3, tzinfo=timezone.utc))
 LIMITS = {"a21026": 35.0, "a21002": 50.0, "a34013": 10.0}

@@ -310,7 +310,7 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace, work: Path, mq: Any, ix: Any) -> None:
-    from ingest.influx import Influx
+    from core.influx import Influx
 
     raw = {"broker": {"host": "127.0.0.1", "port": mq.port, "topic_prefix": "bench"},
            "influxdb": {"url": ix.url, "database": "bench"},
@@ -359,7 +359,7 @@ def report(args: argparse.Namespace, work: Path, mq: Any, ix: Any) -> None:
 def revision_cost(raw: dict[str, Any], stream: list[tuple[str, bytes]], work: Path, services: dict[str, Any],
                   bare_rate: float) -> None:
     """1 worker: screen off, screen on (catch-up, all new), and a replay of it all (all known)."""
-    from ingest.influx import Influx
+    from core.influx import Influx
 
     rates = {}
     for name, db, off in (("screen off (baseline)", "bench_rev_off", True), ("screen on, catch-up", "bench_rev_on", False),

@@ -14,7 +14,7 @@ from center.api_models import Hotspot, Readings, Track
 from center.auth import Principal, operator, operator_or_enterprise
 from center.guard import check_range
 from detect.source import ident, literal, rfc3339
-from ingest.influx import Influx, InfluxError, InfluxRejected
+from core.influx import Influx, InfluxError, InfluxRejected
 from ingest.schema import MOBILE, SPECIES, measurement
 
 router = APIRouter(tags=["data"])

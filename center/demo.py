@@ -104,7 +104,7 @@ def detect_from(settings: Settings, start: datetime) -> None:
     from detect.registry import build_detectors
     from detect.runner import job_name
     from detect.store import AlertStore
-    from notify.store import engine_from_settings
+    from core.db import engine_from_settings
 
     engine = engine_from_settings(settings)
     try:

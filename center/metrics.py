@@ -44,7 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from detect.queries import alerts_by_kind_status
 from notify import queries as q
 from detect.store import watermarks_table
-from notify.store import reading
+from core.db import reading
 from notify.tables import notices
 
 log = logging.getLogger(__name__)

@@ -73,7 +73,7 @@ class StartupError(RuntimeError):
 def prepare_store(engine: Engine) -> None:
     """Migrate the case store and create the detection tables (alerts, watermarks); idempotent."""
     from detect.store import AlertStore
-    from notify.store import migrate
+    from core.db import migrate
 
     from detect.warning import create_tables as create_warning_tables
 
@@ -121,8 +121,8 @@ class Service:
         from center.api_stream import Broadcaster
         from center.lease import lease_for
         from ingest.consumer import Ingest
-        from ingest.influx import Influx
-        from notify.store import engine_from_settings
+        from core.influx import Influx
+        from core.db import engine_from_settings
 
         self.engine = engine_from_settings(s)
         self._closers.append(("store", self.engine.dispose))

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from detect.store import alerts_table
-from notify.store import as_utc, reading
+from core.db import as_utc, reading
 
 TIMES = ("window_start", "window_end", "first_seen", "last_seen", "updated_at", "resolved_at")
 

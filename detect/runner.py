@@ -30,7 +30,7 @@ from detect.base import Detector, Window
 from detect.registry import build_detectors
 from detect.source import ReadingSource
 from detect.store import AlertStore, Change
-from ingest.influx import Influx
+from core.influx import Influx
 
 log = logging.getLogger(__name__)
 CHINA_OFFSET = timedelta(hours=8)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from detect.base import Window
-from ingest.influx import Influx, Series
+from core.influx import Influx, Series
 from ingest.schema import EVENT, MOBILE, SPECIES, measurement
 
 TAGS = ("mn", "enterprise", "outlet", "medium", "pollutant")

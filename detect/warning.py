@@ -221,11 +221,11 @@ class WarningEngine:
 
     def start(self) -> "WarningEngine":
         """Rebuild the open hours from InfluxDB, subscribe to the written topic, start the thread."""
-        from ingest.mqtt import WARNING, connection_id, make_client
+        from core.mqtt import WARNING, connection_id, make_client
 
         if self.source is None:
             from detect.source import ReadingSource
-            from ingest.influx import Influx
+            from core.influx import Influx
 
             self.source = ReadingSource(Influx(self.settings.influxdb))
         try:

@@ -76,7 +76,7 @@ from config.lookup import Lookup, StationRef
 from config.schema import Device, Enterprise, Outlet, Settings
 from ingest import hj212
 from ingest.model import CHINA_TZ
-from ingest.mqtt import make_client
+from core.mqtt import make_client
 
 Emitted = tuple[str, bytes, datetime]
 MINUTE = timedelta(minutes=1)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ingest.influx import Influx
+from core.influx import Influx
 from ingest.schema import EVENT, MEASUREMENT_PREFIX, REVISIONS
 
 log = logging.getLogger("envwatch.ingest")

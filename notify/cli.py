@@ -25,7 +25,7 @@ from notify import workflow
 from notify.notices import EVENT_WORDS, actor_words
 from ingest.model import CHINA_TZ as CHINA
 from ingest.model import parse_time
-from notify.store import as_utc
+from core.db import as_utc
 
 STATE_LABELS: dict[str, dict[str, str]] = {
     "zh-CN": {"open": "新立案", "notified": "已通知", "acknowledged": "已确认", "rectification_reported": "已报整改",
@@ -146,7 +146,7 @@ LangOpt = Annotated[str, typer.Option("--lang", help="zh-CN or en")]
 
 def _engine(config: Path | None) -> Any:
     from config import ConfigError, load
-    from notify.store import engine_from_settings, migrate
+    from core.db import engine_from_settings, migrate
 
     try:
         settings = load(config)

@@ -41,7 +41,7 @@ from sqlalchemy import Connection, Engine, select
 
 from config.schema import Settings
 from detect.source import ident, literal, rfc3339
-from ingest.influx import Influx
+from core.influx import Influx
 from ingest.schema import FLOAT_FIELDS, STRING_FIELDS, measurement
 from notify import events
 from notify.notices import as_utc

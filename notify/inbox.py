@@ -17,7 +17,7 @@ from config.schema import Settings
 from detect.base import Alert
 from detect.store import alert_of, alerts_table
 from notify import filings, workflow
-from notify.store import reading
+from core.db import reading
 from notify.tables import case_alerts
 
 BATCH = 500

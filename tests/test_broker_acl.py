@@ -1,4 +1,4 @@
-"""`envwatch broker acl` files enforced by a real Mosquitto 2.0, and TLS through ingest.mqtt.
+"""`envwatch broker acl` files enforced by a real Mosquitto 2.0, and TLS through core.mqtt.
 
 The broker is started by devtools.devservices with the generated snippet appended: its listener
 (on broker.port), allow_anonymous false (the last allow_anonymous line wins), password and ACL file.
@@ -27,7 +27,7 @@ from pydantic import SecretStr
 
 from center.broker_acl import CONF_FILE, hash_password, plan, write_acl
 from devtools.devservices import Service, free_port, start_mosquitto
-from ingest.mqtt import check_connect, connect_options, make_client
+from core.mqtt import check_connect, connect_options, make_client
 from config.loader import from_mapping
 from config.schema import BrokerSettings, Settings, TLSSettings
 

@@ -19,7 +19,7 @@ from detect.exceedance import Exceedance
 from detect.registry import detector_classes
 from detect.revision import DataRevision
 from detect.runner import Runner
-from ingest.influx import Influx
+from core.influx import Influx
 from ingest.revisions import RevisionGuard
 from tests.detect_helpers import lookup, minute_lines, registry, utc
 

@@ -18,12 +18,12 @@ from typing import Any
 from config.lookup import Lookup
 from config.schema import Settings
 from detect.runner import Runner
-from ingest.influx import Influx
+from core.influx import Influx
 from notify import inbox, workflow
 from notify.channels import MQTTChannel
 from notify.evidence import verify
 from notify.outbox import Dispatcher
-from notify.store import engine_from_settings, migrate
+from core.db import engine_from_settings, migrate
 from tests.detect_helpers import minute_lines, write
 
 H = timedelta(hours=1)

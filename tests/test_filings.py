@@ -21,7 +21,7 @@ from center.service import prepare_store
 from detect.base import Alert
 from detect.store import AlertStore
 from notify import inbox, workflow
-from notify.store import make_engine
+from core.db import make_engine
 from tests.apikit import H, ServedApp, center_overrides, registry, serve
 
 NOW = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)

@@ -1,4 +1,4 @@
-"""ingest.influx against the real influxd of the test session (InfluxDB 1.6)."""
+"""core.influx against the real influxd of the test session (InfluxDB 1.6)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from devtools.devservices import Service
 from config.lookup import Lookup
 from config.schema import InfluxSettings, Registry
-from ingest.influx import Influx, InfluxRejected, InfluxUnavailable, api_from_version
+from core.influx import Influx, InfluxRejected, InfluxUnavailable, api_from_version
 from ingest.model import CHINA_TZ, Packet
 from ingest.schema import station_lines
 

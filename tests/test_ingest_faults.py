@@ -26,7 +26,7 @@ from devtools.devservices import Service
 from config.schema import Settings
 from ingest import hj212
 from ingest.consumer import INFLUX_TOPIC, Ingest
-from ingest.influx import Influx
+from core.influx import Influx
 from ingest.model import Reason
 from tests.test_consumer import (
     MN_GAS, MN_WATER, REGISTRY, T0, count_points, dead_letters, drained, minute_packet, publish_all,

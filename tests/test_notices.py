@@ -23,7 +23,7 @@ from sqlalchemy import Engine, create_engine, func, insert, select, text
 from config.schema import Settings
 from notify.events import append_event
 from notify.notices import enqueue, notice_id, render, build_context
-from notify.store import make_engine
+from core.db import make_engine
 from notify.tables import case_alerts, cases, metadata, notices
 
 T0 = datetime(2025, 3, 1, 2, 0, tzinfo=timezone.utc)  # 10:00 in China

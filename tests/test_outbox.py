@@ -108,7 +108,7 @@ from datetime import datetime
 from config.loader import from_mapping
 from notify.channels import MQTTChannel
 from notify.outbox import Dispatcher
-from notify.store import make_engine
+from core.db import make_engine
 
 db, raw, now = sys.argv[1], json.loads(sys.argv[2]), datetime.fromisoformat(sys.argv[3])
 settings = from_mapping(raw, env={})

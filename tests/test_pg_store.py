@@ -18,17 +18,17 @@ from devtools.pgservice import PostgresService
 from config.loader import from_mapping
 from notify import workflow
 from notify.events import verify_chain
-from notify.store import current_revision, downgrade, engine_from_settings, make_engine, migrate, normalize_url
+from core.db import current_revision, downgrade, engine_from_settings, make_engine, migrate, normalize_url
 from notify.tables import case_events, metadata, notices
 from tests.casekit import (H, T0, alert, all_cases, decided, drop_pg_database, make_settings,  # noqa: F401
                            pg_cluster, pg_database, store_engine)
 
 
 def _head() -> str:
-    """The newest revision in notify/migrations (one head: migrations form a chain)."""
+    """The newest revision in core/migrations (one head: migrations form a chain)."""
     from alembic.script import ScriptDirectory
 
-    from notify.store import alembic_config
+    from core.db import alembic_config
 
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
@@ -198,7 +198,7 @@ def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path) -> None:
     """A read through `reading` proceeds while another connection holds the write lock."""
     from sqlalchemy import text as sql
 
-    from notify.store import make_engine, migrate, reading
+    from core.db import make_engine, migrate, reading
 
     engine = make_engine(f"sqlite:///{tmp_path}/store.sqlite")
     migrate(engine)

@@ -110,7 +110,7 @@ def engine_from_settings(settings: Settings, **kwargs: Any) -> Engine:
 
 
 def alembic_config(engine: Engine | None = None) -> Any:
-    """A programmatic Alembic Config pointing at notify/migrations (no alembic.ini needed)."""
+    """A programmatic Alembic Config pointing at core/migrations (no alembic.ini needed)."""
     from alembic.config import Config
 
     cfg = Config()

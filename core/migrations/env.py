@@ -1,4 +1,4 @@
-"""Alembic environment for the case store, driven from notify.store.migrate (no alembic.ini).
+"""Alembic environment for the case store, driven from core.db.migrate (no alembic.ini).
 
 The caller passes an open connection in config.attributes["connection"] so that migrations run in
 its transaction; without one (the alembic CLI), an engine is made from sqlalchemy.url.
@@ -35,7 +35,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from notify.store import make_engine
+    from core.db import make_engine
 
     engine = make_engine(config.get_main_option("sqlalchemy.url"))
     try:
