@@ -70,7 +70,7 @@ def settings_for(tmp: Path, mqtt_port: int, influx_port: int, http_port: int, ho
 
 def history_start(end: datetime, hours: float) -> datetime:
     """The last `hours` hours, but not across a China midnight (see the module docstring)."""
-    from devtools.simulate import china_day_floor
+    from core.time import china_day_floor
 
     start = (end - timedelta(hours=hours)).replace(minute=0)
     midnight = china_day_floor(end)

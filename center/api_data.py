@@ -13,8 +13,7 @@ from center.api_cases import engine_of, load_case
 from center.api_models import Hotspot, Readings, Track
 from center.auth import Principal, operator, operator_or_enterprise
 from center.guard import check_range
-from detect.source import ident, literal, rfc3339
-from core.influx import Influx, InfluxError, InfluxRejected
+from core.influx import Influx, InfluxError, InfluxRejected, ident, literal, rfc3339
 from ingest.schema import MOBILE, SPECIES, measurement
 
 router = APIRouter(tags=["data"])

@@ -76,7 +76,7 @@ def run(settings: Settings, speedup: float = 0.0, seconds: float | None = None, 
 
 def catch_up_start(end: datetime, days_back: int) -> datetime:
     """China midnight `days_back` days before the China day of `end`: the catch-up covers whole days."""
-    from devtools.simulate import china_day_floor
+    from core.time import china_day_floor
 
     return china_day_floor(end) - timedelta(days=max(1, days_back))
 

@@ -71,16 +71,11 @@ class StartupError(RuntimeError):
 
 
 def prepare_store(engine: Engine) -> None:
-    """Migrate the case store and create the detection tables (alerts, watermarks); idempotent."""
-    from detect.store import AlertStore
+    """Migrate the store to the newest schema (cases, alerts, watermarks, warnings: one history); idempotent."""
     from core.db import migrate
-
-    from detect.warning import create_tables as create_warning_tables
 
     if engine.dialect.name != "postgresql":
         migrate(engine)
-        AlertStore(engine).create()
-        create_warning_tables(engine)
         return
     from center.lease import lock_key
 
@@ -89,8 +84,6 @@ def prepare_store(engine: Engine) -> None:
         conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_key(MIGRATION_LOCK)})
         try:
             migrate(engine)
-            AlertStore(engine).create()
-            create_warning_tables(engine)
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key(MIGRATION_LOCK)})
             conn.commit()

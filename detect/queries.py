@@ -12,7 +12,8 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from detect.store import alerts_table
-from core.db import as_utc, reading
+from core.db import reading
+from core.time import as_utc
 
 TIMES = ("window_start", "window_end", "first_seen", "last_seen", "updated_at", "resolved_at")
 

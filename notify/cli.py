@@ -23,9 +23,9 @@ from rich.table import Table
 
 from notify import workflow
 from notify.notices import EVENT_WORDS, actor_words
-from ingest.model import CHINA_TZ as CHINA
-from ingest.model import parse_time
-from core.db import as_utc
+from core.time import CHINA_TZ as CHINA
+from core.time import parse_time
+from core.time import as_utc
 
 STATE_LABELS: dict[str, dict[str, str]] = {
     "zh-CN": {"open": "新立案", "notified": "已通知", "acknowledged": "已确认", "rectification_reported": "已报整改",

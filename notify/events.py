@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, select
 
-from core.db import as_utc, utc
+from core.time import as_utc, utc
 from notify.tables import case_events
 
 GENESIS = "0" * 64

@@ -34,7 +34,8 @@ from sqlalchemy import ColumnElement, Engine, func, insert, select, update
 
 from config.schema import Settings
 from detect.base import Alert
-from core.db import reading, utc, with_utc_times
+from core.db import reading
+from core.time import utc, with_utc_times
 from notify.tables import FILING_KINDS, alert_suppressions, case_alerts, filings
 
 ALL = FILING_KINDS

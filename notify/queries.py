@@ -17,7 +17,8 @@ from sqlalchemy import Engine, Select, func, or_, select
 from detect.queries import alert_dict
 from detect.store import alerts_table as alerts_t
 from notify import filings, views, workflow
-from core.db import as_utc, reading
+from core.db import reading
+from core.time import as_utc
 from notify.tables import CLOSED_STATES, case_alerts, case_events, notices
 from notify.tables import cases as cases_t
 from notify.tables import tickets as tickets_t

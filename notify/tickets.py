@@ -31,7 +31,7 @@ from config.schema import Settings
 from config.schema import Officer
 from notify.cases import SYSTEM, TransitionError, close_enforcement, decide_notice
 from notify.events import append_event
-from core.db import as_utc, utc, with_utc_times
+from core.time import as_utc, utc, with_utc_times
 from notify.tables import case_events, tickets
 
 log = logging.getLogger(__name__)

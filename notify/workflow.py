@@ -30,7 +30,8 @@ from notify import cases, context, filings, rules, tickets
 from notify import groups as groups_mod
 from notify import notices as notices_mod
 from notify.events import events_of
-from core.db import as_utc, reading, utc
+from core.db import reading
+from core.time import as_utc, utc
 from notify.tables import CLOSED_STATES, answers, case_alerts, notices
 from notify.tables import cases as cases_t
 from notify.tables import tickets as tickets_t

@@ -26,7 +26,8 @@ from devtools.pgservice import PostgresService, start_postgres
 from config.loader import from_mapping
 from config.schema import Settings
 from detect.base import Alert
-from core.db import as_utc, make_engine, migrate
+from core.db import make_engine, migrate
+from core.time import as_utc
 from notify.tables import case_events, cases, metadata, notices, tickets
 
 T0 = datetime(2025, 1, 6, 0, 0, tzinfo=timezone.utc)
