@@ -21,7 +21,6 @@ from notify import workflow
 from notify.answers_mqtt import Attachment, decode_attachments
 from notify.attachments import LimitExceeded, check_count, check_size, check_text
 from notify.cases import TransitionError
-from notify.events import append_event
 
 router = APIRouter(tags=["cases"])
 
@@ -90,11 +89,8 @@ def _require(value: str | None, what: str, action: str) -> str:
 def _apply(engine: Engine, settings: Any, case_id: str, body: CaseAction, now: datetime, actor: str) -> None:
     a = body.action
     if a in ("acknowledge", "note"):
-        # The center's own marks: history only, no state change (the enterprise's acknowledgement is
-        # its answer, a different thing).
-        data = {"text": _require(body.text, "text", a)} if a == "note" else {"text": body.text or ""}
-        with engine.begin() as conn:
-            append_event(conn, case_id, now, actor, "center_acknowledged" if a == "acknowledge" else "note", data)
+        text = _require(body.text, "text", a) if a == "note" else body.text or ""
+        workflow.center_mark(engine, case_id, now, actor, a, text)
         return
     kw: dict[str, Any] = {}
     if a == "dismiss":

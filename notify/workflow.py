@@ -29,7 +29,7 @@ from notify import attachments as attachment_files
 from notify import cases, context, filings, rules, tickets
 from notify import groups as groups_mod
 from notify import notices as notices_mod
-from notify.events import events_of
+from notify.events import append_event, events_of
 from core.db import reading
 from core.time import as_utc, utc
 from notify.tables import CLOSED_STATES, answers, case_alerts, notices
@@ -319,6 +319,14 @@ def declare_emergency(engine: Engine, level: str, start: datetime, end: datetime
 def set_positive_list(engine: Engine, enterprise_id: str, listed: bool, at: datetime, by: str, note: str = "") -> None:
     with engine.begin() as conn:
         context.set_positive_list(conn, enterprise_id, listed, at, by, note)
+
+
+def center_mark(engine: Engine, case_id: str, at: datetime, actor: str, mark: str, text: str) -> None:
+    """The center's own mark on a case (`acknowledge` or `note`): history only, no state change (the
+    enterprise's acknowledgement is its answer, a different thing)."""
+    kind = {"acknowledge": "center_acknowledged", "note": "note"}[mark]
+    with engine.begin() as conn:
+        append_event(conn, case_id, at, actor, kind, {"text": text})
 
 
 # -- reading --------------------------------------------------------------------------------------
