@@ -66,8 +66,8 @@ def check_broker(broker: BrokerSettings, timeout_s: float = 5.0) -> Problem:
     Also reads the broker's version ($SYS/broker/version) and logs a warning, repeated in the
     detail, when the configured subscription would lose readings on it.
     """
-    from core.mqtt import (CHECK, MQTTConfigError, connection_id, per_connection_login, probe,
-                             shared_subscription_warning)
+    from core.mqtt import CHECK, MQTTConfigError, connection_id, per_connection_login, probe
+    from ingest.topics import shared_subscription_warning
 
     where = f"MQTT broker at {broker.host}:{broker.port}"
     try:

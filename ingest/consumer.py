@@ -73,7 +73,8 @@ from core.influx import Influx, InfluxRejected, InfluxUnavailable
 from ingest.model import CHINA_TZ, Kind, MobileFix, Packet, Reason, Rejected
 from ingest.revisions import RevisionGuard
 from ingest.schema import event_line, mobile_line, station_lines
-from core.mqtt import ingest_topics, make_client, probe, shared_subscription_warning
+from core.mqtt import make_client, probe
+from ingest.topics import ingest_topics, shared_subscription_warning
 from ingest.written import written_payload, written_topic
 
 if TYPE_CHECKING:
@@ -449,7 +450,7 @@ class Ingest:
 
     @property
     def topic_filters(self) -> list[str]:
-        """What this worker subscribes to (core.mqtt.ingest_topics)."""
+        """What this worker subscribes to (ingest.topics.ingest_topics)."""
         return ingest_topics(self.settings.broker, self.lookup.stations, self.lookup.devices)
 
     @property

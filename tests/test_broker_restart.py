@@ -4,7 +4,7 @@
 Each test runs its own Mosquitto (so the session broker of the other tests is never restarted)
 and streams HJ 212 minute packets through the real ingest into the real influxd. And the cause of
 the loss the default configuration avoids, shown on the broker itself: Mosquitto does not keep a
-shared subscription across a restart (core.mqtt.shared_subscription_warning).
+shared subscription across a restart (ingest.topics.shared_subscription_warning).
 """
 
 from __future__ import annotations
