@@ -14,7 +14,7 @@ Printed: each time, the ratios job / bare and job / valid per size, and the grow
 
     .venv/bin/python bench/detect.py [--url http://127.0.0.1:8086] [--sizes 2000,20000] [--repeat 2]
 
-Without --url it starts its own influxd (center.devservices) in a temporary directory.
+Without --url it starts its own influxd (devtools.devservices) in a temporary directory.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from config.schema import InfluxSettings, Registry  # noqa: E402
 from detect.base import Window  # noqa: E402
 from detect.exceedance import Exceedance  # noqa: E402
 from detect.source import ReadingSource  # noqa: E402
-from ingest.influx import Influx  # noqa: E402
+from core.influx import Influx  # noqa: E402
 
 HOUR = Window(datetime(2024, 3, 1, 2, tzinfo=timezone.utc), datetime(2024, 3, 1, 3, tzinfo=timezone.utc))
 LIMITS = {"a21026": 35.0, "a21002": 50.0, "a34013": 10.0}
@@ -141,7 +141,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     svc = None
     if args.url is None:
-        from center.devservices import free_port, start_influxd
+        from devtools.devservices import free_port, start_influxd
 
         svc = start_influxd(Path(tempfile.mkdtemp(prefix="bench-detect-")), free_port())
         url = svc.url

@@ -1,8 +1,8 @@
 """Detection quality end to end: simulated city with injected events -> MQTT -> ingest -> InfluxDB
 -> every detector -> alerts, scored against the simulator's ground truth.
 
-The real path, nothing mocked: its own Mosquitto and influxd (center.devservices) in a temporary
-directory; the city published by `center.simulate.run` (what `envwatch simulate --speedup 0`
+The real path, nothing mocked: its own Mosquitto and influxd (devtools.devservices) in a temporary
+directory; the city published by `devtools.simulate.run` (what `envwatch simulate --speedup 0`
 runs) in a child process, as fast as the broker acknowledges; an in-process `Ingest` consuming
 it into InfluxDB until every message is acked and the disk buffer is drained; then
 `Runner(settings).evaluate_range` over the evaluated range for every kind (alerts stored in the
@@ -27,7 +27,7 @@ Matching (per kind):
   precision = true-positive alerts / alerts of that kind; recall = truth events matched by at
   least one alert / truth events. The truth includes what an event implies by definition: the
   hours of a flag_abuse day keep fewer than 45 valid minutes, so the simulator lists them as
-  insufficient_valid_data records with "implied_by": "flag_abuse" (center.simulate); they count
+  insufficient_valid_data records with "implied_by": "flag_abuse" (devtools.simulate); they count
   like injected events. A false-positive alert is also classed as *collateral* when it is on a
   station (device) and time of another injected event (e.g. a multivariate_anomaly on a
   station's insufficient-data hour), or *clean* when nothing was injected there; "precision
@@ -69,8 +69,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from center.devservices import free_port, start_influxd, start_mosquitto
-from center.simulate import as_utc, iso_z, load_scenario, parse_duration, write_truth
+from devtools.devservices import free_port, start_influxd, start_mosquitto
+from devtools.simulate import as_utc, iso_z, load_scenario, parse_duration, write_truth
 from config.loader import from_mapping
 from config.schema import Settings
 
@@ -321,7 +321,7 @@ class Result:
 _PUBLISHER = """\
 import sys
 from config.loader import load
-from center.simulate import run
+from devtools.simulate import run
 s = load(sys.argv[1], env={})
 n = run(s, speedup=0, duration=float(sys.argv[2]), start=sys.argv[3], mobile=True, scenario=sys.argv[4],
         truth=sys.argv[5], seed=int(sys.argv[6]))

@@ -70,7 +70,7 @@ def merged_registry() -> dict[str, Any]:
 
 
 def build_stream(settings: Settings, field_lines: int, sim_hours: float) -> list[tuple[str, bytes]]:
-    from center.simulate import generate
+    from devtools.simulate import generate
 
     prefix = settings.broker.topic_prefix
     out: list[tuple[str, bytes]] = []
@@ -296,7 +296,7 @@ def main() -> None:
     ap.add_argument("--revisions", action="store_true", help="also measure the revision screen's cost")
     ap.add_argument("--only-revisions", action="store_true", help="only that (and the bare baseline)")
     args = ap.parse_args()
-    from center.devservices import free_port, start_influxd, start_mosquitto
+    from devtools.devservices import free_port, start_influxd, start_mosquitto
 
     with tempfile.TemporaryDirectory(prefix="envwatch-bench-") as tmp:
         work = Path(tmp)
@@ -310,7 +310,7 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace, work: Path, mq: Any, ix: Any) -> None:
-    from ingest.influx import Influx
+    from core.influx import Influx
 
     raw = {"broker": {"host": "127.0.0.1", "port": mq.port, "topic_prefix": "bench"},
            "influxdb": {"url": ix.url, "database": "bench"},
@@ -359,7 +359,7 @@ def report(args: argparse.Namespace, work: Path, mq: Any, ix: Any) -> None:
 def revision_cost(raw: dict[str, Any], stream: list[tuple[str, bytes]], work: Path, services: dict[str, Any],
                   bare_rate: float) -> None:
     """1 worker: screen off, screen on (catch-up, all new), and a replay of it all (all known)."""
-    from ingest.influx import Influx
+    from core.influx import Influx
 
     rates = {}
     for name, db, off in (("screen off (baseline)", "bench_rev_off", True), ("screen on, catch-up", "bench_rev_on", False),

@@ -3,7 +3,7 @@
     .venv/bin/python bench/screenshots.py [--out docs/screenshots] [--hours 7]
 
 What it does, all on loopback in a temporary directory:
-  1. starts its own Mosquitto, influxd and PostgreSQL (center.devservices, center.pgservice);
+  1. starts its own Mosquitto, influxd and PostgreSQL (devtools.devservices, devtools.pgservice);
   2. simulates up to the last `hours` hours of the demo city (config/examples/demo-city.yaml), never
      across a China midnight (a day begun before the simulation would look short of data to the
      daily judgement: from yesterday's midnight when today has under 3 hours), with the
@@ -39,7 +39,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 import yaml  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from center.devservices import free_port, start_influxd, start_mosquitto  # noqa: E402
+from devtools.devservices import free_port, start_influxd, start_mosquitto  # noqa: E402
 from config.loader import from_mapping  # noqa: E402
 from config.schema import Settings  # noqa: E402
 
@@ -70,7 +70,7 @@ def settings_for(tmp: Path, mqtt_port: int, influx_port: int, http_port: int, ho
 
 def history_start(end: datetime, hours: float) -> datetime:
     """The last `hours` hours, but not across a China midnight (see the module docstring)."""
-    from center.simulate import china_day_floor
+    from core.time import china_day_floor
 
     start = (end - timedelta(hours=hours)).replace(minute=0)
     midnight = china_day_floor(end)
@@ -81,7 +81,7 @@ def history_start(end: datetime, hours: float) -> datetime:
 
 def load_history(settings: Settings, start: datetime, end: datetime) -> int:
     """Simulate [start, end), publish it, and ingest it with a real Ingest; returns messages sent."""
-    from center.simulate import generate
+    from devtools.simulate import generate
     from ingest.consumer import Ingest
 
     ing = Ingest(settings)
@@ -224,7 +224,7 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
-    from center.pgservice import start_postgres
+    from devtools.pgservice import start_postgres
     from center.service import Service, ServiceOptions
 
     with tempfile.TemporaryDirectory(prefix="envwatch-shots-") as d:

@@ -26,13 +26,13 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from bench.detect import best  # noqa: E402
-from center.devservices import free_port, start_influxd  # noqa: E402
+from devtools.devservices import free_port, start_influxd  # noqa: E402
 from config.lookup import Lookup  # noqa: E402
 from config.schema import InfluxSettings, Registry  # noqa: E402
 from detect.base import Window  # noqa: E402
 from detect.source import ReadingSource  # noqa: E402
 from detect.stats import data_rates  # noqa: E402
-from ingest.influx import Influx  # noqa: E402
+from core.influx import Influx  # noqa: E402
 
 SO2 = "a21026"
 T0 = datetime(2024, 3, 1, 0, tzinfo=timezone.utc)

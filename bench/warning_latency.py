@@ -96,7 +96,7 @@ def main() -> int:
     ap.add_argument("--batch-interval-s", type=float, default=None, help="set ingest.batch_interval_s")
     args = ap.parse_args()
 
-    from center.devservices import free_port, start_influxd, start_mosquitto
+    from devtools.devservices import free_port, start_influxd, start_mosquitto
     from detect.registry import detector_classes
     from ingest.written import parse_written, written_topic
 

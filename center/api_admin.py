@@ -7,8 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
-from center import api_queries as q
 from center.api_cases import bad_sort, engine_of, page_of, paged
+from notify import queries as q
 from center.api_models import (
     AlertOut,
     EmergencyIn,
@@ -33,7 +33,7 @@ def parse_time(text: str | None, name: str) -> datetime | None:
     422 for anything else, and for years outside guard.YEARS."""
     if not text:
         return None
-    from ingest.model import parse_time as parse
+    from core.time import parse_time as parse
 
     try:
         return check_time(parse(text), name)
@@ -108,7 +108,7 @@ def declare(request: Request, body: EmergencyIn, who: Principal = Depends(operat
 
 
 def _china(t: datetime) -> datetime:
-    from ingest.model import china_time
+    from core.time import china_time
 
     return china_time(t)
 

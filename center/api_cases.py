@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from center import api_queries as q
+from notify import queries as q
 from center.api_models import (AnswerIn, AnswerResult, CaseAction, CaseOut, CaseSummary, GroupAction, GroupOut,
                                NoticeOut)
 from center.auth import Principal, enterprise_user, operator, operator_or_enterprise

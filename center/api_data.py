@@ -7,14 +7,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from center import api_queries as q
+from notify import queries as q
 from center.api_admin import parse_time
 from center.api_cases import engine_of, load_case
 from center.api_models import Hotspot, Readings, Track
 from center.auth import Principal, operator, operator_or_enterprise
 from center.guard import check_range
-from detect.source import ident, literal, rfc3339
-from ingest.influx import Influx, InfluxError, InfluxRejected
+from core.influx import Influx, InfluxError, InfluxRejected, ident, literal, rfc3339
 from ingest.schema import MOBILE, SPECIES, measurement
 
 router = APIRouter(tags=["data"])

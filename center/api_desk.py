@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 
 from center import api_data
-from center import api_queries as q
+from notify import queries as q
 from center.api_cases import engine_of
 from center.api_models import Readings
 from center.api_tickets import _not_found, _officer_scope

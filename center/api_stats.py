@@ -25,7 +25,7 @@ from center.auth import Principal, operator, operator_or_enterprise
 from center.guard import check_time
 from detect.base import Window
 from detect.stats import china_day, china_month
-from ingest.influx import InfluxError
+from core.influx import InfluxError
 
 router = APIRouter(tags=["statistics"])
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"

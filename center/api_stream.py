@@ -33,7 +33,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import Engine
 
-from center import api_queries as q
+from notify import queries as q
 from center.api_models import AlertOut, CaseSummary
 from center.auth import Principal, authenticate
 from notify import views
@@ -97,7 +97,7 @@ class Broadcaster:
         return True
 
     def alert(self, alert: dict[str, Any]) -> bool:
-        """One alert row (api_queries.alert_dict) as an `alert` event."""
+        """One alert row (detect.queries.alert_dict) as an `alert` event."""
         change = "resolved" if alert["status"] == "resolved" else (
             "new" if alert["first_seen"] == alert["updated_at"] else "updated")
         data = {"change": change, "alert": AlertOut.model_validate(alert).model_dump(mode="json")}
@@ -106,7 +106,7 @@ class Broadcaster:
     def case(self, case: dict[str, Any], last: dict[str, Any] | None,
              enterprise_last: dict[str, Any] | None = None) -> bool:
         """One case row with its last history event as a `case` event for the center, and with the last
-        event the enterprise may see (api_queries.last_enterprise_event) as one for the enterprise."""
+        event the enterprise may see (notify.queries.last_enterprise_event) as one for the enterprise."""
         sent = self.publish(("case", case["id"], last["seq"] if last else 0), "case", case["enterprise_id"],
                             _case_data(case, last))
         if enterprise_last is not None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from center import api_queries as q
+from notify import queries as q
 from center.api_cases import engine_of, names_of
 from center.api_models import TicketAction, TicketDetail, TicketOut
 from center.auth import Principal, officer_user, operator_or_officer

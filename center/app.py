@@ -30,7 +30,7 @@ from center.api_stream import Broadcaster, StorePoller
 from center.auth import FailedAuthLimiter, UserTable
 from center.metrics import Metrics
 from config.schema import Settings
-from ingest.influx import Influx
+from core.influx import Influx
 
 log = logging.getLogger(__name__)
 DESCRIPTION = """Remote supervision of emission sources: alerts, cases, notices, enforcement tickets.

@@ -8,7 +8,7 @@
 Tokens are compared as SHA-256 digests with hmac.compare_digest against every configured user, so
 neither the token nor which user matched leaks through timing, and a config may hold only the digest
 (`token_sha256`). Scoping by enterprise is not done here: the queries take `principal.scope` and
-filter in SQL (center/api_queries.py), so an enterprise can never be handed another's rows.
+filter in SQL (notify/queries.py), so an enterprise can never be handed another's rows.
 
 Guessing is rate-limited: after `center.auth_max_failures` unknown tokens from one client address
 within `center.auth_failure_window_s`, that address gets 429 with Retry-After, whatever token it

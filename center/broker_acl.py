@@ -17,7 +17,7 @@ of broker.instances):
 The service accounts share broker.password. The listener has `use_username_as_clientid true`:
 the broker replaces every client id with the account's name, so a station's account that connects
 with the service's client id (or another station's) gets a session of its own name and cannot
-take over theirs. Hence one account per connection (ingest.mqtt.connection_id names them), and one
+take over theirs. Hence one account per connection (core.mqtt.connection_id names them), and one
 connection per account: a second connection with the same account replaces the first. With
 broker.account_per_connection false: the one account broker.username with all the service's
 topics, and no binding (a broker configured by hand; sessions can then be taken over).
@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from config.schema import Settings
-from ingest.mqtt import (ANSWERS, CHECK, DETECT, INGEST, NOTIFY, SERVICE_ROLES, SYS_VERSION_TOPIC, WARNING,
+from core.mqtt import (ANSWERS, CHECK, DETECT, INGEST, NOTIFY, SERVICE_ROLES, SYS_VERSION_TOPIC, WARNING,
                          connection_id)
 from ingest.written import written_topic
 
@@ -109,7 +109,7 @@ def service_accounts(settings: Settings) -> list[tuple[str, tuple[str, ...], tup
     """(username, read, write) of every connection of every envwatch instance on this broker.
 
     Per connection (broker.account_per_connection): for each instance id (broker.client_id and
-    broker.instances) one account per role, named as ingest.mqtt.connection_id names the client,
+    broker.instances) one account per role, named as core.mqtt.connection_id names the client,
     each with only the topics that connection uses. Otherwise the one account broker.username.
     """
     p, b = settings.broker.topic_prefix, settings.broker

@@ -133,7 +133,7 @@ def simulate(
     seed: int = 1,
 ) -> None:
     """Publish a configured city's station packets (HJ 212-2017) and mobile tracks (JSON)."""
-    from center.simulate import run
+    from devtools.simulate import run
 
     run(settings_or_exit(config), speedup=speedup, duration=duration, start=start, mobile=mobile,
         scenario=scenario, truth=truth, seed=seed)
@@ -149,7 +149,7 @@ def replay(
     """Publish a file of raw packets (one per line) to the stations' topics."""
     from rich.progress import MofNCompleteColumn, Progress
 
-    from center.simulate import replay as do_replay
+    from devtools.simulate import replay as do_replay
 
     settings = settings_or_exit(config)
     if not progress:
@@ -215,7 +215,7 @@ def report(
         raise typer.Exit(2)
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ingest.influx import InfluxError
+    from core.influx import InfluxError
 
     settings = settings_or_exit(config)
     try:
@@ -289,7 +289,7 @@ def services_up(
     """Start local Mosquitto and InfluxDB on loopback (reuses running ones)."""
     from urllib.parse import urlparse
 
-    from center.devservices import ServiceError, ensure_up
+    from devtools.devservices import ServiceError, ensure_up
 
     folder, settings = _services_from(config, state_dir)
     if mqtt_port is None:
@@ -306,7 +306,7 @@ def services_up(
 @services_app.command("down")
 def services_down(state_dir: Annotated[Optional[Path], typer.Option()] = None, config: ConfigOpt = None) -> None:
     """Stop the local services started by `services up`."""
-    from center.devservices import ensure_down
+    from devtools.devservices import ensure_down
 
     for line in ensure_down(_services_from(config, state_dir)[0]):
         Console().print(line, highlight=False)
@@ -394,7 +394,7 @@ def demo(
 ) -> None:
     """Start local services, the whole service and the simulator with injected problems; open the board."""
     from center.demo import run, with_ports
-    from center.devservices import ServiceError
+    from devtools.devservices import ServiceError
 
     settings = with_ports(settings_or_exit(config), mqtt_port, influx_port, http_port)
     require_port(settings.center.host, settings.center.port, "HTTP API and board", "--http-port")

@@ -148,7 +148,7 @@ def require_store(settings: Settings, source: str) -> None:
 
 def require_port(host: str, port: int, what: str, change: str) -> None:
     """Exit 2 with one line when host:port is taken: which port, for what, and what to change."""
-    from center.devservices import _port_bindable
+    from devtools.devservices import _port_bindable
 
     if not _port_bindable(port, host):
         echo(f"port {host}:{port} ({what}) is already in use; free it or change {change}", err=True)

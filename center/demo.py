@@ -59,7 +59,7 @@ def run(settings: Settings, speedup: float = 0.0, seconds: float | None = None, 
     first, before detection starts: an hour whose data is still on its way would otherwise look like
     an outage to the offline detector.
     """
-    from center.devservices import ensure_up
+    from devtools.devservices import ensure_up
     from center.service import Service, ServiceOptions
 
     console = Console()
@@ -94,7 +94,7 @@ def run(settings: Settings, speedup: float = 0.0, seconds: float | None = None, 
 
 def catch_up_start(end: datetime, days_back: int) -> datetime:
     """China midnight `days_back` days before the China day of `end`: the catch-up covers whole days."""
-    from center.simulate import china_day_floor
+    from core.time import china_day_floor
 
     return china_day_floor(end) - timedelta(days=max(1, days_back))
 
@@ -122,7 +122,7 @@ def detect_from(settings: Settings, start: datetime) -> None:
     from detect.registry import build_detectors
     from detect.runner import job_name
     from detect.store import AlertStore
-    from notify.store import engine_from_settings
+    from core.db import engine_from_settings
 
     engine = engine_from_settings(settings)
     try:
@@ -184,7 +184,7 @@ def _publish_with_progress(ingest: Any, console: Console, publish: Callable[[], 
 
 def _simulate(settings: Settings, speedup: float, start: datetime, duration: float | None,
               scenario: Path | None) -> int:
-    from center.simulate import run as simulate
+    from devtools.simulate import run as simulate
 
     truth = Path(settings.ingest.state_dir) / "demo-truth.jsonl" if scenario else None
     return simulate(settings, speedup=speedup, duration=duration, start=start, mobile=True,
@@ -208,7 +208,7 @@ def _print_access(console: Console, settings: Settings) -> None:
 
 
 def _status(service: object) -> str:
-    from center.api_queries import cases_by_state
+    from notify.queries import cases_by_state
     from ingest.consumer import status_line
 
     by_state = cases_by_state(getattr(service, "engine"))

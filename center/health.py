@@ -23,7 +23,7 @@ from sqlalchemy import Engine, text
 from center.api_models import Check, Health, Ready, ReadyPublic
 from center.auth import Principal, optional_user
 from config.schema import Settings
-from notify.store import reading
+from core.db import reading
 
 CHECK_TIMEOUT_S = 2.0
 router = APIRouter(tags=["service"])

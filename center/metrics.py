@@ -44,9 +44,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from center import api_queries as q
+from detect.queries import alerts_by_kind_status
+from notify import queries as q
 from detect.store import watermarks_table
-from notify.store import reading
+from core.db import reading
 from notify.tables import notices
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def _ingest(c: dict[str, Any]) -> Iterator[Metric]:
 
 def _store(engine: Engine) -> Iterator[Metric]:
     alerts = GaugeMetricFamily("envwatch_alerts", "alerts in the store", labels=["kind", "status"])
-    for (kind, status), n in sorted(q.alerts_by_kind_status(engine).items()):
+    for (kind, status), n in sorted(alerts_by_kind_status(engine).items()):
         alerts.add_metric([kind, status], n)
     cases = GaugeMetricFamily("envwatch_cases", "cases in the store", labels=["state"])
     for state, n in sorted(q.cases_by_state(engine).items()):

@@ -66,8 +66,8 @@ def check_broker(broker: BrokerSettings, timeout_s: float = 5.0) -> Problem:
     Also reads the broker's version ($SYS/broker/version) and logs a warning, repeated in the
     detail, when the configured subscription would lose readings on it.
     """
-    from ingest.mqtt import (CHECK, MQTTConfigError, connection_id, per_connection_login, probe,
-                             shared_subscription_warning)
+    from core.mqtt import CHECK, MQTTConfigError, connection_id, per_connection_login, probe
+    from ingest.topics import shared_subscription_warning
 
     where = f"MQTT broker at {broker.host}:{broker.port}"
     try:
@@ -160,7 +160,7 @@ def _raise_auth(r: httpx.Response) -> None:
 
 def check_store(settings: Settings) -> Problem:
     """Connect to the case store through the same engine the service uses, and run SELECT 1."""
-    from notify.store import current_revision, make_engine
+    from core.db import current_revision, make_engine
 
     try:
         url = make_url(settings.store_url())

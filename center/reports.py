@@ -23,7 +23,7 @@ from config.tables import pollutants
 from detect.base import Window
 from detect.source import ReadingSource
 from detect.stats import EXCEEDANCE_KINDS, alert_counts, clip_to_now, data_rates
-from ingest.influx import Influx
+from core.influx import Influx
 from notify.notices import PROBLEM_LABELS
 from notify.stats import case_outcomes
 
@@ -195,7 +195,7 @@ def write_report(settings: Settings, period: Period, when: str | None, out: str)
     `when` defaults to today or this month. Raises ValueError with the accepted form for a bad `when`.
     """
     from detect.stats import china_day, china_month
-    from notify.store import make_engine
+    from core.db import make_engine
 
     today = datetime.now(CHINA).strftime("%Y-%m-%d")
     try:

@@ -71,16 +71,11 @@ class StartupError(RuntimeError):
 
 
 def prepare_store(engine: Engine) -> None:
-    """Migrate the case store and create the detection tables (alerts, watermarks); idempotent."""
-    from detect.store import AlertStore
-    from notify.store import migrate
-
-    from detect.warning import create_tables as create_warning_tables
+    """Migrate the store to the newest schema (cases, alerts, watermarks, warnings: one history); idempotent."""
+    from core.db import migrate
 
     if engine.dialect.name != "postgresql":
         migrate(engine)
-        AlertStore(engine).create()
-        create_warning_tables(engine)
         return
     from center.lease import lock_key
 
@@ -89,8 +84,6 @@ def prepare_store(engine: Engine) -> None:
         conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_key(MIGRATION_LOCK)})
         try:
             migrate(engine)
-            AlertStore(engine).create()
-            create_warning_tables(engine)
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key(MIGRATION_LOCK)})
             conn.commit()
@@ -121,8 +114,8 @@ class Service:
         from center.api_stream import Broadcaster
         from center.lease import lease_for
         from ingest.consumer import Ingest
-        from ingest.influx import Influx
-        from notify.store import engine_from_settings
+        from core.influx import Influx
+        from core.db import engine_from_settings
 
         self.engine = engine_from_settings(s)
         self._closers.append(("store", self.engine.dispose))

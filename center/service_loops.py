@@ -18,17 +18,14 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
 
 from sqlalchemy import Engine
 
-from center import api_queries as q
 from center.api_stream import Broadcaster
 from center.metrics import Metrics
 from config.schema import Settings
-from detect.base import Alert
 from detect.runner import Runner, job_name
-from notify import workflow
+from notify import inbox, workflow
 from notify.outbox import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -100,14 +97,6 @@ class DetectLoop(Loop):
         return False
 
 
-def alert_of(row: dict[str, Any]) -> Alert:
-    """An Alert back from its stored row (api_queries.alert_dict)."""
-    return Alert(kind=row["kind"], severity=row["severity"], enterprise_id=row["enterprise_id"],
-                 outlet_id=row["outlet_id"], station_mn=row["station_mn"], pollutant=row["pollutant"],
-                 window_start=row["window_start"], window_end=row["window_end"], detector=row["detector"],
-                 value=row["value"], limit=row["limit"], unit=row["unit"], evidence=dict(row["evidence"] or {}))
-
-
 class WorkflowLoop(Loop):
     name = "workflow"
 
@@ -119,14 +108,13 @@ class WorkflowLoop(Loop):
         self._last_tick = 0.0
 
     def step(self) -> bool:
-        rows = q.unprocessed_alerts(self.engine)
         now = datetime.now(timezone.utc)
-        if rows:
-            outcomes = workflow.process_alerts(self.engine, self.settings, [alert_of(r) for r in rows], now)
+        intake = inbox.process_pending(self.engine, self.settings, now)
+        if intake.taken:
             self._last_tick = time.monotonic()  # process_alerts ticks too
-            self.broadcaster.cases_changed(self.engine, [o.get("case_id") for o in outcomes], self.names)
+            self.broadcaster.cases_changed(self.engine, [o.get("case_id") for o in intake.outcomes], self.names)
             # Future-stamped alerts stay unprocessed: do not spin on them.
-            return any(o.get("status") != "future" for o in outcomes) and len(rows) >= 500
+            return any(o.get("status") != "future" for o in intake.outcomes) and intake.taken >= inbox.BATCH
         if time.monotonic() - self._last_tick >= self.tick_s:
             done = workflow.tick(self.engine, self.settings, now)
             self._last_tick = time.monotonic()

@@ -412,6 +412,8 @@ class NotifySettings(_Model):
     # A ticket notice waits this long for its evidence package; then it goes without (saying so).
     evidence_wait_s: Annotated[int, Field(ge=0)] = 600
     filings: FilingSettings = FilingSettings()
+    # Where notify keeps its files (evidence/, attachments/, filings/); default: ingest.state_dir.
+    files_dir: str | None = None
 
 
 # A token is the only thing between the internet and a role: long enough that guessing it, even at the
@@ -492,6 +494,10 @@ class Settings(_Model):
             raise ValueError("broker.partitions > 1 subscribes to registered stations only: "
                              "ingest.accept_unknown_stations must be false")
         return self
+
+    def notify_files_dir(self) -> str:
+        """notify's own directory for evidence, attachments and filings (notify.files_dir)."""
+        return self.notify.files_dir or self.ingest.state_dir
 
     def store_url(self) -> str:
         if self.store.url is not None:

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from config.schema import Settings
 from detect.runner import Report, Runner
 from detect.store import AlertStore
-from ingest.model import parse_time as parse_time  # re-exported: `envwatch detect` takes its times here
+from core.time import parse_time as parse_time  # re-exported: `envwatch detect` takes its times here
 
 # Ranges of more windows than this get a progress bar (a day of hourly windows for one kind is 24).
 PROGRESS_MIN_WINDOWS = 48

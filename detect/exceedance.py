@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from config.lookup import Lookup
+from core.time import CHINA_ZONE
 from detect.base import Alert, Detector, Window
 from detect.frames import china_days_ending_in, iso, r, to_dt
 from detect.hourly import hourly_table
@@ -32,7 +33,6 @@ from detect.source import ReadingSource
 
 DAY = pd.Timedelta(days=1)
 HOUR = pd.Timedelta(hours=1)
-CHINA = "Asia/Shanghai"
 
 
 class _HourlyBased(Scoped, Detector):
@@ -65,7 +65,7 @@ class _HourlyBased(Scoped, Detector):
 def _hour_evidence(row: Any, p: dict[str, Any]) -> dict[str, Any]:
     return {"basis": row.basis, "valid_minutes": r(row.valid_minutes, 1), "min_valid_minutes": p["min_valid_minutes"],
             "stopped_minutes": r(row.stopped_minutes, 1), "readings": int(row.points), "interval_s": int(row.interval_s),
-            "local_hour": pd.Timestamp(row.time).tz_convert(CHINA).strftime("%Y-%m-%dT%H:00+08:00")}
+            "local_hour": pd.Timestamp(row.time).tz_convert(CHINA_ZONE).strftime("%Y-%m-%dT%H:00+08:00")}
 
 
 class Exceedance(_HourlyBased):

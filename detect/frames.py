@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from core.time import CHINA_OFFSET
 from detect.base import Window
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ NON_CONCENTRATION = frozenset({
 # Flags under which an instrument is expected to read oddly (calibration gas, maintenance, fault,
 # comms failure): such minutes are not evidence of falsification; flag_abuse judges the marks.
 INSTRUMENT_FLAGS = "CMDB"
-CHINA_OFFSET = timedelta(hours=8)
 HOUR = pd.Timedelta(hours=1)
 
 

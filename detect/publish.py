@@ -19,7 +19,7 @@ from typing import Any
 
 
 from config.schema import BrokerSettings
-from ingest.mqtt import make_client
+from core.mqtt import make_client
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from config.lookup import Lookup
+from core.time import CHINA_ZONE
 from detect.base import Alert, Detector, Window
 from detect.frames import iso, r
 from detect.hourly import hourly_table
@@ -41,7 +42,6 @@ from detect.source import ReadingSource
 from ingest.revisions import Revision, read_revisions
 
 HOUR = pd.Timedelta(hours=1)
-CHINA = "Asia/Shanghai"
 MAX_LISTED = 100  # revised readings listed in one alert's evidence (the count says how many in all)
 
 
@@ -117,7 +117,7 @@ class DataRevision(Scoped, Detector):
 
     def _judge_hour(self, mn: str, pollutant: str, hour: pd.Timestamp, rows: list[Revision],
                     means: dict[tuple, Any], lim: Any, p: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"station_mn": mn, "local_hour": hour.tz_convert(CHINA).strftime("%Y-%m-%dT%H:00+08:00"),
+        out: dict[str, Any] = {"station_mn": mn, "local_hour": hour.tz_convert(CHINA_ZONE).strftime("%Y-%m-%dT%H:00+08:00"),
                                "severity": "major" if any(rv.field == "flag" for rv in rows) else "minor"}
         row = means.get((mn, pollutant, hour))
         if row is None or not np.isfinite(float(row.mean)):

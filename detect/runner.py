@@ -25,15 +25,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from config.lookup import Lookup
+from core.time import CHINA_OFFSET
 from config.schema import Settings
 from detect.base import Detector, Window
 from detect.registry import build_detectors
 from detect.source import ReadingSource
 from detect.store import AlertStore, Change
-from ingest.influx import Influx
+from core.influx import Influx
 
 log = logging.getLogger(__name__)
-CHINA_OFFSET = timedelta(hours=8)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 Publish = Callable[[list[dict[str, Any]]], None]

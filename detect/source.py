@@ -21,16 +21,15 @@ Conventions (see ingest/schema.py for the measurements):
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from detect.base import Window
-from ingest.influx import Influx, Series
+from core.influx import Influx, Series, ident, literal, tag_in, time_between
 from ingest.schema import EVENT, MOBILE, SPECIES, measurement
 
 TAGS = ("mn", "enterprise", "outlet", "medium", "pollutant")
@@ -38,33 +37,10 @@ MINUTE = measurement("minute")
 RTD = measurement("rtd")
 # A request holds at most this many names per regular expression (InfluxDB compiles each one).
 _CHUNK = 400
-_REGEX_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$\-/])")
-
-
-# -- InfluxQL quoting -----------------------------------------------------------------------------
-
-def ident(name: str) -> str:
-    """A double-quoted InfluxQL identifier (measurement, tag or field name)."""
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def literal(value: str) -> str:
-    """A single-quoted InfluxQL string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def rfc3339(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def time_range(window: Window) -> str:
-    return f"time >= {literal(rfc3339(window.start))} AND time < {literal(rfc3339(window.end))}"
-
-
-def tag_in(tag: str, values: Iterable[str]) -> str:
-    """`"tag" =~ /^(?:a|b)$/` matching exactly the given values (regex-escaped, `/` included)."""
-    alts = "|".join(_REGEX_SPECIAL.sub(r"\\\1", v) for v in sorted(set(values)))
-    return f"{ident(tag)} =~ /^(?:{alts})$/"
+    return time_between(window.start, window.end)
 
 
 def _chunks(values: Sequence[str] | None) -> list[list[str] | None]:

@@ -1,6 +1,6 @@
 """Durable alerts and job watermarks (SQLAlchemy 2.x Core; SQLite by default, PostgreSQL-ready).
 
-Tables (all definitions live here so that Alembic can take them over with the case workflow):
+Tables (created by the one migration history, core/migrations; 0004 adopts databases made before it):
     alerts      id PK, the Alert's fields (limit as `limit_value`), evidence JSON,
                 status open|resolved, first_seen, last_seen, updated_at, resolved_at
     watermarks  job PK, position (all windows ending at or before it were evaluated), updated_at
@@ -9,24 +9,23 @@ Alerts are never deleted. `upsert_alerts` reports what changed so only changes g
 `resolve_missing` closes open alerts that a re-evaluation of their window no longer produces.
 The upsert is select-then-insert/update in one transaction: portable across dialects and it
 tells new from updated from unchanged, which ON CONFLICT alone cannot. Times are stored as
-naive UTC (SQLite has no time zone type) and returned aware.
+naive UTC (SQLite has no time zone type) and returned aware. The engine is core.db's.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (JSON, Column, DateTime, Float, Index, MetaData, String, Table, TypeDecorator, and_, create_engine,
-                        select, update)
+from sqlalchemy import (JSON, Column, DateTime, Float, Index, MetaData, String, Table, TypeDecorator, and_, select,
+                        update)
 from sqlalchemy.engine import Engine
-from sqlalchemy.engine.url import make_url
 
+from core.db import make_engine, migrate
 from detect.base import Alert
 
 metadata = MetaData()
@@ -135,22 +134,17 @@ def _row(a: Alert) -> dict[str, Any]:
             "limit_value": None if a.limit is None else float(a.limit), "unit": a.unit, "evidence": _jsonable(a.evidence)}
 
 
+def alert_of(m: Mapping[str, Any]) -> Alert:
+    """The Alert back from its stored row (a mapping of the alerts table's columns): the one converter."""
+    return Alert(kind=m["kind"], severity=m["severity"], enterprise_id=m["enterprise_id"], outlet_id=m["outlet_id"],
+                 station_mn=m["station_mn"], pollutant=m["pollutant"], window_start=m["window_start"],
+                 window_end=m["window_end"], detector=m["detector"], value=m["value"], limit=m["limit_value"],
+                 unit=m["unit"], evidence=dict(m["evidence"] or {}))
+
+
 def _alert(r: Any) -> StoredAlert:
-    a = Alert(kind=r.kind, severity=r.severity, enterprise_id=r.enterprise_id, outlet_id=r.outlet_id,
-              station_mn=r.station_mn, pollutant=r.pollutant, window_start=r.window_start, window_end=r.window_end,
-              detector=r.detector, value=r.value, limit=r.limit_value, unit=r.unit, evidence=dict(r.evidence or {}))
-    return StoredAlert(a, r.status, r.first_seen, r.last_seen, r.updated_at, r.resolved_at)
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; for SQLite, the directory is created and writers wait for locks."""
-    u = make_url(url)
-    kw: dict[str, Any] = {}
-    if u.get_backend_name() == "sqlite":
-        if u.database and u.database != ":memory:":
-            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-        kw["connect_args"] = {"timeout": 30}
-    return create_engine(url, **kw)
+    m = r._mapping
+    return StoredAlert(alert_of(m), m["status"], m["first_seen"], m["last_seen"], m["updated_at"], m["resolved_at"])
 
 
 class AlertStore:
@@ -160,8 +154,8 @@ class AlertStore:
         self.engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
 
     def create(self) -> "AlertStore":
-        """Create missing tables (Alembic will take over with the case workflow)."""
-        metadata.create_all(self.engine)
+        """Bring the database to the newest schema (core.db.migrate: the one history for every table)."""
+        migrate(self.engine)
         return self
 
     def close(self) -> None:

@@ -57,6 +57,7 @@ from sqlalchemy.engine import Engine
 
 from config.lookup import Lookup
 from config.schema import Settings
+from core.time import CHINA_ZONE
 from detect.base import Window
 from detect.exceedance import day_mean, valid_hours
 from detect.frames import china_day_start, iso, r, to_dt
@@ -197,7 +198,7 @@ class WarningEngine:
     # -- store ---------------------------------------------------------------------------------
 
     def metadata_create(self) -> None:
-        metadata.create_all(self.engine)
+        create_tables(self.engine)
 
     def _load_active(self) -> None:
         with self.engine.connect() as conn:
@@ -221,11 +222,11 @@ class WarningEngine:
 
     def start(self) -> "WarningEngine":
         """Rebuild the open hours from InfluxDB, subscribe to the written topic, start the thread."""
-        from ingest.mqtt import WARNING, connection_id, make_client
+        from core.mqtt import WARNING, connection_id, make_client
 
         if self.source is None:
             from detect.source import ReadingSource
-            from ingest.influx import Influx
+            from core.influx import Influx
 
             self.source = ReadingSource(Influx(self.settings.influxdb))
         try:
@@ -418,7 +419,7 @@ class WarningEngine:
             ev = {"basis": row.basis, "valid_minutes": r(float(row.n_usable) * iv, 1), "readings": int(row.points),
                   "mean_so_far": r(h.sum_cq / h.sum_q) if h.sum_q > 0 else None,
                   "min_valid_minutes": p["min_valid_minutes"], "standard": limit.standard,
-                  "local_hour": start.tz_convert("Asia/Shanghai").strftime("%Y-%m-%dT%H:00+08:00")}
+                  "local_hour": start.tz_convert(CHINA_ZONE).strftime("%Y-%m-%dT%H:00+08:00")}
             changes += self._raise(wid, "hourly", level, row, start, start + HOUR, value, limit.hourly, limit.unit,
                                    ev, now)
         return changes
@@ -598,7 +599,10 @@ def list_warnings(engine: Engine, scope: str | None, status: str | None = None, 
 
 
 def create_tables(engine: Engine) -> None:
-    metadata.create_all(engine)
+    """Bring the store to the newest schema, `warnings` included (core.db.migrate)."""
+    from core.db import migrate
+
+    migrate(engine)
 
 
 def _two(settings: Settings) -> tuple[Any, Any]:

@@ -69,11 +69,12 @@ from ingest import hj212
 from ingest.buffer import DiskBuffer, Synchronous, buffer_path
 from ingest.deadletter import DeadLetter, DeadLetters, deadletter_path
 from ingest.decode import decode_payload, key_lookup
-from ingest.influx import Influx, InfluxRejected, InfluxUnavailable
+from core.influx import Influx, InfluxRejected, InfluxUnavailable
 from ingest.model import CHINA_TZ, Kind, MobileFix, Packet, Reason, Rejected
 from ingest.revisions import RevisionGuard
 from ingest.schema import event_line, mobile_line, station_lines
-from ingest.mqtt import ingest_topics, make_client, probe, shared_subscription_warning
+from core.mqtt import make_client, probe
+from ingest.topics import ingest_topics, shared_subscription_warning
 from ingest.written import written_payload, written_topic
 
 if TYPE_CHECKING:
@@ -449,7 +450,7 @@ class Ingest:
 
     @property
     def topic_filters(self) -> list[str]:
-        """What this worker subscribes to (ingest.mqtt.ingest_topics)."""
+        """What this worker subscribes to (ingest.topics.ingest_topics)."""
         return ingest_topics(self.settings.broker, self.lookup.stations, self.lookup.devices)
 
     @property

@@ -32,7 +32,7 @@ from config.lookup import Lookup
 from config.schema import Settings
 from ingest.consumer import DATA_REFUSED, INFLUX_TOPIC, Batch, Message, Pipeline
 from ingest.deadletter import DeadLetters, deadletter_path, escape_raw
-from ingest.influx import Influx, InfluxRejected, InfluxUnavailable
+from core.influx import Influx, InfluxRejected, InfluxUnavailable
 from ingest.revisions import RevisionGuard
 
 FIELDS = ("id", "received_at", "reason", "topic", "detail", "raw", "size", "sha256", "replayed_at")

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from enum import StrEnum
 
-CHINA_TZ = timezone(timedelta(hours=8), "UTC+08:00")
+from core.time import CHINA_TZ, china_time, parse_time  # noqa: F401 - the decoders' times
 
 Value = float | str
-
-
-def china_time(t: datetime) -> datetime:
-    """An aware time: a naive one is China local time (UTC+08:00), as HJ 212 and the staff use it."""
-    return t if t.tzinfo is not None else t.replace(tzinfo=CHINA_TZ)
-
-
-def parse_time(text: str) -> datetime:
-    """ISO-8601 (Z accepted); without an offset, China local time. ValueError when not a time."""
-    return china_time(datetime.fromisoformat(text.strip().replace("Z", "+00:00")))
 
 
 class Reason(StrEnum):

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ingest.influx import Influx
+from core.influx import Influx, ident, literal, rfc3339, tag_in
 from ingest.schema import EVENT, MEASUREMENT_PREFIX, REVISIONS
 
 log = logging.getLogger("envwatch.ingest")
@@ -296,8 +296,6 @@ def _statements(keys: Iterable[Key], *, source: str, target: str | None = None, 
                 where: str = "", group: Iterable[str] = ("mn", "pollutant")) -> list[str]:
     """Statements on `target` (default: `source`) covering `keys` of measurement `source`: one per
     run of times (and chunk of stations), restricted to the stations with a key in that run."""
-    from detect.source import ident, tag_in
-
     by_time: dict[int, set[str]] = {}
     for k in keys:
         by_time.setdefault(k[3], set()).add(k[1])
@@ -324,8 +322,6 @@ def _clusters(times: list[int]) -> list[list[int]]:
 
 def _read_points(influx: Influx, keys: set[Key], fields: dict[str, set[str]]) -> dict[Key, dict[str, Any]]:
     """The stored `fields` (per measurement) of the readings' points around `keys` (one request)."""
-    from detect.source import ident
-
     stmts = [st for m, ks in _by_measurement(keys).items()
              for st in _statements(ks, source=m, select=", ".join(ident(f) for f in sorted(fields[m])))]
     out: dict[Key, dict[str, Any]] = {}
@@ -352,8 +348,6 @@ _TAG_COLUMNS = frozenset({"time", "mn", "enterprise", "outlet", "medium", "pollu
 
 def _stored_revisions(influx: Influx, keys: set[Key]) -> set[tuple[Key, str]]:
     """(key, rev) of the revisions already stored for `keys` (one request)."""
-    from detect.source import literal
-
     stmts = []
     for m, ks in _by_measurement(keys).items():
         interval = literal(m.removeprefix(MEASUREMENT_PREFIX))
@@ -374,8 +368,6 @@ def read_revisions(influx: Influx, start: datetime, end: datetime, *, by: str = 
     by="time": readings whose DataTime is in [start, end); by="received": revisions received in
     [start, end) whatever the time of the reading they revise.
     """
-    from detect.source import ident, literal, rfc3339, tag_in
-
     if by == "time":
         cond = [f"time >= {literal(rfc3339(start))}", f"time < {literal(rfc3339(end))}"]
     elif by == "received":

@@ -36,7 +36,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from config import ids
 from config.ids import attachment_name
 from config.schema import AnswerLimits, Settings
-from ingest.mqtt import make_client
+from core.mqtt import make_client
 from notify.attachments import check_base64_size, check_count, check_size, check_text
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@
     pending = [pending_of(a.name, a.content) for a in items]   # names cleaned, digests; nothing written
     files = store(settings, pending)                           # [{name, sha256, size, path}]
 
-Files are content-addressed: `{state_dir}/attachments/{sha256[:2]}/{sha256}`. No id and no name
+Files are content-addressed: `{notify.files_dir}/attachments/{sha256[:2]}/{sha256}`. No id and no name
 from outside ever becomes part of a path (the enterprise's file name is kept as metadata only), a
 re-delivery writes nothing new, and every path is checked to resolve inside the attachments root.
 The workflow stores files only after the answer was validated and authorized, so a refused
@@ -94,7 +94,7 @@ def pending_of(name: str, content: bytes) -> Pending:
 
 
 def attachments_root(settings: Settings) -> Path:
-    return Path(settings.ingest.state_dir) / "attachments"
+    return Path(settings.notify_files_dir()) / "attachments"
 
 
 def blob_path(root: Path, digest: str) -> Path:

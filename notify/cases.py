@@ -39,7 +39,7 @@ from config.schema import Settings
 from detect.base import Alert
 from notify import rules
 from notify.events import append_event, events_of, jsonable
-from notify.store import utc, with_utc_times
+from core.time import utc, with_utc_times
 from notify.tables import CLOSED_STATES, case_alerts, case_events, case_groups, cases, notices
 
 ACTIVE = ("open", "notified", "acknowledged", "rectification_reported", "reopened")

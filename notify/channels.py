@@ -31,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from config.schema import Enterprise, Settings
-from ingest.mqtt import NOTIFY, connection_id, make_client
+from core.mqtt import NOTIFY, connection_id, make_client
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from center.cliopts import check_range, one_of, output_format, parse_time_arg, require_store
-from ingest.model import CHINA_TZ as CHINA
+from core.time import CHINA_TZ as CHINA
 
 # notify.workflow (and through it the detectors and scikit-learn) is imported by the commands that use it,
 # so that `envwatch --help` and argument errors answer at once.
@@ -51,7 +51,7 @@ HEADERS = {
 
 
 def local(t: datetime | None) -> str:
-    from notify.store import as_utc
+    from core.time import as_utc
 
     return "" if t is None else as_utc(t).astimezone(CHINA).strftime("%Y-%m-%d %H:%M")  # type: ignore[union-attr]
 
@@ -208,7 +208,7 @@ def _engine(config: Path | None, create: bool = False) -> Any:
     """The case store of the configuration. Only commands that write (`create`) may make a new one: a reading
     command run with the wrong --config or from elsewhere refuses instead of showing an empty store."""
     from config import ConfigError, load
-    from notify.store import engine_from_settings, migrate
+    from core.db import engine_from_settings, migrate
 
     try:
         settings = load(config)

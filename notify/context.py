@@ -18,7 +18,7 @@ from sqlalchemy import Connection, and_, insert, select
 
 from config.schema import Settings
 from notify import rules
-from notify.store import as_utc, utc
+from core.time import as_utc, utc
 from notify.tables import case_alerts, case_events, cases, emergencies, positive_list
 
 EMERGENCY_LEVELS = ("yellow", "orange", "red")  # 预警等级, lowest first

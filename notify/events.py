@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
-from notify.store import as_utc, utc
+from core.time import as_utc, utc
 from notify.tables import case_events
 
 GENESIS = "0" * 64

@@ -40,8 +40,8 @@ import pandas as pd
 from sqlalchemy import Connection, Engine, select
 
 from config.schema import Settings
-from detect.source import ident, literal, rfc3339
-from ingest.influx import Influx
+from core.time import CHINA_ZONE
+from core.influx import Influx, ident, literal, rfc3339
 from ingest.schema import FLOAT_FIELDS, STRING_FIELDS, measurement
 from notify import events
 from notify.notices import as_utc
@@ -150,7 +150,6 @@ def _readings(influx: Influx, windows: list[tuple[str, str, datetime, datetime]]
     return df[cols].drop_duplicates(subset=keys).sort_values(keys, kind="stable").reset_index(drop=True)
 
 
-BEIJING = "Asia/Shanghai"
 CHART_WORDS: dict[str, dict[str, str]] = {
     "zh-CN": {"limit": "排放限值", "finding": "监测发现", "none": "该时段无监测数据", "time": "时间（北京时间）",
               "case": "案件", "o2": "折算", "minute": "分钟数据", "rtd": "实时数据", "hour": "小时数据"},
@@ -168,7 +167,7 @@ def _readings_csv(df: pd.DataFrame, language: str = "zh-CN") -> bytes:
     out = df.copy()
     if len(out):
         out.insert(list(out.columns).index("time") + 1, "time_utc", out["time"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        out["time"] = out["time"].dt.tz_convert(BEIJING).map(lambda t: t.isoformat())
+        out["time"] = out["time"].dt.tz_convert(CHINA_ZONE).map(lambda t: t.isoformat())
         if "pollutant" in out.columns:
             out.insert(list(out.columns).index("pollutant") + 1, "pollutant_name",
                        out["pollutant"].map(lambda c: pollutant_label(str(c), language)))
@@ -198,7 +197,7 @@ def _chart(df: pd.DataFrame, alerts: list[dict[str, Any]], case: dict[str, Any],
     if language == "zh-CN" and font is None:
         language = "en"  # no Chinese glyphs here: English rather than boxes
     codes = sorted({a["pollutant"] for a in alerts if a.get("pollutant")}) or [case.get("pollutant") or ""]
-    with rc_context({"font.family": [font, "DejaVu Sans"] if font else ["DejaVu Sans"], "timezone": BEIJING,
+    with rc_context({"font.family": [font, "DejaVu Sans"] if font else ["DejaVu Sans"], "timezone": CHINA_ZONE,
                      "axes.unicode_minus": False}):
         fig = Figure(figsize=(10, 3.2 * len(codes)), dpi=100)
         FigureCanvasAgg(fig)
@@ -248,7 +247,7 @@ def _plot_pollutant(ax: Any, df: pd.DataFrame, alerts: list[dict[str, Any]], cod
         ax.text(0.5, 0.5, w["none"], transform=ax.transAxes, ha="center")
     ax.set_ylabel(alerts[0].get("unit", "") if alerts else "")
     ax.set_xlabel(w["time"], fontsize=8)
-    ax.xaxis.set_major_formatter(DateFormatter("%m-%d %H:%M", tz=BEIJING))
+    ax.xaxis.set_major_formatter(DateFormatter("%m-%d %H:%M", tz=CHINA_ZONE))
     ax.set_title(f"{w['case']} {case['id']}: {enterprise} / {case['outlet_id']} / {pollutant_label(code, language)}",
                  fontsize=9)
     handles, labels = ax.get_legend_handles_labels()

@@ -34,7 +34,8 @@ from sqlalchemy import ColumnElement, Engine, func, insert, select, update
 
 from config.schema import Settings
 from detect.base import Alert
-from notify.store import reading, utc, with_utc_times
+from core.db import reading
+from core.time import utc, with_utc_times
 from notify.tables import FILING_KINDS, alert_suppressions, case_alerts, filings
 
 ALL = FILING_KINDS
@@ -117,7 +118,7 @@ def _store_attachment(settings: Settings, filing_id: str, attachment: tuple[str,
         raise FilingError(f"the attachment is larger than {limit} bytes")
     shown = shown_name(name)
     digest = hashlib.sha256(data).hexdigest()
-    folder = Path(settings.ingest.state_dir) / "filings" / filing_id
+    folder = Path(settings.notify_files_dir()) / "filings" / filing_id
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / digest
     path.write_bytes(data)

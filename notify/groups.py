@@ -24,7 +24,7 @@ from sqlalchemy import Connection, func, insert, inspect, select, update
 
 from config.schema import Settings
 from detect.base import Alert
-from notify.store import utc, with_utc_times
+from core.time import utc, with_utc_times
 from notify.tables import case_alerts, case_groups, cases
 
 _TIMES = ("window_start", "window_end", "created_at", "decided_at")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from sqlalchemy import Connection, func, insert, select
 
 from config.schema import Enterprise, Officer, Outlet, Settings
 from config.tables import pollutants
+from core.time import CHINA_TZ
 from notify import views
 from notify.channels import channels_for
 from notify.tables import case_alerts, case_events, notice_numbers, notices, tickets
@@ -35,7 +36,6 @@ KINDS = ("rectification_notice", "reminder", "reopened", "closed", "ticket")
 ENTERPRISE_KINDS = KINDS[:4]
 TEMPLATE_ONLY = ("rectification_bundle",)  # one notice listing several cases of one enterprise
 LANGUAGES = ("zh-CN", "en")
-CHINA_TZ = timezone(timedelta(hours=8))
 MAX_FINDINGS = 20  # findings listed in a notice (most recent first); the payload says how many in all
 TEMPLATES = Path(__file__).with_name("templates")
 

@@ -16,7 +16,8 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, select
 
-from notify.store import as_utc, reading
+from core.db import reading
+from core.time import as_utc
 from notify.tables import CLOSED_STATES
 from notify.tables import cases as cases_t
 

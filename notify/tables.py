@@ -1,6 +1,6 @@
 """The case store's tables (SQLAlchemy Core), one definition for SQLite and PostgreSQL.
 
-Alembic migrations in notify/migrations are generated from this metadata; change a table here,
+Alembic migrations in core/migrations are generated from this metadata; change a table here,
 then add a migration. Times are stored as timezone-aware UTC.
 """
 

@@ -30,7 +30,7 @@ from config.schema import Settings
 from config.schema import Officer
 from notify.cases import SYSTEM, TransitionError, close_enforcement, decide_notice
 from notify.events import append_event
-from notify.store import as_utc, utc, with_utc_times
+from core.time import as_utc, utc, with_utc_times
 from notify.tables import case_events, tickets
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def attach_evidence(engine: Engine, settings: Settings, ticket_id: str, at: date
 
     with engine.connect() as conn:
         t = load_ticket(conn, ticket_id)
-    out = Path(out_dir) if out_dir is not None else Path(settings.ingest.state_dir) / "evidence"
+    out = Path(out_dir) if out_dir is not None else Path(settings.notify_files_dir()) / "evidence"
     try:
         path, digest = evidence.build(engine, settings, t["case_id"], out, now=at)
     except Exception:  # noqa: BLE001 - any failure of the builder means "retry later", never lose the ticket

@@ -14,7 +14,7 @@ paths, or anything about another enterprise (a hotspot's candidate list names it
 
 Everything is an allow-list: a field or event type added to the store later stays hidden from the
 enterprise until it is named here. Officers and operators are the bureau: they see the case whole,
-officers without server file paths. Scoping *which* rows a caller gets is center/api_queries.py's job
+officers without server file paths. Scoping *which* rows a caller gets is notify/queries.py's job
 (in SQL); this module decides *what of each row* it gets.
 """
 
@@ -143,7 +143,7 @@ def case_summary_for(role: Role, row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def notice_for(role: Role, notice: Mapping[str, Any]) -> dict[str, Any]:
-    """An outbox row as `role` sees it (api_queries scopes an enterprise to its own notices)."""
+    """An outbox row as `role` sees it (notify.queries scopes an enterprise to its own notices)."""
     if role != "enterprise":
         return dict(notice)
     out = pick(notice, ENTERPRISE_NOTICE_FIELDS)

@@ -30,8 +30,9 @@ from notify import cases, context, filings, rules, tickets
 from notify import groups as groups_mod
 from notify import notices as notices_mod
 from notify.events import events_of
-from notify.store import as_utc, reading, utc
-from notify.tables import answers, notices
+from core.db import reading
+from core.time import as_utc, utc
+from notify.tables import CLOSED_STATES, answers, notices
 from notify.tables import cases as cases_t
 from notify.tables import tickets as tickets_t
 
@@ -334,7 +335,7 @@ def list_cases(engine: Engine, state: str | None = None, enterprise_id: str | No
     if enterprise_id:
         q = q.where(cases_t.c.enterprise_id == enterprise_id)
     if open_only:
-        q = q.where(cases_t.c.state.not_in(("verified", "dismissed")))
+        q = q.where(cases_t.c.state.not_in(CLOSED_STATES))
     with reading(engine).connect() as conn:
         return [cases._row(m) for m in conn.execute(q).mappings()]
 

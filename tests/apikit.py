@@ -20,7 +20,7 @@ import httpx
 import uvicorn
 from sqlalchemy import Engine
 
-from center.devservices import free_port
+from devtools.devservices import free_port
 from detect.base import Alert
 from detect.store import AlertStore
 from notify import workflow

@@ -2,7 +2,7 @@
 
     store_engine   fixture, parametrized ["sqlite", "postgresql"]: a migrated, empty store
     sqlite_engine  fixture: the same on SQLite only (for the many rule tests)
-    pg_cluster     session fixture: one PostgreSQL cluster (center.pgservice) for the whole run
+    pg_cluster     session fixture: one PostgreSQL cluster (devtools.pgservice) for the whole run
 
 Import the fixtures into a test module: `from tests.casekit import store_engine  # noqa: F401`.
 """
@@ -21,12 +21,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine, func, select
 
-from center.devservices import free_port
-from center.pgservice import PostgresService, start_postgres
+from devtools.devservices import free_port
+from devtools.pgservice import PostgresService, start_postgres
 from config.loader import from_mapping
 from config.schema import Settings
 from detect.base import Alert
-from notify.store import as_utc, make_engine, migrate
+from core.db import make_engine, migrate
+from core.time import as_utc
 from notify.tables import case_events, cases, metadata, notices, tickets
 
 T0 = datetime(2025, 1, 6, 0, 0, tzinfo=timezone.utc)

@@ -1,6 +1,6 @@
 """Shared fixtures: a real Mosquitto and a real influxd on loopback, started once per session.
 
-    mosquitto            session  center.devservices.Service (.host, .port, .url, .stop(), .restart(), .kill())
+    mosquitto            session  devtools.devservices.Service (.host, .port, .url, .stop(), .restart(), .kill())
     influxd              session  Service (.url is http://127.0.0.1:PORT)
     influx_settings      function InfluxSettings on the session influxd, a fresh database (created)
     settings_factory     function (registry: dict | None = None, **overrides) -> config.Settings
@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
-from center.devservices import Service, free_port, start_influxd, start_mosquitto
+from devtools.devservices import Service, free_port, start_influxd, start_mosquitto
 from config.loader import from_mapping
 from config.schema import InfluxSettings, Settings
 

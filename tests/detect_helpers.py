@@ -12,7 +12,7 @@ from typing import Any
 
 from config.lookup import Lookup
 from config.schema import Registry
-from ingest.influx import Influx
+from core.influx import Influx
 from ingest.model import CHINA_TZ, Packet
 from ingest.schema import event_line, station_lines
 

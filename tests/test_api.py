@@ -22,11 +22,11 @@ from center.service import prepare_store
 from config.lookup import Lookup
 from config.schema import Registry
 from detect.store import AlertStore
-from ingest.influx import Influx
+from core.influx import Influx
 from ingest.model import MobileFix
 from ingest.schema import mobile_line
 from notify import workflow
-from notify.store import make_engine
+from core.db import make_engine
 from tests.apikit import T0, TOKENS, H, ServedApp, alert, center_overrides, registry, seed_case, serve
 from tests.detect_helpers import minute_lines
 

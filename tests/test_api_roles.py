@@ -15,7 +15,7 @@ import pytest
 from center.app import create_app
 from center.service import prepare_store
 from notify import workflow
-from notify.store import make_engine
+from core.db import make_engine
 from tests.apikit import T0, H, ServedApp, center_overrides, registry, seed_case, serve
 
 

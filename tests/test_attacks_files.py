@@ -25,12 +25,12 @@ import httpx
 import pytest
 import yaml
 
-from center.devservices import Service, free_port
+from devtools.devservices import Service, free_port
 from config.loader import from_mapping
 from config.schema import InfluxSettings
 from ingest.deadletter import MAX_RAW_BYTES, DeadLetters, deadletter_path
 from notify.evidence import verify
-from notify.store import make_engine
+from core.db import make_engine
 from tests.apikit import SERVICE_ENV, T0, auth, seed_case, service_argv, service_config, wait_for
 from tests.casekit import pg_cluster  # noqa: F401 - the fixture: the run's PostgreSQL
 from tests.test_evidence import package  # noqa: F401 - the fixture: a real package built from InfluxDB

@@ -33,13 +33,13 @@ import yaml
 from center.app import create_app
 from center.auth import FailedAuthLimiter
 from center.service import prepare_store
-from center.simulate import generate
+from devtools.simulate import generate
 from detect.store import AlertStore
 from ingest.decode import decode_payload, key_lookup
 from notify import views, workflow
 from notify.channels import MQTTChannel
 from notify.outbox import Dispatcher
-from notify.store import make_engine
+from core.db import make_engine
 from tests.apikit import H, T0, TOKENS, ServedApp, alert, center_overrides, registry, seed_case, serve, wait_for
 from tests.test_api import _sse
 

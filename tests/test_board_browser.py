@@ -21,16 +21,16 @@ from typing import Any
 import httpx
 import pytest
 
-from center.devservices import free_port
+from devtools.devservices import free_port
 from config.schema import Settings
 from detect.base import Alert, Window
 from detect.exceedance import Exceedance
 from detect.runner import Runner
 from detect.store import AlertStore
-from ingest.influx import Influx
+from core.influx import Influx
 from ingest.model import MobileFix
 from ingest.schema import mobile_line
-from notify.store import make_engine, migrate
+from core.db import make_engine, migrate
 from tests.detect_helpers import lookup, minute_lines, write
 
 CHROMIUM = "/usr/bin/chromium"

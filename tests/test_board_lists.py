@@ -15,7 +15,7 @@ from center.app import create_app
 from center.service import prepare_store
 from detect.store import AlertStore
 from notify import workflow
-from notify.store import make_engine
+from core.db import make_engine
 from tests.apikit import T0, H, alert, center_overrides, registry, seed_case, serve
 
 N_EA = 7  # cases of EA: 6 dismissed, the last one open with two pollutants

@@ -1,6 +1,6 @@
-"""`envwatch broker acl` files enforced by a real Mosquitto 2.0, and TLS through ingest.mqtt.
+"""`envwatch broker acl` files enforced by a real Mosquitto 2.0, and TLS through core.mqtt.
 
-The broker is started by center.devservices with the generated snippet appended: its listener
+The broker is started by devtools.devservices with the generated snippet appended: its listener
 (on broker.port), allow_anonymous false (the last allow_anonymous line wins), password and ACL file.
 """
 
@@ -26,8 +26,8 @@ from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
 from center.broker_acl import CONF_FILE, hash_password, plan, write_acl
-from center.devservices import Service, free_port, start_mosquitto
-from ingest.mqtt import check_connect, connect_options, make_client
+from devtools.devservices import Service, free_port, start_mosquitto
+from core.mqtt import check_connect, connect_options, make_client
 from config.loader import from_mapping
 from config.schema import BrokerSettings, Settings, TLSSettings
 

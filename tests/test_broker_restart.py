@@ -1,10 +1,10 @@
 """The broker restarted mid-stream: stopped gracefully, or killed with SIGKILL, with persistence on
-(as center.devservices configures it). Every reading published is reconciled in InfluxDB.
+(as devtools.devservices configures it). Every reading published is reconciled in InfluxDB.
 
 Each test runs its own Mosquitto (so the session broker of the other tests is never restarted)
 and streams HJ 212 minute packets through the real ingest into the real influxd. And the cause of
 the loss the default configuration avoids, shown on the broker itself: Mosquitto does not keep a
-shared subscription across a restart (ingest.mqtt.shared_subscription_warning).
+shared subscription across a restart (ingest.topics.shared_subscription_warning).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from center.devservices import Service, free_port, start_mosquitto
+from devtools.devservices import Service, free_port, start_mosquitto
 from config.loader import from_mapping
 from config.schema import InfluxSettings, Settings
 from ingest.consumer import Ingest

@@ -17,7 +17,7 @@ from rich.console import Console
 from sqlalchemy import Engine, select
 
 from center.app import create_app
-from center.devservices import free_port
+from devtools.devservices import free_port
 from center.service import prepare_store
 from config.schema import Settings
 from detect.base import Alert
@@ -26,7 +26,7 @@ from notify import workflow
 from notify.channels import MQTTChannel, WebhookChannel
 from notify.cli import print_tickets
 from notify.outbox import Dispatcher
-from notify.store import make_engine
+from core.db import make_engine
 from notify.tables import notices
 from tests.apikit import ServedApp, serve, users
 from tests.casekit import pg_cluster, store_engine  # noqa: F401 - fixtures
@@ -396,7 +396,7 @@ def test_cli_escalates_and_routes_as_the_person_at_the_terminal(tmp_path: Path) 
 
     from config import load
     from notify import cli
-    from notify.store import engine_from_settings, migrate
+    from core.db import engine_from_settings, migrate
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"ingest": {"state_dir": str(tmp_path / "state")}, "registry": registry(),

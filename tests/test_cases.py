@@ -428,7 +428,7 @@ def test_cli_commands_through_typer(tmp_path: Path) -> None:
                                           "--to", "2025-01-08T08:00", "--by", "center:wang", "-c", str(cfg)])
     assert r.exit_code == 0, r.output
     assert "2025-01-06 08:00 – 2025-01-08 08:00" in r.output
-    from notify.store import make_engine
+    from core.db import make_engine
     engine = make_engine(f"sqlite:///{tmp_path / 'state' / 'envwatch.sqlite'}")
     with engine.connect() as conn:
         from notify.context import emergency_at
@@ -447,9 +447,9 @@ def test_cli_commands_through_typer(tmp_path: Path) -> None:
 # -- evidence packages for tickets ----------------------------------------------------------------
 
 def test_ticket_gets_its_evidence_package_once_influxdb_answers(tmp_path: Path, influx_settings) -> None:
-    from center.devservices import free_port
+    from devtools.devservices import free_port
     from notify import evidence
-    from notify.store import make_engine, migrate
+    from core.db import make_engine, migrate
 
     url = f"sqlite:///{tmp_path / 'ev.sqlite'}"
     migrate(url)

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
-from center.devservices import free_port
+from devtools.devservices import free_port
 from config import load
 from detect.store import AlertStore
 from notify import workflow
-from notify.store import engine_from_settings, migrate
+from core.db import engine_from_settings, migrate
 from tests.casekit import REGISTRY, T0, H, alert
 
 ENVWATCH = Path(sys.executable).with_name("envwatch")

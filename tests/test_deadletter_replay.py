@@ -20,7 +20,7 @@ from config.schema import Settings
 from ingest import hj212
 from ingest.consumer import Ingest
 from ingest.deadletter_replay import counts, letters, replay
-from ingest.influx import Influx
+from core.influx import Influx
 from tests.test_consumer import (MN_GAS, MN_OTHER, REGISTRY, T0, dead_letters, drained, minute_packet,
                                  publish_all, station_topic, wait_until)
 

@@ -12,7 +12,7 @@ from config.loader import from_mapping
 from detect.registry import build_detectors
 from detect.runner import job_name
 from detect.store import AlertStore
-from notify.store import engine_from_settings
+from core.db import engine_from_settings
 
 CHINA = timezone(timedelta(hours=8))
 

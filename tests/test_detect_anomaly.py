@@ -17,7 +17,7 @@ from config.schema import InfluxSettings
 from detect.anomaly import MultivariateAnomaly, clear_cache
 from detect.base import Alert, Window
 from detect.source import ReadingSource
-from ingest.influx import Influx
+from core.influx import Influx
 from tests.test_detect_patterns import registry
 
 DAY0 = datetime(2024, 3, 1, tzinfo=UTC)

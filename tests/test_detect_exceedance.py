@@ -17,7 +17,7 @@ from detect.base import Alert, Detector, Window
 from detect.exceedance import DailyExceedance, Exceedance, InsufficientValidData
 from detect.registry import DetectorConfigError, build_detectors
 from detect.source import ReadingSource
-from ingest.influx import Influx
+from core.influx import Influx
 from tests.detect_helpers import lookup, minute_lines, registry, utc, write
 
 H0 = utc(2024, 3, 1, 2)  # 10:00 in China

@@ -17,7 +17,7 @@ from config.schema import InfluxSettings, Registry
 from detect.base import Alert, Window
 from detect.hotspot import Hotspot, bearing_deg, haversine_m
 from detect.source import ReadingSource
-from ingest.influx import Influx
+from core.influx import Influx
 from ingest.model import MobileFix
 from ingest.schema import mobile_line
 

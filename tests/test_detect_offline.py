@@ -14,7 +14,7 @@ from detect.offline import Offline
 from detect.runner import Runner
 from detect.source import ReadingSource
 from detect.store import AlertStore
-from ingest.influx import Influx
+from core.influx import Influx
 from tests.detect_helpers import heartbeat_lines, lookup, minute_lines, registry, utc, write
 
 H0 = utc(2024, 3, 1, 10)

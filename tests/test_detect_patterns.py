@@ -26,7 +26,7 @@ from detect.patterns import (
     ZeroWhileOperating,
 )
 from detect.source import ReadingSource
-from ingest.influx import Influx
+from core.influx import Influx
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 GAS = ["a21026", "a21002", "a34013", "a19001", "a00000", "a01012", "a01013"]

@@ -19,7 +19,7 @@ from detect.exceedance import Exceedance
 from detect.registry import detector_classes
 from detect.revision import DataRevision
 from detect.runner import Runner
-from ingest.influx import Influx
+from core.influx import Influx
 from ingest.revisions import RevisionGuard
 from tests.detect_helpers import lookup, minute_lines, registry, utc
 
@@ -101,7 +101,8 @@ def test_identical_replay_and_backfill_raise_nothing(settings_factory: Any, infl
 def test_data_revision_is_declared_everywhere_a_kind_is() -> None:
     """data_revision is declared once, by its class's tags, and every reader knows it (notice labels,
     escalation, the board's kinds, the simulator)."""
-    from center import board, simulate
+    from center import board
+    from devtools import simulate
     from config.schema import EscalationSettings
     from notify.notices import PROBLEM_LABELS
 

@@ -21,7 +21,7 @@ from detect.exceedance import Exceedance, InsufficientValidData
 from detect.publish import AlertPublisher
 from detect.runner import Runner, align_down, job_name, windows
 from detect.store import AlertStore
-from ingest.influx import Influx
+from core.influx import Influx
 from tests.detect_helpers import lookup, minute_lines, registry, utc, write
 
 H0 = utc(2024, 3, 1, 2)

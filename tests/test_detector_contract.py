@@ -28,7 +28,7 @@ from detect.base import CATEGORIES, Alert, Detector, Window
 from detect.registry import detector_classes
 from detect.runner import windows
 from detect.source import ReadingSource
-from ingest.influx import Influx
+from core.influx import Influx
 from notify.notices import LANGUAGES
 from tests.detect_helpers import heartbeat_lines, lookup, minute_lines, utc, write
 

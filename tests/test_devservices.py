@@ -1,4 +1,4 @@
-"""center.devservices against the real binaries, plus a smoke test of the shared fixtures."""
+"""devtools.devservices against the real binaries, plus a smoke test of the shared fixtures."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from center.devservices import (
+from devtools.devservices import (
     ServiceError, _pid_alive, ensure_down, ensure_up, free_port, start_influxd, start_mosquitto,
 )
 
@@ -127,7 +127,7 @@ def test_bad_config_shows_log_tail(tmp_path: Path) -> None:
 
 def test_missing_binary_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    import center.devservices as ds
+    import devtools.devservices as ds
     monkeypatch.setattr(ds.os, "access", lambda *_: False)
     with pytest.raises(ServiceError, match=r"mosquitto not found: run `make install` \(apt-get install mosquitto\)"):
         start_mosquitto(tmp_path, free_port())

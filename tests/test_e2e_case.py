@@ -15,17 +15,15 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from center import api_queries as q
-from center.service_loops import alert_of
 from config.lookup import Lookup
 from config.schema import Settings
 from detect.runner import Runner
-from ingest.influx import Influx
-from notify import workflow
+from core.influx import Influx
+from notify import inbox, workflow
 from notify.channels import MQTTChannel
 from notify.evidence import verify
 from notify.outbox import Dispatcher
-from notify.store import engine_from_settings, migrate
+from core.db import engine_from_settings, migrate
 from tests.detect_helpers import minute_lines, write
 
 H = timedelta(hours=1)
@@ -48,8 +46,7 @@ def _hour(settings: Settings, start: datetime, so2: float) -> None:
 def _patrol(settings: Settings, engine: Any, start: datetime) -> list[dict[str, Any]]:
     """What the service's detection and workflow loops do for the hour starting at `start`."""
     Runner(settings, store=None).evaluate_range(start, start + H, kinds=["exceedance"])
-    rows = q.unprocessed_alerts(engine)
-    return workflow.process_alerts(engine, settings, [alert_of(r) for r in rows], start + 2 * H)
+    return workflow.process_alerts(engine, settings, inbox.pending_alerts(engine), start + 2 * H)
 
 
 def test_exceedance_to_notice_to_rectification_to_recurrence_to_ticket_with_evidence(

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from config.schema import Settings
-from ingest.influx import Influx
+from core.influx import Influx
 from notify.evidence import build, cli_verify, verify
 from notify.events import append_event
 from tests.test_notices import T0, alert_json, make_store, open_case, registry

@@ -16,14 +16,12 @@ from typing import Any
 
 import pytest
 
-from center import api_queries as q
 from center.app import create_app
 from center.service import prepare_store
-from center.service_loops import alert_of
 from detect.base import Alert
 from detect.store import AlertStore
-from notify import workflow
-from notify.store import make_engine
+from notify import inbox, workflow
+from core.db import make_engine
 from tests.apikit import H, ServedApp, center_overrides, registry, serve
 
 NOW = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
@@ -61,8 +59,7 @@ def _process(world: dict[str, Any], alerts: list[Alert]) -> list[dict[str, Any]]
     """Store the alerts and let the workflow take what is unprocessed, as the service's loop does."""
     engine = world["engine"]
     AlertStore(engine).upsert_alerts(alerts)
-    rows = q.unprocessed_alerts(engine)
-    return workflow.process_alerts(engine, world["settings"], [alert_of(r) for r in rows], NOW, evidence=False)
+    return workflow.process_alerts(engine, world["settings"], inbox.pending_alerts(engine), NOW, evidence=False)
 
 
 def _approved(world: dict[str, Any], **kw: Any) -> dict[str, Any]:
@@ -179,7 +176,7 @@ def test_an_approved_filing_suppresses_what_it_explains_and_nothing_else(world: 
         assert all(n["case_id"] != suppressed["case_id"] for n in c.get("/api/notices").json())
     assert opened is None or inside.id not in opened
     # The suppressed alert is not taken up again by the next pass.
-    assert inside.id not in {r["id"] for r in q.unprocessed_alerts(engine)}
+    assert inside.id not in {a.id for a in inbox.pending_alerts(engine)}
 
 
 def test_pending_or_rejected_filings_suppress_nothing(world: dict[str, Any]) -> None:

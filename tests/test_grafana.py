@@ -19,7 +19,7 @@ import yaml
 
 from config.lookup import Lookup
 from config.schema import Settings
-from ingest.influx import Influx
+from core.influx import Influx
 from ingest.model import MobileFix, Packet
 from ingest.schema import event_line, mobile_line, station_lines
 

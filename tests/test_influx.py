@@ -1,4 +1,4 @@
-"""ingest.influx against the real influxd of the test session (InfluxDB 1.6)."""
+"""core.influx against the real influxd of the test session (InfluxDB 1.6)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from datetime import datetime
 import pandas as pd
 import pytest
 
-from center.devservices import Service
+from devtools.devservices import Service
 from config.lookup import Lookup
 from config.schema import InfluxSettings, Registry
-from ingest.influx import Influx, InfluxRejected, InfluxUnavailable, api_from_version
+from core.influx import Influx, InfluxRejected, InfluxUnavailable, api_from_version
 from ingest.model import CHINA_TZ, Packet
 from ingest.schema import station_lines
 
@@ -135,7 +135,7 @@ def test_stopped_server_is_unavailable_then_recovers(influx: Influx, influxd: Se
 
 
 def test_unreachable_at_detection_is_unavailable(influx_settings: InfluxSettings) -> None:
-    from center.devservices import free_port
+    from devtools.devservices import free_port
 
     nowhere = influx_settings.model_copy(update={"url": f"http://127.0.0.1:{free_port()}"})
     with Influx(nowhere) as influx, pytest.raises(InfluxUnavailable):
@@ -162,7 +162,7 @@ def test_v2_code_path_maps_errors(influx_settings: InfluxSettings) -> None:
     v2 = InfluxSettings.model_validate({**influx_settings.model_dump(), "api": "v2", "org": "o", "token": "t"})
     with Influx(v2) as influx, pytest.raises(InfluxRejected, match=r"HTTP 404"):
         influx.write(["m v=1 1700000000"])
-    from center.devservices import free_port
+    from devtools.devservices import free_port
 
     down = v2.model_copy(update={"url": f"http://127.0.0.1:{free_port()}"})
     with Influx(down) as influx, pytest.raises(InfluxUnavailable, match="Connection refused"):

@@ -22,11 +22,11 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from center.devservices import Service
+from devtools.devservices import Service
 from config.schema import Settings
 from ingest import hj212
 from ingest.consumer import INFLUX_TOPIC, Ingest
-from ingest.influx import Influx
+from core.influx import Influx
 from ingest.model import Reason
 from tests.test_consumer import (
     MN_GAS, MN_WATER, REGISTRY, T0, count_points, dead_letters, drained, minute_packet, publish_all,

@@ -18,11 +18,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text
 
-from center.devservices import Service, free_port
+from devtools.devservices import Service, free_port
 from center.lease import AdvisoryLease, SingleLease, lease_for
 from config.schema import InfluxSettings
 from detect.store import alerts_table
-from notify.store import make_engine
+from core.db import make_engine
 from notify.tables import case_alerts, cases, notices, tickets
 from tests.apikit import SERVICE_ENV, T0, H, auth, service_argv, service_config, station_packet, wait_for
 from tests.casekit import drop_pg_database, pg_cluster, pg_database  # noqa: F401 - fixture

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from center.app import create_app
-from center.devservices import Service, free_port
+from devtools.devservices import Service, free_port
 from center.metrics import Metrics
 from center.service import prepare_store
 from center.service_loops import DetectLoop
@@ -24,7 +24,7 @@ from detect.store import AlertStore
 from ingest.consumer import Ingest
 from notify.channels import WebhookChannel
 from notify.outbox import Dispatcher
-from notify.store import make_engine
+from core.db import make_engine
 from tests.apikit import T0, ServedApp, center_overrides, registry, seed_case, serve, station_packet, wait_for
 
 NAMES = ("envwatch_ingest_messages_total", "envwatch_ingest_readings_written_total",

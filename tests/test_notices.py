@@ -23,7 +23,7 @@ from sqlalchemy import Engine, create_engine, func, insert, select, text
 from config.schema import Settings
 from notify.events import append_event
 from notify.notices import enqueue, notice_id, render, build_context
-from notify.store import make_engine
+from core.db import make_engine
 from notify.tables import case_alerts, cases, metadata, notices
 
 T0 = datetime(2025, 3, 1, 2, 0, tzinfo=timezone.utc)  # 10:00 in China
@@ -153,8 +153,8 @@ def test_unknown_kind_or_language_is_refused() -> None:
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Any]:
-    from center.devservices import free_port
-    from center.pgservice import start_postgres
+    from devtools.devservices import free_port
+    from devtools.pgservice import start_postgres
 
     state = Path(tempfile.mkdtemp(prefix="envwatch-pg-"))
     svc = start_postgres(state, free_port(), fsync=False)

@@ -24,7 +24,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from center.devservices import free_port
+from devtools.devservices import free_port
 from config.schema import Settings
 from notify.channels import (EmailChannel, MQTTChannel, WebhookChannel, message_id, verify_signature)
 from notify.notices import as_utc, enqueue
@@ -108,7 +108,7 @@ from datetime import datetime
 from config.loader import from_mapping
 from notify.channels import MQTTChannel
 from notify.outbox import Dispatcher
-from notify.store import make_engine
+from core.db import make_engine
 
 db, raw, now = sys.argv[1], json.loads(sys.argv[2]), datetime.fromisoformat(sys.argv[3])
 settings = from_mapping(raw, env={})

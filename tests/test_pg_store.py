@@ -14,21 +14,33 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, select
 
-from center.pgservice import PostgresService
+from devtools.pgservice import PostgresService
 from config.loader import from_mapping
 from notify import workflow
 from notify.events import verify_chain
-from notify.store import current_revision, downgrade, engine_from_settings, make_engine, migrate, normalize_url
+from core.db import current_revision, downgrade, engine_from_settings, make_engine, migrate, normalize_url
+from detect.store import alerts_table
+from detect.store import metadata as detect_tables
+from detect.warning import metadata as warning_tables
 from notify.tables import case_events, metadata, notices
 from tests.casekit import (H, T0, alert, all_cases, decided, drop_pg_database, make_settings,  # noqa: F401
                            pg_cluster, pg_database, store_engine)
 
 
+def _all_tables() -> sa.MetaData:
+    """Every package's table definitions in one MetaData: one migration history builds them all."""
+    merged = sa.MetaData()
+    for tables in (metadata, detect_tables, warning_tables):
+        for t in tables.sorted_tables:
+            t.to_metadata(merged)
+    return merged
+
+
 def _head() -> str:
-    """The newest revision in notify/migrations (one head: migrations form a chain)."""
+    """The newest revision in core/migrations (one head: migrations form a chain)."""
     from alembic.script import ScriptDirectory
 
-    from notify.store import alembic_config
+    from core.db import alembic_config
 
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
@@ -52,10 +64,31 @@ def test_migrations_build_exactly_the_tables_and_are_idempotent(empty_url: str) 
     try:
         assert current_revision(engine) == _head()
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), _all_tables())
             assert diff == []
             names = set(sa.inspect(conn).get_table_names())
-        assert names >= {t.name for t in metadata.sorted_tables}
+        assert names >= {t.name for t in _all_tables().sorted_tables}
+    finally:
+        engine.dispose()
+
+
+def test_migrate_adopts_detect_tables_made_by_create_all(tmp_path: Path) -> None:
+    """A store made before 0004: notify's tables by Alembic, alerts/watermarks/warnings by create_all."""
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    migrate(url, "0003_filings")
+    engine = make_engine(url)
+    try:
+        detect_tables.create_all(engine)
+        warning_tables.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(alerts_table.insert().values(
+                id="a1", kind="exceedance", severity="minor", enterprise_id="E1", outlet_id="O1", station_mn="MN",
+                pollutant="a21026", window_start=T0, window_end=T0 + H, detector="d", unit="", evidence={},
+                status="open", first_seen=T0, last_seen=T0, updated_at=T0))
+        migrate(engine)
+        assert current_revision(engine) == _head()
+        with engine.connect() as conn:
+            assert conn.execute(select(alerts_table.c.id)).scalars().all() == ["a1"]
     finally:
         engine.dispose()
 
@@ -198,7 +231,7 @@ def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path) -> None:
     """A read through `reading` proceeds while another connection holds the write lock."""
     from sqlalchemy import text as sql
 
-    from notify.store import make_engine, migrate, reading
+    from core.db import make_engine, migrate, reading
 
     engine = make_engine(f"sqlite:///{tmp_path}/store.sqlite")
     migrate(engine)

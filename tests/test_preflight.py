@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from center.broker_acl import CONF_FILE, write_acl
-from center.devservices import free_port, start_mosquitto
+from devtools.devservices import free_port, start_mosquitto
 from center.preflight import DependencyError, check_broker, check_dependencies, require_dependencies
 from config.schema import Settings
 
@@ -101,7 +101,7 @@ def _retry_until_listening(check: Callable[[], object]) -> object:
 
 def test_fresh_influxd_without_any_database(settings_factory: Factory, tmp_path: Path) -> None:
     """A brand-new server answers SHOW DATABASES with a series that has no values at all."""
-    from center.devservices import start_influxd
+    from devtools.devservices import start_influxd
 
     fresh = start_influxd(tmp_path / "influxd", free_port())
     try:

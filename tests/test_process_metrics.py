@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from center.metrics import Metrics
-from notify.store import make_engine, migrate
+from core.db import make_engine, migrate
 from tests.test_metrics_health import sample
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from config.schema import InfluxSettings
 from ingest import hj212
 from ingest.consumer import Ingest
-from ingest.influx import Influx
+from core.influx import Influx
 from ingest.model import CHINA_TZ
 from ingest.revisions import RevisionGuard, read_revisions
 from tests.detect_helpers import lookup, minute_lines, registry, utc

@@ -12,7 +12,8 @@ from sqlalchemy import Engine, select
 
 from config.schema import NotifySettings
 from notify import rules, workflow
-from notify.store import as_utc, make_engine, migrate
+from core.db import make_engine, migrate
+from core.time import as_utc
 from notify.tables import case_events, notices, tickets
 from tests.casekit import (D, H, S, T0, alert, all_cases, decided, escalations,  # noqa: F401
                            make_settings, pg_cluster, store_engine)

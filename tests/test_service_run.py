@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from center.devservices import Service, free_port
+from devtools.devservices import Service, free_port
 from config.schema import InfluxSettings
 from tests.apikit import (SERVICE_ENV, T0, auth, running_service, service_argv, service_config, station_packet,
                           wait_for)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from center.simulate import (as_utc, generate, load_scenario, mn_of, parse_duration, replay, run,
+from devtools.simulate import (as_utc, generate, load_scenario, mn_of, parse_duration, replay, run,
                              truth_records)
 from config import Lookup, Settings, load
 from config.loader import from_mapping
@@ -408,7 +408,7 @@ def test_replay_publishes_every_line(mosquitto: Any, mqtt_client_factory: Any, t
 
 def test_stations_without_pollutants_publish_nothing() -> None:
     """A logger registered only for its heartbeats must not get empty readings packets."""
-    from center.simulate import generate
+    from devtools.simulate import generate
     from config.loader import from_mapping
 
     reg = {"enterprises": [{"id": "e", "name": "e", "outlets": [

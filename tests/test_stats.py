@@ -30,9 +30,9 @@ from center.service import prepare_store
 from config.schema import InfluxSettings
 from detect.source import ReadingSource
 from detect.stats import china_day, data_rates
-from ingest.influx import Influx
+from core.influx import Influx
 from notify import workflow
-from notify.store import make_engine
+from core.db import make_engine
 from tests.apikit import TOKENS, alert, center_overrides, registry, seed_case, serve
 from tests.detect_helpers import lookup, minute_lines, utc, write
 

@@ -194,7 +194,7 @@ def test_an_unknown_station_or_an_unlimited_pollutant_warns_nothing(tmp_path: Pa
 def test_a_restart_rebuilds_the_open_hour_from_influxdb_and_keeps_its_warnings(
         tmp_path: Path, hour: datetime, influx_settings: Any) -> None:
     from detect.source import ReadingSource
-    from ingest.influx import Influx
+    from core.influx import Influx
 
     settings = _settings(tmp_path)
     influx = Influx(influx_settings)

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from center.devservices import Service, free_port
+from devtools.devservices import Service, free_port
 from config.schema import InfluxSettings
 from detect.registry import detector_classes
 from tests.apikit import TOKENS, auth, running_service, service_config, station_packet, wait_for

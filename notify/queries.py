@@ -1,4 +1,5 @@
-"""The API's reads of the store, with the caller's scope inside every query.
+"""notify's read model: cases, tickets, notices and alerts with their case, with the caller's scope inside
+every query (used by the API, the CLI's service loops, metrics and the demo).
 
 `scope` is the enterprise an enterprise user is limited to (None: no limit); `officer` likewise
 limits tickets to unaccepted ones and the officer's own. A row outside the scope is simply not
@@ -14,9 +15,11 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, Select, case, func, or_, select
 
+from detect.queries import alert_dict
 from detect.store import alerts_table as alerts_t
 from notify import filings, views, workflow
-from notify.store import as_utc, reading
+from core.db import reading
+from core.time import as_utc
 from notify.tables import CLOSED_STATES, case_alerts, case_events, notices
 from notify.tables import cases as cases_t
 from notify.tables import tickets as tickets_t
@@ -85,15 +88,6 @@ def _alert_select() -> Select[Any]:
     return select(alerts_t, case_id, filings.suppressing_filing(alerts_t.c.id))
 
 
-def alert_dict(m: Mapping[str, Any]) -> dict[str, Any]:
-    """An alerts row as the API's Alert (the store's `limit_value` column is `limit`)."""
-    d = dict(m)
-    d["limit"] = d.pop("limit_value", None)
-    for k in ("window_start", "window_end", "first_seen", "last_seen", "updated_at", "resolved_at"):
-        d[k] = as_utc(d.get(k))
-    return d
-
-
 def _alert_filters(q: Select[Any], kind: str | None, enterprise: str | None, severity: str | None,
                    status: str | None, start: datetime | None, end: datetime | None) -> Select[Any]:
     t = alerts_t.c
@@ -143,15 +137,6 @@ def get_alert(engine: Engine, alert_id: str) -> dict[str, Any] | None:
 def alerts_updated_since(engine: Engine, since: datetime, limit: int = 500) -> list[dict[str, Any]]:
     """Alerts whose row changed at or after `since` (wall clock), oldest change first."""
     q = _alert_select().where(alerts_t.c.updated_at >= since).order_by(alerts_t.c.updated_at).limit(limit)
-    with reading(engine).connect() as conn:
-        return [alert_dict(m) for m in conn.execute(q).mappings()]
-
-
-def unprocessed_alerts(engine: Engine, limit: int = 500) -> list[dict[str, Any]]:
-    """Open alerts not attached to any case yet: what the workflow still has to take in."""
-    attached = select(case_alerts.c.alert_id).where(case_alerts.c.alert_id == alerts_t.c.id).exists()
-    q = (select(alerts_t).where(alerts_t.c.status == "open", ~attached, ~filings.suppressed(alerts_t.c.id))
-         .order_by(alerts_t.c.window_end, alerts_t.c.id).limit(limit))
     with reading(engine).connect() as conn:
         return [alert_dict(m) for m in conn.execute(q).mappings()]
 
@@ -369,13 +354,6 @@ def summary(engine: Engine, kind: str | None = None, enterprise: str | None = No
         "notices_by_status": {"pending": 0, "delivered": 0, "failed": 0}
         | _counts(engine, select(n.status, func.count()).group_by(n.status)),
     }
-
-
-def alerts_by_kind_status(engine: Engine) -> dict[tuple[str, str], int]:
-    a = alerts_t.c
-    with reading(engine).connect() as conn:
-        rows = conn.execute(select(a.kind, a.status, func.count()).group_by(a.kind, a.status))
-        return {(k, s): int(n) for k, s, n in rows}
 
 
 def cases_by_state(engine: Engine) -> dict[str, int]:

@@ -5,13 +5,11 @@
 
 SQLite gets WAL (readers never block the writer), foreign keys on, and a busy timeout so that two
 processes on one file wait for each other instead of failing. Times are stored as UTC: SQLite keeps
-no zone, so every writer converts to UTC first (`utc`) and every reader attaches it back (`as_utc`).
+no zone, so every writer converts to UTC first and every reader attaches it back (core.time).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +20,6 @@ from config.schema import Settings
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-
-def utc(t: datetime) -> datetime:
-    """An aware datetime in UTC; naive input is refused (an event time without a zone is a bug)."""
-    if t.tzinfo is None:
-        raise ValueError(f"naive datetime {t.isoformat()}: event times must be timezone-aware")
-    return t.astimezone(timezone.utc)
-
-
-def as_utc(t: datetime | None) -> datetime | None:
-    """A stored time back as aware UTC (SQLite returns naive datetimes, written in UTC)."""
-    if t is None:
-        return None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
-
-
-def with_utc_times(m: Mapping[str, Any], columns: Iterable[str]) -> dict[str, Any]:
-    """A row as a dict with the named time columns read back as aware UTC (see as_utc)."""
-    d = dict(m)
-    for k in columns:
-        d[k] = as_utc(d[k])
-    return d
 
 
 def normalize_url(url: str) -> str:
@@ -110,7 +86,7 @@ def engine_from_settings(settings: Settings, **kwargs: Any) -> Engine:
 
 
 def alembic_config(engine: Engine | None = None) -> Any:
-    """A programmatic Alembic Config pointing at notify/migrations (no alembic.ini needed)."""
+    """A programmatic Alembic Config pointing at core/migrations (no alembic.ini needed)."""
     from alembic.config import Config
 
     cfg = Config()

@@ -1,6 +1,6 @@
 """A local PostgreSQL 15 cluster for the tests and the demo, as our own child process.
 
-In the style of center.devservices: everything (data directory, unix socket, log, pid file) lives
+In the style of devtools.devservices: everything (data directory, unix socket, log, pid file) lives
 under one state directory, TCP is bound to 127.0.0.1 only, so instances coexist with each other and
 with a system-wide cluster.
 
@@ -24,7 +24,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from center.devservices import HOST, STOP_TIMEOUT_S, Service, ServiceError
+from devtools.devservices import HOST, STOP_TIMEOUT_S, Service, ServiceError
 
 PG_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
 READY_TIMEOUT_S = 60.0

@@ -19,7 +19,9 @@ import ipaddress
 import json
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -310,3 +312,33 @@ def _v2_precision(precision: str) -> Any:
 
     return {"s": WritePrecision.S, "ms": WritePrecision.MS, "u": WritePrecision.US, "us": WritePrecision.US,
             "ns": WritePrecision.NS}[precision]
+
+
+# -- InfluxQL query building: every query written by hand quotes its names and values with these --
+
+def ident(name: str) -> str:
+    """A double-quoted InfluxQL identifier (measurement, tag or field name)."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def literal(value: str) -> str:
+    """A single-quoted InfluxQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def rfc3339(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_REGEX_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$\-/])")
+
+
+def tag_in(tag: str, values: Iterable[str]) -> str:
+    """`"tag" =~ /^(?:a|b)$/` matching exactly the given values (regex-escaped, `/` included)."""
+    alts = "|".join(_REGEX_SPECIAL.sub(r"\\\1", v) for v in sorted(set(values)))
+    return f"{ident(tag)} =~ /^(?:{alts})$/"
+
+
+def time_between(start: datetime, end: datetime) -> str:
+    """`time >= start AND time < end` for a WHERE clause."""
+    return f"time >= {literal(rfc3339(start))} AND time < {literal(rfc3339(end))}"

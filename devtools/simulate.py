@@ -74,9 +74,9 @@ import yaml
 
 from config.lookup import Lookup, StationRef
 from config.schema import Device, Enterprise, Outlet, Settings
+from core.time import CHINA_TZ, china_day_floor
 from ingest import hj212
-from ingest.model import CHINA_TZ
-from ingest.mqtt import make_client
+from core.mqtt import make_client
 
 Emitted = tuple[str, bytes, datetime]
 MINUTE = timedelta(minutes=1)
@@ -134,11 +134,6 @@ def floor_to(t: datetime, step: timedelta) -> datetime:
 def ceil_to(t: datetime, step: timedelta) -> datetime:
     s = step.total_seconds()
     return datetime.fromtimestamp(math.ceil(t.timestamp() / s) * s, timezone.utc)
-
-
-def china_day_floor(t: datetime) -> datetime:
-    local = t.astimezone(CHINA_TZ)
-    return local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(timezone.utc)
 
 
 def china_day_ceil(t: datetime) -> datetime:
