@@ -3,27 +3,16 @@ stuck corrected channel: pure generation, no servers."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
-from typing import Any
 
 from center.simulate import generate, load_scenario, truth_records
 from config.loader import load
+from tests.test_detect_quality import _bench
 
 ROOT = Path(__file__).resolve().parents[1]
 START = "2024-05-01T00:00:00+08:00"
 STATION = "37990005020001"  # sinter tail, reference O2 16 %: O2 moves, so a true Zs moves with it
-
-
-def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("detect_quality", ROOT / "bench" / "detect_quality.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fields(payload: bytes, code: str) -> dict[str, str]:
