@@ -3,11 +3,12 @@
 Accounts (username -> what it may do; {p} is broker.topic_prefix, {id} broker.client_id and each
 of broker.instances):
 
-    {id}            ingest          read {p}/up/#
+    {id}            ingest          read {p}/up/#, write {p}/internal/written (what it wrote)
     {id}-answers    answers         read {p}/enterprise/+/answer
     {id}-detect     alert publisher read and write {p}/alerts
     {id}-notify     outbox          write {p}/enterprise/+/notice, {p}/officer/+/ticket
     {id}-check      preflight       read $SYS/broker/version
+    {id}-warning    early warning   read {p}/internal/written, write {p}/enterprise/+/notice
     station (MN, Station.password)      write {p}/up/station/{mn}
     device (id, Device.password)        write {p}/up/mobile/{id}
     enterprise (id, contact.mqtt_password)  read {p}/enterprise/{id}/notice, write {p}/enterprise/{id}/answer
@@ -48,7 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from config.schema import Settings
-from ingest.mqtt import ANSWERS, CHECK, DETECT, INGEST, NOTIFY, SERVICE_ROLES, SYS_VERSION_TOPIC, connection_id
+from ingest.mqtt import (ANSWERS, CHECK, DETECT, INGEST, NOTIFY, SERVICE_ROLES, SYS_VERSION_TOPIC, WARNING,
+                         connection_id)
+from ingest.written import written_topic
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +113,12 @@ def service_accounts(settings: Settings) -> list[tuple[str, tuple[str, ...], tup
     each with only the topics that connection uses. Otherwise the one account broker.username.
     """
     p, b = settings.broker.topic_prefix, settings.broker
-    topics = {INGEST: ((f"{p}/up/#",), ()),
+    topics = {INGEST: ((f"{p}/up/#",), (written_topic(p),)),
               ANSWERS: ((f"{p}/enterprise/+/answer",), ()),
               DETECT: ((f"{p}/alerts",), (f"{p}/alerts",)),
               NOTIFY: ((), (f"{p}/enterprise/+/notice", f"{p}/officer/+/ticket")),
-              CHECK: ((SYS_VERSION_TOPIC,), ())}
+              CHECK: ((SYS_VERSION_TOPIC,), ()),
+              WARNING: ((written_topic(p),), (f"{p}/enterprise/+/notice",))}
     if not b.account_per_connection:
         read = tuple(t for r in SERVICE_ROLES for t in topics[r][0])
         write = tuple(dict.fromkeys(t for r in SERVICE_ROLES for t in topics[r][1]))

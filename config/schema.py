@@ -185,6 +185,7 @@ class Enterprise(_Model):
     id: str = Field(min_length=1)
     name: str
     industry: str = ""
+    district: str = ""  # administrative district (区/县): what tickets may be routed by
     positive_list: bool = False
     emergency_grade: Grade = "C"
     lat: Annotated[float, Field(ge=-90, le=90)] | None = None
@@ -243,8 +244,18 @@ class DetectOverride(_Model):
     params: dict[str, Any]
 
 
+class WarningSettings(_Model):
+    """Early warning (detect/warning.py): an hour's or day's exceedance told before it closes."""
+
+    enabled: bool = True
+    # Also warn "likely" once this many valid minutes (by the hourly rule's count) have a mean above
+    # the limit; None: only certain warnings.
+    likely_after_minutes: Annotated[int, Field(ge=1, le=60)] | None = None
+
+
 class DetectSettings(_Model):
     detectors: dict[str, DetectorSettings] = Field(default_factory=dict)
+    warning: WarningSettings = Field(default_factory=WarningSettings)
     overrides: list[DetectOverride] = Field(default_factory=list)
     # Seconds after a window closes before it is first evaluated (lets late minutes arrive).
     settle_s: Annotated[int, Field(ge=0)] = 300
@@ -259,6 +270,10 @@ class Officer(_Model):
     name: str
     email: str | None = None
     mqtt_password: SecretStr | None = None  # MQTT account (username = officer id) to receive tickets
+    # What this officer covers, for notify.ticket_routing: districts, enterprise ids, industries.
+    districts: list[str] = Field(default_factory=list)
+    enterprises: list[str] = Field(default_factory=list)
+    industries: list[str] = Field(default_factory=list)
 
 
 class SMTPSettings(_Model):
@@ -278,8 +293,71 @@ class EscalationSettings(_Model):
     severe_factor: Annotated[float, Field(gt=1)] = 2.0  # exceedance by this factor: immediate
     # Falsification patterns escalate at once: they are not something to "rectify".
     immediate_kinds: list[str] = Field(
-        default_factory=lambda: ["constant_value", "zero_while_operating", "o2_anomaly", "flag_abuse"])
+        default_factory=lambda: ["constant_value", "zero_while_operating", "o2_anomaly", "flag_abuse",
+                                 "data_revision"])
     recurrence_escalates: bool = True
+
+
+class AnswerLimits(_Model):
+    """What one enterprise answer may carry, over HTTP and MQTT alike; beyond it the answer is refused."""
+
+    max_text_chars: Annotated[int, Field(ge=1)] = 10_000
+    max_attachments: Annotated[int, Field(ge=0)] = 5
+    max_attachment_bytes: Annotated[int, Field(ge=1)] = 10 * 1024 * 1024
+    max_total_bytes: Annotated[int, Field(ge=1)] = 20 * 1024 * 1024
+
+
+class ReminderSettings(_Model):
+    """Reminders to the enterprise before a deadline falls due; 0 turns one off."""
+
+    acknowledge_before_hours: Annotated[float, Field(ge=0)] = 1
+    rectification_before_hours: Annotated[float, Field(ge=0)] = 12
+
+
+class GroupingSettings(_Model):
+    """Findings that share a cause (many stations short of data in the same window) become one
+    grouped item for the center, and send no enterprise notice until a person confirms them."""
+
+    enabled: bool = True
+    kinds: list[str] = Field(default_factory=lambda: ["insufficient_valid_data", "offline"])
+    min_enterprises: Annotated[int, Field(ge=2)] = 5  # ... distinct enterprises in one window and kind
+    min_station_share: Annotated[float, Field(gt=0, le=1)] = 0.3  # ... or this share of all stations
+
+
+class FormalNoticeSettings(_Model):
+    """What makes a notice a formal 通知: issuer, document number, legal basis, contact."""
+
+    authority: str = "生态环境局"
+    authority_en: str = "Ecology and Environment Bureau"
+    number_prefix: str = "环监通"  # the number reads {prefix}〔{year}〕第{seq:04d}号
+    contact: str = ""
+    contact_en: str = ""
+    # Legal basis by notice problem (alert kind) or industry, most specific first: kind, industry,
+    # then `default`. Texts as they are to be quoted.
+    legal_basis: dict[str, str] = Field(default_factory=lambda: {
+        "default": "《中华人民共和国环境保护法》第四十二条、《中华人民共和国大气污染防治法》第二十四条及排污许可证",
+        "exceedance": "《中华人民共和国大气污染防治法》第十八条、第九十九条及排污许可证载明的排放限值",
+        "daily_exceedance": "《中华人民共和国大气污染防治法》第十八条、第九十九条及排污许可证载明的排放限值",
+    })
+    legal_basis_en: dict[str, str] = Field(default_factory=lambda: {
+        "default": "Environmental Protection Law of the PRC, art. 42; Air Pollution Prevention and Control Law, "
+                   "art. 24; the discharge permit",
+        "exceedance": "Air Pollution Prevention and Control Law of the PRC, arts. 18 and 99; the limits in the "
+                      "discharge permit",
+        "daily_exceedance": "Air Pollution Prevention and Control Law of the PRC, arts. 18 and 99; the limits in "
+                            "the discharge permit",
+    })
+
+
+class FilingSettings(_Model):
+    """Filings ahead (停产/检修/标定报备, notify/filings.py)."""
+
+    # Longest period one filing may cover; a longer stop is filed again (and approved again).
+    max_days: Annotated[float, Field(gt=0)] = 31
+    # How far back a filing made after the fact may reach (it is flagged as such either way).
+    max_back_days: Annotated[float, Field(ge=0)] = 7
+    # Largest attachment (a plan, a work order) one filing may carry.
+    max_attachment_bytes: Annotated[int, Field(gt=0)] = 20 * 1024 * 1024
 
 
 class NotifySettings(_Model):
@@ -295,6 +373,17 @@ class NotifySettings(_Model):
     smtp: SMTPSettings | None = None
     officers: list[Officer] = Field(default_factory=list)
     webhook_max_attempts: Annotated[int, Field(ge=1)] = 20
+    answers: AnswerLimits = AnswerLimits()
+    reminders: ReminderSettings = ReminderSettings()
+    # How escalation picks the ticket's officer: the first officer (in list order) whose districts,
+    # enterprises or industries cover the case's enterprise; else `default_officer`, else the first.
+    ticket_routing: Literal["district", "enterprise", "industry"] = "district"
+    default_officer: str | None = None
+    grouping: GroupingSettings = GroupingSettings()
+    formal: FormalNoticeSettings = FormalNoticeSettings()
+    # A ticket notice waits this long for its evidence package; then it goes without (saying so).
+    evidence_wait_s: Annotated[int, Field(ge=0)] = 600
+    filings: FilingSettings = FilingSettings()
 
 
 # A token is the only thing between the internet and a role: long enough that guessing it, even at the
@@ -340,6 +429,9 @@ class CenterSettings(_Model):
     users: list[User] = Field(default_factory=list)
     language: Literal["zh-CN", "en"] = "zh-CN"
     log_json: bool = False
+    # Largest HTTP request body (413 beyond it, refused before it is read into memory). JSON answers
+    # carry attachments in base64 (4/3 of their size): keep this above notify.answers.max_total_bytes * 4/3.
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     # Only one instance runs scheduled detection and the outbox: it holds a lease renewed this often.
     lease_ttl_s: Annotated[int, Field(ge=3, le=300)] = 15
     instance_id: str | None = None

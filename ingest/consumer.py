@@ -71,8 +71,10 @@ from ingest.deadletter import DeadLetter, DeadLetters, deadletter_path
 from ingest.decode import decode_payload, key_lookup
 from ingest.influx import Influx, InfluxRejected, InfluxUnavailable
 from ingest.model import CHINA_TZ, Kind, MobileFix, Packet, Reason, Rejected
+from ingest.revisions import RevisionGuard
 from ingest.schema import event_line, mobile_line, station_lines
 from ingest.mqtt import ingest_topics, make_client, probe, shared_subscription_warning
+from ingest.written import written_payload, written_topic
 
 if TYPE_CHECKING:
     from ingest.offload import DecodeProcess, Job
@@ -147,7 +149,7 @@ class Counters:
         messages_in       MQTT messages received (re-deliveries included)
         acked             messages committed (lines buffered or dead-lettered) and acknowledged
         lines_buffered    line-protocol lines appended to the disk buffer
-        readings_written  lines InfluxDB accepted (a batch retried after an outage counts again)
+        readings_written  lines InfluxDB accepted or already held (a batch retried after an outage counts again)
         influx_retries    failed write attempts (InfluxDB down or refusing the request)
         disk_errors       failed writes to the buffer or dead-letter files (disk full, I/O error)
         disk_paused       1 while the disk refuses writes: nothing is acked until it takes them again
@@ -465,6 +467,7 @@ class Ingest:
                                  self.settings.ingest.buffer_max_bytes, self.buffer_synchronous)
         self.deadletters = DeadLetters(deadletter_path(state), self.settings.ingest.deadletter_max_bytes)
         self.influx = Influx(self.settings.influxdb)
+        self._revisions = RevisionGuard(self.influx)
         self._counters.buffer_depth = self.buffer.depth
         if self.settings.ingest.decode_process:
             from ingest.offload import DecodeProcess  # imports this module: not at the top
@@ -783,7 +786,11 @@ class Ingest:
             if not self._database_ready:
                 self.influx.ensure_database()
                 self._database_ready = True
-            self._write_bisect(lines)
+            # First values stay: re-sent points that differ become revisions (ingest/revisions.py).
+            screened = self._revisions.screen(lines)
+            self._write_bisect(screened.lines)
+            self._revisions.remember(screened)
+            self._counters.add("readings_written", screened.dropped - screened.revisions)  # as if written
         except InfluxUnavailable as exc:
             return f"InfluxDB unavailable ({exc})"
         except (sqlite3.Error, OSError) as exc:  # a refused line could not be dead-lettered
@@ -820,6 +827,13 @@ class Ingest:
             self._write_bisect(lines[half:])
             return
         self._counters.add("readings_written", len(lines))
+        self._announce_written(lines)
+
+    def _announce_written(self, lines: list[str]) -> None:
+        """Tell the early warning (detect/warning.py) which minute readings are now in InfluxDB."""
+        payload, client = written_payload(lines), self._client
+        if payload is not None and client is not None:
+            client.publish(written_topic(self.settings.broker.topic_prefix), payload, qos=1)
 
     def _refused_line(self, line: str, message: str) -> None:
         """Dead-letter a line InfluxDB refused; for a field type conflict, only the field named in

@@ -42,8 +42,8 @@ def connect_options(broker: BrokerSettings) -> dict[str, Any]:
 
 # The MQTT connections of one envwatch instance: the suffix of each one's client id and, with
 # broker.account_per_connection, of its account (center/broker_acl.py generates one per role).
-INGEST, ANSWERS, DETECT, NOTIFY, CHECK = "", "answers", "detect", "notify", "check"
-SERVICE_ROLES = (INGEST, ANSWERS, DETECT, NOTIFY, CHECK)
+INGEST, ANSWERS, DETECT, NOTIFY, CHECK, WARNING = "", "answers", "detect", "notify", "check", "warning"
+SERVICE_ROLES = (INGEST, ANSWERS, DETECT, NOTIFY, CHECK, WARNING)
 SYS_VERSION_TOPIC = "$SYS/broker/version"
 
 

@@ -5,7 +5,15 @@ Station readings, one measurement per HJ 212 interval (CN):
     tags   mn, enterprise, outlet, medium (gas|water), pollutant (2017 code), code (code as sent)
     fields rtd avg min max zs_rtd zs_avg zs_min zs_max cou (float), flag eflag (string)
 One series per (station, pollutant) per interval; the timestamp is DataTime converted to UTC,
-in seconds. Writing the same reading again overwrites the same point, so re-delivery is harmless.
+in seconds. The ingest writes a point's fields once: the first values received stay (ingest/revisions.py),
+so writing the same reading again changes nothing and re-delivery is harmless.
+
+Revisions: a re-sent reading whose values differ from the first ones received (ingest/revisions.py).
+    revisions  tags   the reading's tags, plus interval (rtd|minute|hour|day) and rev (digest of the
+                      revised values: each distinct revised value of a point is its own series)
+               fields for each field that differs: <field> (revised value) and first_<field> (the
+                      value kept in the readings); received_at (integer, epoch seconds)
+               time   the reading's DataTime
 
 Mobile samples (drones, survey vehicles):
     mobile  tags device, kind (drone|vehicle)
@@ -35,6 +43,7 @@ from ingest.model import MobileFix, Packet, Reason, Rejected, Value
 MEASUREMENT_PREFIX = "station_"
 MOBILE = "mobile"
 EVENT = "station_event"
+REVISIONS = "revisions"
 FLOAT_FIELDS = ("rtd", "avg", "min", "max", "zs_rtd", "zs_avg", "zs_min", "zs_max", "cou")
 STRING_FIELDS = ("flag", "eflag")
 # Field name -> how station_lines writes it (float or str); fields not listed are not written.

@@ -33,7 +33,7 @@ from config.schema import BrokerSettings, Settings, TLSSettings
 
 P = "ev"
 SVC = ("envwatch-svc", "svc-secret")  # broker.client_id and broker.password: the ingest's account
-ANSWERS, DETECT, NOTIFY, CHECK = (f"{SVC[0]}-{r}" for r in ("answers", "detect", "notify", "check"))
+ANSWERS, DETECT, NOTIFY, CHECK, WARNING = (f"{SVC[0]}-{r}" for r in ("answers", "detect", "notify", "check", "warning"))
 
 
 def _station(mn: str, password: str | None) -> dict[str, Any]:
@@ -159,6 +159,7 @@ def test_plan_skips_entries_without_password_with_one_warning_each() -> None:
     p = plan(_settings(1883))
     assert [(a.role, a.username) for a in p.accounts] == [
         ("service", SVC[0]), ("service", ANSWERS), ("service", DETECT), ("service", NOTIFY), ("service", CHECK),
+        ("service", WARNING),
         ("station", "MN-A"), ("station", "MN-B"), ("station", "MN-C"),
         ("enterprise", "entX"), ("enterprise", "entY")]
     joined = "\n".join(p.warnings)
@@ -560,8 +561,20 @@ def test_tls_listener_works_with_the_ca_and_fails_without(tmp_path: Path) -> Non
 def test_cli_acl_prints_warnings_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from center.broker_acl import cli_acl
 
-    assert cli_acl(_settings(1883), tmp_path / "out") == 10
+    assert cli_acl(_settings(1883), tmp_path / "out") == 11
     out, err = capsys.readouterr()
     assert err.count("warning") == 4 and "'MN-NOPW': no password configured" in err
-    assert "5 service, 3 station, 0 device, 2 enterprise, 0 officer account(s)" in out
+    assert "6 service, 3 station, 0 device, 2 enterprise, 0 officer account(s)" in out
     assert (tmp_path / "out" / "passwd").exists() and (tmp_path / "out" / CONF_FILE).exists()
+
+
+def test_only_the_service_account_writes_the_written_topic_a_station_cannot_forge_readings_into_warnings(
+        peers: Any) -> None:
+    svc, engine = peers(*SVC), peers(WARNING, SVC[1])  # the ingest writes, the early warning reads
+    engine.subscribe(f"{P}/internal/written")
+    station, enterprise = peers("MN-A", "a-secret"), peers("entX", "x-secret")
+    forged = b'station_minute,mn=MN-B,enterprise=entY,outlet=O1,medium=gas,pollutant=a21026,code=a21026 avg=999.0 1'
+    assert station.publish(f"{P}/internal/written", forged) == "Not authorized"
+    assert enterprise.publish(f"{P}/internal/written", forged) == "Not authorized"
+    assert svc.publish(f"{P}/internal/written", b"real") == "Success"
+    assert engine.next() == (f"{P}/internal/written", b"real")
