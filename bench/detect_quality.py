@@ -24,6 +24,9 @@ Matching (per kind):
   - hotspot: same device (the alert's station_mn) and species, window overlapping the event's
     hours; attribution accuracy = share of true-positive hotspot alerts whose enterprise_id is
     the truth enterprise (so a wrong attribution is not hidden as a miss).
+  Near-miss traps (events with params.trap: true, e.g. a spike of a few minutes above the limit
+  whose hourly mean stays within it) are injected but left out of the truth: an alert there is
+  a false positive (clean).
   precision = true-positive alerts / alerts of that kind; recall = truth events matched by at
   least one alert / truth events. The truth includes what an event implies by definition: the
   hours of a flag_abuse day keep fewer than 45 valid minutes, so the simulator lists them as
@@ -391,7 +394,7 @@ def run_quality(raw_city: dict[str, Any], events: list[dict[str, Any]], *, days:
         alerts = [json.loads(line) for line in alerts_path.read_text(encoding="utf-8").splitlines() if line.strip()]
         # Alerts of the evaluated range only (a daily window may start before it: it is still owned by it).
         wanted = set(kinds) if kinds else set(KINDS)
-        truth_in = [r for r in truth if r["kind"] in wanted and _overlap(_t(r["window_start"]), _t(r["window_end"]), *rng)]
+        truth_in = [r for r in truth if r["kind"] in wanted and not _is_trap(r) and _overlap(_t(r["window_start"]), _t(r["window_end"]), *rng)]
         scores = score(alerts, truth_in, [k for k in KINDS if k in wanted])
         return Result(scores, alerts, truth_in, published, counters, rng, timings, detect_seconds)
     finally:
@@ -448,6 +451,11 @@ def _publish_and_ingest(settings: Settings, cfg_path: Path, scen_path: Path, tru
     log(f"ingest: {c['messages_in']} messages in, {c['acked']} acked, {c['readings_written']} lines written, "
         f"dead letters {c['dead_letters'] or 0} ({timings['ingest']:.0f} s from the first publish)")
     return published, c
+
+
+def _is_trap(record: dict[str, Any]) -> bool:
+    """A near-miss trap: injected so that nothing fires (see the module docstring)."""
+    return bool((record.get("params") or {}).get("trap"))
 
 
 def _detect(settings: Settings, rng: tuple[datetime, datetime], kinds: Iterable[str] | None, log: Log) -> dict[str, float]:

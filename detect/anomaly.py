@@ -12,6 +12,20 @@ Decision per hour: mean minute score of the hour vs the same statistic over the 
 threshold = median + margin x (q90 - median). Relative to the station's own spread, robust to a few
 anomalous hours in the history (the max of history hours is not: one bad hour there hides all).
 
+Cold start: a station with less than min_history_minutes (two days) of complete history before the
+refit point (a new station, or one back from a long gap) is scored with what it has, from
+cold_start_minutes (12 h): a model fitted per hour on the minutes before that hour. Its alerts say
+"confidence": "low" and how much history they used. With hours of history the station's load
+range is not known yet, and an afternoon peak first seen after a night of history would stand out
+on the load axis alone: a cold model clips the leading whitened component (the shared load) to the
+range of its history, so it judges how the channels move together, not how far the load goes.
+
+Hours explained by a simpler finding are left to it (defer_to_patterns): see _judge. One of them is
+a short spike: an hour whose mean score is carried by a few minutes (its mean without its
+spike_minutes most anomalous minutes is under the threshold) is a transient, not an hour of
+unusual operation; above a limit it is the exceedance detectors' (a near miss if the hour's mean
+stays within it).
+
 Default margin 4. The false-alarm rate per station-hour is what matters at scale: at margin 2.5
 the simulated city (78 stations, bench/detect_quality.py) drew about 3 false alarms a day,
 which for a province of 20,000 stations would be some 770 a day. On two seeds its false alarms
@@ -25,6 +39,7 @@ detector's job (the exceedance detectors have them), so the trade favours fewer 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +47,7 @@ import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import RobustScaler
 
@@ -53,6 +69,23 @@ _CACHE: OrderedDict[tuple[Any, ...], _Model | None] = OrderedDict()
 _CACHE_SIZE = 128
 
 
+class _ClipLeading(TransformerMixin, BaseEstimator):
+    """Clips the first n (whitened) components to the range seen in fitting: a cold model has seen
+    hours, not the station's whole load range, and must not call a load level new to it anomalous."""
+
+    def __init__(self, n: int = 1) -> None:
+        self.n = n
+
+    def fit(self, x: np.ndarray, y: Any = None) -> _ClipLeading:
+        self.lo_, self.hi_ = x[:, : self.n].min(axis=0), x[:, : self.n].max(axis=0)
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        out = np.array(x, dtype=float, copy=True)
+        out[:, : self.n] = np.clip(out[:, : self.n], self.lo_, self.hi_)
+        return out
+
+
 @dataclass(slots=True)
 class _Model:
     channels: list[str]
@@ -63,6 +96,7 @@ class _Model:
     hours_median: float
     history_minutes: int
     history: tuple[pd.Timestamp, pd.Timestamp]
+    cold: bool = False
 
     def score(self, x: pd.DataFrame) -> np.ndarray:
         """Anomaly score per row, higher = more anomalous (negated sklearn score_samples)."""
@@ -74,13 +108,15 @@ class MultivariateAnomaly(ScopedAt, Detector):
 
     Parameters: history_days of minute data before the refit point (refits every refit_hours,
     aligned to China midnight, 16:00Z); channels present in >= min_coverage of history minutes;
-    skipped when fewer than min_history_minutes complete rows; minutes under exclude_flags
+    below min_history_minutes complete rows before the refit point, a cold start (module docstring)
+    from cold_start_minutes before the hour (0: none, skipped); minutes under exclude_flags
     (stopped, maintenance, calibration, fault, comms) are neither learned nor scored, so a
     declared stop is not an anomaly. With defer_to_patterns, hours showing a simpler pattern (a
     stuck channel, a zero or negative concentration, O2 at air) are left to the pattern detectors,
     and hours above a limit (O2-corrected where the outlet has a reference O2), or in a China day
     whose mean is above the daily limit, to the exceedance detectors. An hour needs >= min_minutes
-    scored minutes; alert when its mean score > threshold. Evidence: per channel contribution (drop of the hour's mean score when
+    scored minutes; alert when its mean score > threshold and so is its mean without its
+    spike_minutes highest minute scores (a short spike is not an anomalous hour). Evidence: per channel contribution (drop of the hour's mean score when
     that channel alone is set to its history median: leave-one-channel-out without refitting),
     robust z-score of the hour's median, and the top `top_channels`.
 
@@ -107,7 +143,8 @@ class MultivariateAnomaly(ScopedAt, Detector):
                  min_coverage: float = 0.8, min_minutes: int = 30, margin: float = 4.0,
                  whiten: bool = True, n_estimators: int = 100, max_samples: int = 256,
                  random_state: int = 0, exclude_flags: str = "FMCDB", top_channels: int = 3,
-                 defer_to_patterns: bool = True, overrides: tuple = ()) -> None:
+                 defer_to_patterns: bool = True, cold_start_minutes: int = 720, cold_clip_components: int = 1,
+                 spike_minutes: int = 15, overrides: tuple = ()) -> None:
         self.history_days = history_days
         self.refit_hours = refit_hours
         self.min_history_minutes = min_history_minutes
@@ -121,6 +158,9 @@ class MultivariateAnomaly(ScopedAt, Detector):
         self.exclude_flags = exclude_flags
         self.top_channels = top_channels
         self.defer_to_patterns = defer_to_patterns
+        self.cold_start_minutes = cold_start_minutes
+        self.cold_clip_components = cold_clip_components
+        self.spike_minutes = spike_minutes
         self.overrides = overrides
 
     def detect(self, window: Window, source: ReadingSource, lookup: Lookup) -> list[Alert]:
@@ -141,12 +181,14 @@ class MultivariateAnomaly(ScopedAt, Detector):
                         for day in {fr.china_day_start(h) for h in hours}}
             for anchor, anchored in _group_by(hours, d._anchor).items():
                 model = d._model(source, mn, anchor)
-                if model is None:
-                    continue
                 for h in anchored:
                     if over_day[fr.china_day_start(h)]:
                         continue
-                    alert = d._judge(model, x, h, mn, ent, out, limits)
+                    # Too little history before the refit point: a cold start on what precedes the hour.
+                    m = model if model is not None else d._model(source, mn, h, cold=True)
+                    if m is None:
+                        continue
+                    alert = d._judge(m, x, h, mn, ent, out, limits)
                     if alert is not None:
                         alerts.append(alert)
         return alerts
@@ -165,35 +207,42 @@ class MultivariateAnomaly(ScopedAt, Detector):
 
     # -- model -------------------------------------------------------------------------------
 
-    def _model(self, source: ReadingSource, mn: str, anchor: pd.Timestamp) -> _Model | None:
+    def _model(self, source: ReadingSource, mn: str, anchor: pd.Timestamp, cold: bool = False) -> _Model | None:
+        """The model fitted on the history before `anchor` (a refit point; the hour itself when cold)."""
+        if cold and not self.cold_start_minutes:
+            return None
         params = {k: v for k, v in self.get_params().items() if k != "overrides"}
-        key = (mn, anchor, source.influx.settings.url, source.influx.settings.database, repr(sorted(params.items())))
+        key = (mn, anchor, cold, source.influx.settings.url, source.influx.settings.database,
+               repr(sorted(params.items())))
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
         start = anchor - pd.Timedelta(days=self.history_days)
         hist = fetch_minutes(source, start, fr.to_dt(anchor), mns=[mn])
-        model = self._fit(self._clean(hist), (start, anchor)) if not hist.empty else None
+        model = self._fit(self._clean(hist), (start, anchor), cold) if not hist.empty else None
         _CACHE[key] = model
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
         return model
 
-    def _fit(self, x: pd.DataFrame, history: tuple[pd.Timestamp, pd.Timestamp]) -> _Model | None:
+    def _fit(self, x: pd.DataFrame, history: tuple[pd.Timestamp, pd.Timestamp], cold: bool = False) -> _Model | None:
         channels = [c for c in sorted(x.columns) if x[c].notna().mean() >= self.min_coverage and x[c].std() > 0]
         train = x[channels].dropna()
-        if len(channels) < 2 or len(train) < self.min_history_minutes:
+        least = self.cold_start_minutes if cold else self.min_history_minutes
+        if len(channels) < 2 or len(train) < least:
             return None  # too little history (or one channel: nothing multivariate to learn)
         steps: list[Any] = [RobustScaler()]
         if self.whiten:
             # Keep all but numerically degenerate directions (exactly collinear channels).
             steps.append(PCA(n_components=1 - 1e-9, whiten=True, svd_solver="full"))
+            if cold and self.cold_clip_components:
+                steps.append(_ClipLeading(self.cold_clip_components))
         steps.append(IsolationForest(n_estimators=self.n_estimators, max_samples=min(self.max_samples, len(train)),
                                      random_state=self.random_state))
         pipe = make_pipeline(*steps).fit(train.to_numpy(dtype=float))
         median = train.median()
         mad = (train - median).abs().median() * 1.4826
-        model = _Model(channels, pipe, median, mad.where(mad > 0, train.std()), 0.0, 0.0, len(train), history)
+        model = _Model(channels, pipe, median, mad.where(mad > 0, train.std()), 0.0, 0.0, len(train), history, cold)
         hourly = pd.Series(model.score(train), index=train.index).groupby(train.index.floor("h"))
         per_hour = hourly.mean()[hourly.count() >= self.min_minutes]
         med, q90 = float(per_hour.median()), float(per_hour.quantile(0.9))
@@ -212,11 +261,20 @@ class MultivariateAnomaly(ScopedAt, Detector):
         if self.defer_to_patterns and (self._simple_pattern(rows) or
                                        (limits is not None and _over_limit(rows, limits.hourly, limits.reference_o2))):
             return None
-        score = float(model.score(rows).mean())
+        minute_scores = model.score(rows)
+        score = float(minute_scores.mean())
         if score <= model.threshold:
             return None
+        sustained = float(np.sort(minute_scores)[: max(len(rows) - self.spike_minutes, 1)].mean())
+        if self.defer_to_patterns and (sustained <= model.threshold or
+                                       (limits is not None and _spike(rows, limits.hourly, limits.reference_o2))):
+            return None  # a short spike, not an hour of unusual operation; above a limit, exceedance's
         evidence = self._explain(model, rows, score)
-        evidence.update({"score": fr.r(score), "threshold": fr.r(model.threshold),
+        low = model.history_minutes < self.min_history_minutes
+        evidence.update({"score": fr.r(score), "score_without_spike": fr.r(sustained),
+                         "threshold": fr.r(model.threshold),
+                         "confidence": "low" if low else "normal", "cold_start": model.cold,
+                         "history_hours": round(model.history_minutes / 60, 1),
                          "history_hours_median": fr.r(model.hours_median), "minutes": len(rows),
                          "history": [fr.iso(t) for t in model.history], "history_minutes": model.history_minutes,
                          "model": "RobustScaler+PCA(whiten)+IsolationForest" if self.whiten else "IsolationForest",
@@ -271,11 +329,10 @@ def _limits(lookup: Lookup, enterprise: str, outlet: str) -> _Limits:
     return _Limits(hourly, daily, o.reference_o2 if o.medium == "gas" else None)
 
 
-def _over_limit(rows: pd.DataFrame, limits: dict[str, float], reference_o2: float | None = None) -> bool:
-    """A limited pollutant's hourly mean above its limit, on the basis the limit applies to: where
-    the outlet has a reference O2, C x (21 - ref) / (21 - O2) as the exceedance detector computes
-    it. Comparing the measured value instead deferred hours whose measured mean sat just above the
-    limit while the corrected one (the legal value) was below: no detector reported them."""
+def _legal_values(rows: pd.DataFrame, limits: dict[str, float],
+                  reference_o2: float | None) -> Iterator[tuple[pd.Series, float]]:
+    """(minute values, limit) of each limited pollutant, on the basis the limit applies to: where the
+    outlet has a reference O2, C x (21 - ref) / (21 - O2) as the exceedance detector computes it."""
     for code, lim in limits.items():
         if code not in rows.columns:
             continue
@@ -284,9 +341,20 @@ def _over_limit(rows: pd.DataFrame, limits: dict[str, float], reference_o2: floa
             if fr.O2 not in rows.columns:
                 continue  # no O2, no legal value to compare: score the hour rather than guess
             values = values * (21.0 - reference_o2) / (21.0 - rows[fr.O2].clip(upper=20.9))
-        if float(values.mean()) > lim:
-            return True
-    return False
+        yield values, lim
+
+
+def _over_limit(rows: pd.DataFrame, limits: dict[str, float], reference_o2: float | None = None) -> bool:
+    """A limited pollutant's hourly mean above its limit, on the legal basis. Comparing the measured
+    value instead deferred hours whose measured mean sat just above the limit while the corrected
+    one (the legal value) was below: no detector reported them."""
+    return any(float(values.mean()) > lim for values, lim in _legal_values(rows, limits, reference_o2))
+
+
+def _spike(rows: pd.DataFrame, limits: dict[str, float], reference_o2: float | None = None) -> bool:
+    """A limited pollutant above its limit in some minute (legal basis): the exceedance detectors
+    judge that hour (a violation, or a near miss if its mean stays within the limit)."""
+    return any(bool((values > lim).any()) for values, lim in _legal_values(rows, limits, reference_o2))
 
 
 def clear_cache() -> None:

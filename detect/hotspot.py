@@ -3,7 +3,9 @@ space and attributed to the enterprises upwind (DOMAIN.md, "Mobile monitoring").
 
 Per device and species: background = trailing rolling low quantile over background_s of the
 device's own track (trailing, so a live run and a backfill see the same background); a point is
-hot when value > factor x background AND value >= the species' absolute floor. The window's
+hot when value > factor x background AND value >= the species' absolute floor. The judgement is
+relative: the factor over the track's own background decides, and the floor only keeps sensor
+noise on a clean, low background from passing for a plume. The window's
 points hot in any species are clustered with DBSCAN (haversine on radians, eps = eps_m / 6371000):
 a plume carries several species and is one alert, named after the species with the largest factor. Each cluster is
 attributed among enterprises (registry lat/lon) within radius_m of its centroid: when the wind is
@@ -14,8 +16,22 @@ offset, distance x sin(angle)) wins: a near plant 25 degrees off the wind line i
 explanation than a farther one straight up-wind; with no upwind candidate, the nearest one (or none if
 require_upwind); with no wind, the nearest one.
 
-Units assumed for floors: µg/m3 for voc, pm25, pm10, no2, so2, o3; mg/m3 for co. Default floors
-are the GB 3095-2012 grade II 24-hour limits (VOCs have none: 300 µg/m3 by judgement).
+Floors, per species, in the unit the mobile JSON carries (µg/m3; CO in mg/m3), configurable with
+`floors: {species: value}` (the defaults fill the species not given). The former floors (GB
+3095-2012 grade II 24-hour limits, VOCs 300) are air-quality limits, not plume detection levels:
+a VOC plume at 6.5 x a background of ~30 (peak 192) was never raised. The defaults follow what a
+survey vehicle reads on a clean day and the noise of its sensors (1 sigma, per fix):
+    species  clean background  sensor noise        floor   a plume at 4 x a typical background
+    voc      20-80 µg/m3       PID ~5-10           80      30 -> 120
+    pm25     10-75 µg/m3       optical ~3-5        30      15 -> 60
+    pm10     20-150 µg/m3      optical ~5          50      30 -> 120
+    no2      10-60 µg/m3       electrochem. ~5-8   40      20 -> 80
+    so2      2-15 µg/m3        electrochem. ~3     20       5 -> 20
+    o3       20-160 µg/m3      ~5-10               100     (consumed in fresh plumes, not raised by them)
+    co       0.3-1.5 mg/m3     ~0.05-0.1           1.0     0.5 -> 2.0
+A floor is the least value a hot point must reach: on a clean, low background the factor alone
+would pass noise (2 x an SO2 background of 3 µg/m3 is 6, two sigma), the floor stays some five
+sigma above it; on a high background the factor is the stricter test.
 """
 
 from __future__ import annotations
@@ -35,7 +51,8 @@ if TYPE_CHECKING:
     from detect.source import ReadingSource
 
 EARTH_RADIUS_M = 6_371_000.0
-DEFAULT_FLOORS = {"voc": 300.0, "pm25": 75.0, "pm10": 150.0, "no2": 80.0, "so2": 150.0, "o3": 160.0, "co": 4.0}
+# The least value of a hot point, per species (µg/m3; co mg/m3): see the module docstring.
+DEFAULT_FLOORS = {"voc": 80.0, "pm25": 30.0, "pm10": 50.0, "no2": 40.0, "so2": 20.0, "o3": 100.0, "co": 1.0}
 UNITS = {"co": "mg/m3"}
 
 

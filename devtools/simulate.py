@@ -32,7 +32,9 @@ Kinds and params (defaults in brackets):
     insufficient_valid_data  at most valid_minutes [30] valid minutes per hour; mode drop [drop] | flag
                            (flag [D] on the pollutant, or all when no pollutant)
     offline                nothing is sent
-    constant_value         channel stuck at value [its value at the event start]
+    constant_value         channel stuck at value [its value at the event start]; corrected [false]:
+                           the sent O2-corrected value (Zs) is stuck too, at its value then (a logger
+                           repeating a frozen record: constant in both the measured and corrected value)
     zero_while_operating   concentration 0 while flow/O2/temperature stay normal
     negative_value         concentration around value [-2.5]
     o2_anomaly             O2 pinned at 20.9 (sample-line air leak: C diluted accordingly), flow high
@@ -412,6 +414,7 @@ class _Hour:
     spread: dict[str, np.ndarray] = field(default_factory=dict)  # relative min/max spread in the minute
     flags: dict[str, list[str]] = field(default_factory=dict)
     sent: np.ndarray = field(default_factory=lambda: np.ones(60, dtype=bool))
+    zs_stuck: dict[str, np.ndarray] = field(default_factory=dict)  # sent Zs pinned (NaN: computed)
 
 
 def _base_hour(sim: _StationSim, hour: datetime, rng: np.random.Generator) -> _Hour:
@@ -468,6 +471,9 @@ def _apply_post(sim: _StationSim, h: _Hour, ev: Event, mask: np.ndarray, rng: np
         value = float(ev.params.get("value", round(_value_at(sim, p, ev.start), 2)))
         h.conc[p][mask] = value
         h.spread[p][mask] = 0.0
+        if ev.params.get("corrected") and sim.corrected(p):
+            k = _correction(sim, round(_value_at(sim, O2, ev.start), 2))
+            h.zs_stuck.setdefault(p, np.full(60, np.nan))[mask] = round(value * float(k), 3)
     elif ev.kind == "constant_value" and p == O2:  # a stuck O2 analyser: O2 lives outside h.conc
         h.o2[mask] = float(ev.params.get("value", round(float(h.o2[mask][0]), 2)))
     elif ev.kind == "zero_while_operating" and p in h.conc:
@@ -510,7 +516,8 @@ def _value_at(sim: _StationSim, code: str, t: datetime) -> float:
     """What the channel read when it got stuck: the undisturbed value of that minute."""
     h = _base_hour(sim, floor_to(t, HOUR), _hour_rng(sim, floor_to(t, HOUR)))
     _measured(sim, h)
-    return float(h.conc[code][int((t - floor_to(t, HOUR)) / MINUTE)])
+    i = int((t - floor_to(t, HOUR)) / MINUTE)
+    return float(h.o2[i]) if code == O2 else float(h.conc[code][i])
 
 
 def _hour_rng(sim: _StationSim, hour: datetime) -> np.random.Generator:
@@ -590,7 +597,10 @@ def _pollutant_values(sim: _StationSim, h: _Hour, code: str, i: int, o2: float, 
     v = _mmm(c, sp, 3)
     # mg/m3 * m3 -> kg is 1e-6; mg/L * m3 -> kg is 1e-3.
     v["cou"] = round(v["avg"] * volume * (1e-6 if sim.medium == "gas" else 1e-3), 6)
-    if sim.corrected(code):
+    stuck = h.zs_stuck.get(code)
+    if stuck is not None and not np.isnan(stuck[i]):
+        v |= {"zs_min": float(stuck[i]), "zs_avg": float(stuck[i]), "zs_max": float(stuck[i])}
+    elif sim.corrected(code):
         k = _correction(sim, o2)
         v |= {"zs_min": round(v["min"] * k, 3), "zs_avg": round(v["avg"] * k, 3), "zs_max": round(v["max"] * k, 3)}
     return v
@@ -669,7 +679,7 @@ def _station_hour(sim: _StationSim, hour: datetime, events: list[Event],
     sent_at = hour + HOUR
     offline = any(e.kind == "offline" and e.station == sim.mn and e.start < sent_at <= e.end for e in events)
     if minutes and win[0] <= hour and sent_at <= win[1] and not offline:
-        values = _hour_values(sim, [v for _, v in minutes])
+        values = _pin_hourly_zs(h, _hour_values(sim, [v for _, v in minutes]))
         out.append((sim.topic, station_payload(sim, "2061", hour, sent_at, values), sent_at))
     for ev in events:
         if ev.kind == "data_revision" and ev.station == sim.mn and hour <= _resend_at(ev) < hour + HOUR:
@@ -703,6 +713,16 @@ def _resend(sim: _StationSim, ev: Event, events: list[Event], win: tuple[datetim
             out.append((sim.topic, station_payload(sim, "2061", hour, at, scaled(_hour_values(sim, [v for _, v in minutes]))), at))
         hour += HOUR
     return out
+
+
+def _pin_hourly_zs(h: _Hour, values: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A Zs stuck for the whole sent hour is sent stuck in the hourly record too."""
+    for code, stuck in h.zs_stuck.items():
+        pinned = stuck[h.sent]
+        if code in values and "zs_avg" in values[code] and len(pinned) and not np.isnan(pinned).any():
+            values[code] |= {"zs_min": float(pinned.min()), "zs_avg": round(float(pinned.mean()), 3),
+                             "zs_max": float(pinned.max())}
+    return values
 
 
 # ----------------------------------------------------------------------------------------------

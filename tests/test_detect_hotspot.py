@@ -82,7 +82,7 @@ def test_plume_attributed_to_the_upwind_enterprise(influx_settings: InfluxSettin
     assert cands["A"]["upwind"] is True and abs(cands["A"]["bearing_deg"] - 270) < 5
     assert cands["B"]["upwind"] is False and cands["B"]["distance_m"] < cands["A"]["distance_m"]
     assert a.window_start == T0 + timedelta(seconds=285) and a.window_end <= T0 + timedelta(seconds=316)
-    assert a.value == ev["max"] and a.limit == 75.0 and a.severity == "major"
+    assert a.value == ev["max"] and a.limit == 30.0 and a.severity == "major"
 
 
 def test_one_plume_of_several_species_is_one_alert(influx_settings: InfluxSettings) -> None:
@@ -91,7 +91,7 @@ def test_one_plume_of_several_species_is_one_alert(influx_settings: InfluxSettin
     assert [(a.pollutant, a.enterprise_id) for a in alerts] == [("voc", "A")]
     species = alerts[0].evidence["species"]
     assert set(species) == {"voc", "pm25"} and species["voc"]["factor"] > species["pm25"]["factor"] > 2
-    assert alerts[0].limit == 300.0 and alerts[0].unit == "µg/m3"
+    assert alerts[0].limit == 80.0 and alerts[0].unit == "µg/m3"
 
 
 def test_without_wind_the_nearest_enterprise(influx_settings: InfluxSettings) -> None:
@@ -118,6 +118,86 @@ def test_reruns_give_the_same_alert(influx_settings: InfluxSettings) -> None:
     source = write(influx_settings, track(plume=200.0))
     first, second = run(Hotspot(), source), run(Hotspot(), source)
     assert [a.to_json() for a in first] == [a.to_json() for a in second] and len(first) == 1
+
+
+# -- relative to background, floors per species (issue 13) -----------------------------------------
+
+CLEAN = {  # a clean day's low background and the sensor's noise (1 sigma), unit of the JSON format
+    "voc": (20.0, 8.0), "pm25": (8.0, 4.0), "pm10": (15.0, 5.0), "no2": (10.0, 6.0), "so2": (3.0, 3.0),
+    "o3": (30.0, 8.0), "co": (0.3, 0.08)}
+
+
+def line_track(background: dict[str, tuple[float, float]], plume: dict[str, float] | None = None,
+               seconds: int = 1200, every_s: int = 1, speed_ms: float = 10.0, seed: int = 5,
+               plume_at_m: float = 3000.0, device: str = "V1") -> list[MobileFix]:
+    """The vehicle driving north at speed_ms, one fix every every_s seconds; species at background
+    (mean, noise sigma; never below zero, as sensors report); within 150 m of the plume line each
+    species in `plume` is multiplied by its factor (the background, not the noise, is multiplied)."""
+    rng = np.random.default_rng(seed)
+    plume_lat = LAT0 + plume_at_m / M_PER_DEG_LAT
+    fixes = []
+    for i in range(0, seconds, every_s):
+        lat = LAT0 + speed_ms * i / M_PER_DEG_LAT
+        near = abs(lat - plume_lat) * M_PER_DEG_LAT <= 150
+        species = {sp: max(0.0, mean * ((plume or {}).get(sp, 1.0) if near else 1.0) + float(rng.normal(0, sd)))
+                   for sp, (mean, sd) in background.items()}
+        fixes.append(MobileFix(device=device, kind="vehicle", time=T0 + timedelta(seconds=i), lat=lat, lon=LON0,
+                               species=species, wind_dir=float(270 + rng.normal(0, 8)), wind_speed=3.0))
+    return fixes
+
+
+def test_moderate_voc_plume_under_the_old_floor_is_found(influx_settings: InfluxSettings) -> None:
+    """The held-out case: VOCs at 6.5 x a background of ~30 (peak near 190), under the former
+    absolute VOC floor of 300 µg/m3: judged against the background, it is a plume."""
+    source = write(influx_settings, line_track({"voc": (30.0, 3.0), "pm25": (20.0, 2.0)}, plume={"voc": 6.5}))
+    alerts = run(Hotspot(), source)
+    assert [(a.pollutant, a.enterprise_id) for a in alerts] == [("voc", "A")]
+    ev = alerts[0].evidence
+    assert 150 < ev["max"] < 300 and 25 < ev["background"] < 35 and ev["factor"] > 5
+    assert ev["floor"] == alerts[0].limit == 80.0
+    assert run(Hotspot(floors={"voc": 300.0}), source) == []  # the former floor: nothing
+
+
+@pytest.mark.parametrize("species, factor", [("so2", 5.0), ("co", 4.0), ("no2", 4.0), ("pm25", 4.0), ("pm10", 4.0)])
+def test_moderate_plume_on_a_short_clean_track_is_found(influx_settings: InfluxSettings, species: str,
+                                                        factor: float) -> None:
+    """A five-minute drive, one fix every 5 s (60 fixes), low backgrounds with sensor noise: a plume
+    at 4-5 x the background of one species is found and named after it."""
+    bg = {"so2": (5.0, 1.0), "co": (0.5, 0.03), "no2": (20.0, 2.0), "pm25": (15.0, 1.5), "pm10": (30.0, 3.0)}
+    source = write(influx_settings, line_track(bg, plume={species: factor}, seconds=300, every_s=5,
+                                               plume_at_m=2200.0))
+    alerts = run(Hotspot(), source, end_minutes=10)
+    assert [a.pollutant for a in alerts] == [species]
+    assert alerts[0].unit == ("mg/m3" if species == "co" else "µg/m3")
+    assert alerts[0].value >= alerts[0].limit == Hotspot()._floor(species)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sensor_noise_on_a_clean_track_raises_nothing(influx_settings: InfluxSettings, seed: int) -> None:
+    """Low backgrounds with noisy sensors: twice the rolling background is within the noise (SO2 at
+    3 ± 3 µg/m3), so the factor alone raises false plumes; the floors keep them out."""
+    long_drive = line_track(CLEAN, seconds=1800, seed=seed)
+    short = line_track(CLEAN, seconds=240, every_s=10, seed=seed + 10, device="V2")
+    source = write(influx_settings, long_drive + short)
+    assert run(Hotspot(), source) == []
+    no_floors = Hotspot(floors={sp: 0.0 for sp in CLEAN})
+    assert run(no_floors, source)  # what the floors are for: noise would pass the factor
+
+
+def test_a_high_background_is_judged_by_the_factor(influx_settings: InfluxSettings) -> None:
+    """A hazy day (PM2.5 ~150): every point is above the floor; the factor over the background decides."""
+    haze = {"pm25": (150.0, 8.0), "pm10": (260.0, 12.0)}
+    assert run(Hotspot(), write(influx_settings, line_track(haze))) == []
+    alerts = run(Hotspot(), write(influx_settings, line_track(haze, plume={"pm25": 2.6}, seed=7, device="V2")))
+    assert [(a.station_mn, a.pollutant) for a in alerts] == [("V2", "pm25")]
+
+
+def test_floors_are_configurable_per_species(influx_settings: InfluxSettings) -> None:
+    source = write(influx_settings, line_track({"so2": (5.0, 1.0), "no2": (20.0, 2.0)}, plume={"so2": 5.0}))
+    assert [a.pollutant for a in run(Hotspot(), source)] == ["so2"]
+    assert run(Hotspot(floors={"so2": 40.0}), source) == []  # peak ~25: under a floor of 40
+    det = Hotspot(floors={"so2": 10.0})
+    assert det._floor("so2") == 10.0 and det._floor("no2") == 40.0  # the defaults fill the others
 
 
 @pytest.mark.parametrize("to_lat, to_lon, expected", [(1.0, 0.0, 0.0), (0.0, 1.0, 90.0), (-1.0, 0.0, 180.0),

@@ -4,7 +4,8 @@ each injected event is found, and nothing is raised on stations nothing was inje
 
 The full benchmark (the whole city, several events per kind, precision and recall per kind) is
 bench/detect_quality.py; this test runs the same code on one simulated day (~1 min).
-multivariate_anomaly is not covered here: it needs two days of history before the scored hour.
+multivariate_anomaly runs here from its cold start (12 h of history) and must stay quiet: no event
+of its own on one day (bench/detect_quality.py injects first-day anomalies).
 """
 
 from __future__ import annotations
