@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from config import ConfigError, Settings, load
+if TYPE_CHECKING:
+    from config import Settings
+
+# Heavy modules (pydantic settings, pandas, scikit-learn, SQLAlchemy, the InfluxDB client) are
+# imported inside the commands that use them, so that `envwatch --help` answers at once.
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="envwatch: remote supervision of emission sources")
 config_app = typer.Typer(no_args_is_help=True, help="Configuration files")
@@ -43,6 +47,8 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML 
 
 
 def settings_or_exit(path: Path | None) -> Settings:
+    from config import ConfigError, load
+
     try:
         return load(path)
     except ConfigError as exc:
@@ -53,6 +59,8 @@ def settings_or_exit(path: Path | None) -> Settings:
 @config_app.command("check")
 def config_check(file: Path) -> None:
     """Validate FILE and list every problem with its key path."""
+    from config import ConfigError, load
+
     try:
         s = load(file)
     except ConfigError as exc:

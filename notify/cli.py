@@ -21,10 +21,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from notify import workflow
 from ingest.model import CHINA_TZ as CHINA
 from ingest.model import parse_time
-from notify.store import as_utc
 
 STATE_LABELS: dict[str, dict[str, str]] = {
     "zh-CN": {"open": "新立案", "notified": "已通知", "acknowledged": "已确认", "rectification_reported": "已报整改",
@@ -50,6 +48,8 @@ HEADERS = {
 
 
 def local(t: datetime | None) -> str:
+    from notify.store import as_utc  # SQLAlchemy: loaded by the commands that use it, not by `envwatch --help`
+
     return "" if t is None else as_utc(t).astimezone(CHINA).strftime("%Y-%m-%d %H:%M")  # type: ignore[union-attr]
 
 
@@ -63,6 +63,7 @@ def print_cases(engine: Any, console: Console, state: str | None = None, enterpr
                 open_only: bool = False, lang: str = "zh-CN", limit: int = 200) -> int:
     """A table of cases, newest first; returns how many were shown."""
     h, labels = HEADERS[lang], STATE_LABELS[lang]
+    from notify import workflow  # SQLAlchemy and the detectors: only for the commands that need them
     rows = workflow.list_cases(engine, state=state, enterprise_id=enterprise, open_only=open_only, limit=limit)
     table = Table(title="案件 (cases)" if lang == "zh-CN" else "Cases")
     for key in ("id", "enterprise", "outlet", "problem", "severity", "state", "opened", "deadline", "emergency"):
@@ -77,6 +78,7 @@ def print_cases(engine: Any, console: Console, state: str | None = None, enterpr
 
 def print_case(engine: Any, console: Console, case_id: str, lang: str = "zh-CN") -> bool:
     """One case: its facts, its history, and its ticket; False when there is no such case."""
+    from notify import workflow  # SQLAlchemy and the detectors: only for the commands that need them
     c = workflow.get_case(engine, case_id)
     if c is None:
         console.print(f"[red]no case {case_id}[/red]")
@@ -106,6 +108,7 @@ def print_tickets(engine: Any, console: Console, status: str | None = None, offi
                   lang: str = "zh-CN") -> int:
     """A table of enforcement tickets, most urgent first; returns how many were shown."""
     h, labels = HEADERS[lang], TICKET_LABELS[lang]
+    from notify import workflow  # SQLAlchemy and the detectors: only for the commands that need them
     rows = workflow.list_tickets(engine, status=status, officer=officer)
     table = Table(title="执法工单 (tickets)" if lang == "zh-CN" else "Tickets")
     for key in ("id", "priority", "reason", "status", "enterprise", "outlet", "problem", "officer", "opened", "evidence"):
@@ -119,6 +122,7 @@ def print_tickets(engine: Any, console: Console, status: str | None = None, offi
 
 
 def print_ticket(engine: Any, console: Console, ticket_id: str, lang: str = "zh-CN") -> bool:
+    from notify import workflow  # SQLAlchemy and the detectors: only for the commands that need them
     t = workflow.get_ticket(engine, ticket_id)
     if t is None:
         console.print(f"[red]no ticket {ticket_id}[/red]")
@@ -193,6 +197,7 @@ def emergency_declare(level: Annotated[str, typer.Option("--level", help="yellow
                       config: ConfigOpt = None) -> None:
     """Declare a heavy-pollution emergency over [--from, --to)."""
     try:
+        from notify import workflow  # SQLAlchemy and the detectors: only for the commands that need them
         eid = workflow.declare_emergency(_engine(config), level, parse_time(start), parse_time(end), by, note)
     except ValueError as exc:
         Console(stderr=True).print(f"[red]{exc}[/red]")
