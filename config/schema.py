@@ -217,6 +217,9 @@ class DetectSettings(_Model):
     settle_s: Annotated[int, Field(ge=0)] = 300
     # Windows this far back are re-evaluated on every run, so late data updates their alerts.
     reevaluate_s: Annotated[int, Field(ge=0)] = 6 * 3600
+    # A dask.distributed scheduler ("tcp://host:8786") to spread detector runs and model fits over
+    # (detect/parallel.py); unset: everything runs in this process.
+    cluster: str | None = None
 
 
 class Officer(_Model):

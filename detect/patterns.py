@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from detect.source import ReadingSource
 
 HOUR = fr.HOUR
+# Time resolution of o2_anomaly's Zs screen (see O2Anomaly._candidates).
+SCREEN_BUCKET = "5m"
 
 
 @cache
@@ -492,10 +494,13 @@ class O2Anomaly(PatternDetector):
     def _candidates(self, source: ReadingSource, span: Window, lookup: Lookup) -> list[str] | None:
         """Stations where either pattern is possible in some hour, from InfluxDB aggregates (None: all).
 
-        Pinned: >= min_minutes O2 minutes >= o2_pinned. Zs: per hour, the reported ratio r = zs/c
-        (over minutes with c >= min_conc) ranges over [lo, hi] and the factor f(O2) =
-        (21 - ref) / (21 - min(O2, clamp)) over [f(O2 min), f(O2 max)]; a minute is off when
-        |r / f - 1| > tolerance, impossible when hi <= f_min (1 + tol) and lo >= f_max (1 - tol).
+        Pinned: >= min_minutes O2 minutes >= o2_pinned. Zs: per SCREEN_BUCKET of time, the
+        reported ratio r = zs/c (over minutes with c >= min_conc) ranges over [lo, hi] and the
+        factor f(O2) = (21 - ref) / (21 - min(O2, clamp)) over [f(O2 min), f(O2 max)]; a minute is
+        off when |r / f - 1| > tolerance, impossible in a bucket where hi <= f_min (1 + tol) and
+        lo >= f_max (1 - tol). An hour is possible when the buckets where it is not impossible
+        hold >= zs_min_minutes ratios. (Buckets, not hours: O2 drifts over an hour by more than
+        the tolerance allows for, over five minutes it rarely does.)
         """
         if self.narrowest("min_minutes") <= 0 or self.narrowest("zs_min_minutes") <= 0:
             return None  # an hour may alert with no reading at all: no screen
@@ -507,14 +512,14 @@ class O2Anomaly(PatternDetector):
         if min_conc <= 0:
             return None  # the ratio is undefined at c = 0: no screen, judge every station
         ratio = source.aggregate(span, "min(r) AS lo, max(r) AS hi, count(r) AS n", columns=["lo", "hi", "n"],
-                                 inner=f"{ident('zs_avg')} / {avg} AS r", where=f"{avg} >= {number(min_conc)}")
-        ratio = ratio[ratio["pollutant"].map(fr.is_concentration).astype(bool)
-                      & (ratio["n"] >= self.narrowest("zs_min_minutes"))]
+                                 inner=f"{ident('zs_avg')} / {avg} AS r", where=f"{avg} >= {number(min_conc)}",
+                                 every=SCREEN_BUCKET)
+        ratio = ratio[ratio["pollutant"].map(fr.is_concentration).astype(bool)]
         ratio = ratio[ratio["mn"].map(lambda mn: mn in lookup.stations and
                                       lookup.stations[mn].outlet.reference_o2 is not None)]
         if ratio.empty:
             return sorted(out)
-        o2s = source.aggregate(span, f"min({avg}) AS o2_lo, max({avg}) AS o2_hi", by=("mn",),
+        o2s = source.aggregate(span, f"min({avg}) AS o2_lo, max({avg}) AS o2_hi", by=("mn",), every=SCREEN_BUCKET,
                                columns=["o2_lo", "o2_hi"], where=f"{ident('pollutant')} = {o2}")
         rows = ratio.merge(o2s, on=["mn", "time"], how="inner")
         ref = rows["mn"].map(lambda mn: float(lookup.stations[mn].outlet.reference_o2)).to_numpy()
@@ -527,7 +532,10 @@ class O2Anomaly(PatternDetector):
             possible = ((rows["hi"].astype(float).to_numpy() > f_min * (1 + tol) * (1 - slack))
                         | (rows["lo"].astype(float).to_numpy() < f_max * (1 - tol) * (1 + slack))
                         | ~(f_min > 0) | ~(f_max > 0) | ~np.isfinite(f_max) | (tol < 0))
-        return sorted(out | set(rows["mn"][possible]))
+        rows = rows[possible]
+        per_hour = rows.groupby(["mn", "pollutant", rows["time"].dt.floor("h")])["n"].sum()
+        hit = per_hour[per_hour >= self.narrowest("zs_min_minutes")]
+        return sorted(out | set(hit.index.get_level_values("mn")))
 
     def _pinned(self, st: Station, hours: list[pd.Timestamp], typical: float) -> list[Alert]:
         fcol = fr.flow_column(st.values)

@@ -26,7 +26,8 @@ from typing import Any
 
 from config.lookup import Lookup
 from config.schema import Settings
-from detect.base import Detector, Window
+from detect.base import Alert, Detector, Window
+from detect.parallel import detect_task, run_tasks
 from detect.registry import build_detectors
 from detect.source import ReadingSource
 from detect.store import AlertStore, Change
@@ -84,7 +85,7 @@ class Runner:
         self.settings = settings
         self.lookup = Lookup(settings.registry)
         self.influx = influx or Influx(settings.influxdb)
-        self.source = ReadingSource(self.influx)
+        self.source = ReadingSource(self.influx, cluster=settings.detect.cluster)
         self.store = store or AlertStore(settings.store_url()).create()
         self.detectors = list(detectors) if detectors is not None else build_detectors(settings)
         self.publish = publish
@@ -96,7 +97,10 @@ class Runner:
 
     def evaluate(self, detector: Detector, window: Window) -> Report:
         """Detect in one window, store, resolve what disappeared, publish the changes."""
-        alerts = detector.detect(window, self.source, self.lookup)
+        return self.record(detector, window, detector.detect(window, self.source, self.lookup))
+
+    def record(self, detector: Detector, window: Window, alerts: list[Alert]) -> Report:
+        """Store what one detector found in one window, resolve what disappeared, publish the changes."""
         now = self.clock()
         changes = self.store.upsert_alerts(alerts, now=now)
         resolved = self.store.resolve_missing(detector.kind, window.start, window.end, [a.id for a in alerts], now=now)
@@ -115,14 +119,28 @@ class Runner:
                        on_window: Callable[[Detector, Window], None] | None = None) -> list[Report]:
         """Every selected detector over the aligned windows covering [start, end). Watermarks untouched."""
         reports = []
-        for det in self._selected(kinds):
+        plan = [(det, windows(start, end, det.period_s)) for det in self._selected(kinds)]
+        found = self._detect_on_cluster(plan)
+        for det, wins in plan:
             report = Report(det.kind)
-            for w in windows(start, end, det.period_s):
-                report.add(self.evaluate(det, w))
+            for w in wins:
+                report.add(self.evaluate(det, w) if found is None else self.record(det, w, found[(det.kind, w)]))
                 if on_window is not None:
                     on_window(det, w)
             reports.append(report)
         return reports
+
+    def _detect_on_cluster(self, plan: list[tuple[Detector, list[Window]]]) -> dict[tuple[str, Window], list[Alert]] | None:
+        """With `detect.cluster`: every (kind, window) detected on the cluster's workers, one task
+        each (they are independent); None without a cluster (evaluate detects in order here)."""
+        cluster = self.settings.detect.cluster
+        pairs = [(det, w) for det, wins in plan for w in wins]
+        if not cluster or len(pairs) < 2:
+            return None
+        key = str(hash(self.settings.registry.model_dump_json()))
+        tasks = [(det, w, self.influx.settings, key, self.settings.registry) for det, w in pairs]
+        results = run_tasks(detect_task, tasks, cluster)
+        return {(det.kind, w): alerts for (det, w), alerts in zip(pairs, results)}
 
     def plan(self, start: datetime, end: datetime, kinds: Sequence[str] | None = None) -> int:
         """How many windows evaluate_range would evaluate (for progress bars)."""

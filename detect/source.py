@@ -129,8 +129,10 @@ def series_frame(series: list[Series], tags: Sequence[str], columns: Sequence[st
 class ReadingSource:
     """Read-only access to stored readings for detectors; one instance per detection run is fine."""
 
-    def __init__(self, influx: Influx) -> None:
+    def __init__(self, influx: Influx, cluster: str | None = None) -> None:
         self.influx = influx
+        # Where per-station model work may go (detect/parallel.py); None: this process.
+        self.cluster = cluster
 
     def _run(self, statements: list[str]) -> list[Series]:
         return self.influx.query(";".join(statements), epoch="s") if statements else []
