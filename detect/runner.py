@@ -12,6 +12,12 @@ Scheduled job (one per detector, APScheduler BackgroundScheduler, every `tick_s`
     re-run    = windows ending in (horizon - reevaluate_s, watermark]  when something is due, or
                 at least every `reevaluate_every_s`, so late data updates recent alerts
     watermark = end of the last window evaluated (stored: a restart resumes there)
+
+Incremental (`detect.incremental`, for a service whose ingest writes late-data markers,
+ingest/written.py): after its first run, a job re-evaluates only the recent windows that end
+after the earliest closed hour ingest has written into since the job last looked; with no late
+data, each window is judged once, when it settles. The first run after a start re-evaluates the
+recent windows as above (markers written while it was down are not trusted to be complete).
 """
 
 from __future__ import annotations
@@ -91,6 +97,7 @@ class Runner:
         self.publish = publish
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self._last_rerun: dict[str, datetime] = {}
+        self._marker_cursor: dict[str, int] = {}  # job -> InfluxDB time (ns) of the last marker seen
         self._locks: dict[str, threading.Lock] = {job_name(d): threading.Lock() for d in self.detectors}
 
     # -- evaluation ---------------------------------------------------------------------------
@@ -169,16 +176,40 @@ class Runner:
             due_from = min(mark, last_end)
             rerun_from = align_down(last_end - reeval, detector.period_s)
             covered = due_from <= rerun_from  # the due windows include all the recent ones (first run, catch-up)
-            rerun = not covered and (last_end > mark or
-                                     now - self._last_rerun.get(job, EPOCH) >= timedelta(seconds=reevaluate_every_s))
+            touched = self._touched(job) if self.settings.detect.incremental else None
+            if touched is None:
+                rerun = not covered and (last_end > mark or
+                                         now - self._last_rerun.get(job, EPOCH) >= timedelta(seconds=reevaluate_every_s))
+                todo = windows(rerun_from if rerun else due_from, last_end, detector.period_s)
+            else:
+                rerun = False
+                late = [w for w in windows(rerun_from, due_from, detector.period_s)
+                        if touched and w.end > min(touched)] if not covered else []
+                todo = late + windows(due_from, last_end, detector.period_s)
             report = Report(detector.kind)
-            for w in windows(rerun_from if rerun else due_from, last_end, detector.period_s):
+            for w in todo:
                 report.add(self.evaluate(detector, w))
             if rerun or covered:
                 self._last_rerun[job] = now
             if last_end > mark:
                 self.store.set_watermark(job, last_end)
             return report
+
+    def _touched(self, job: str) -> list[datetime] | None:
+        """Closed hours ingest wrote into since this job last looked (ingest/written.py); None on
+        the job's first look (then the caller re-evaluates the recent windows as without markers)."""
+        from ingest.written import MEASUREMENT
+
+        cursor = self._marker_cursor.get(job)
+        if cursor is None:
+            last = [v for s in self.influx.query(f'SELECT last("n") FROM "{MEASUREMENT}"', epoch="ns") for v in s.values]
+            self._marker_cursor[job] = int(last[0][0]) if last else 0
+            return None
+        rows = [v for s in self.influx.query(f'SELECT "n", "hour" FROM "{MEASUREMENT}" WHERE time > {cursor}', epoch="ns")
+                for v in s.values]
+        if rows:
+            self._marker_cursor[job] = max(int(r[0]) for r in rows)
+        return sorted({datetime.fromtimestamp(int(r[2]), timezone.utc) for r in rows if r[2] is not None})
 
     def run_all(self) -> list[Report]:
         """One scheduled run of every detector (what each scheduler tick does, all at once)."""

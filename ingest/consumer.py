@@ -61,6 +61,7 @@ from ingest.decode import decode_payload, key_lookup
 from ingest.influx import Influx, InfluxRejected, InfluxUnavailable
 from ingest.model import CHINA_TZ, Kind, MobileFix, Packet, Reason, Rejected
 from ingest.schema import event_line, mobile_line, station_lines
+from ingest.written import marker_lines
 from ingest.mqtt import make_client
 
 if TYPE_CHECKING:
@@ -608,6 +609,9 @@ class Ingest:
                 self.influx.ensure_database()
                 self._database_ready = True
             self._write_bisect(lines)
+            # Late-data markers for detection (ingest/written.py); if this fails the batch is
+            # retried, lines included (rewriting the same points is harmless).
+            self.influx.write(marker_lines(lines, time.time()))
         except InfluxUnavailable as exc:
             return f"InfluxDB unavailable ({exc})"
         except InfluxRejected as exc:
