@@ -262,7 +262,10 @@ class ConstantValue(PatternDetector):
                                    columns=["n", "d"])
             slack = 1
         n, d = agg["n"].astype("int64"), agg["d"].astype("int64")
-        ok = agg[(n >= k) & (d <= n - k + slack)]
+        process = {c for o in self.overrides or () for c in o.get("params", {}).get("process_channels", ())}
+        process |= set(self.process_channels)
+        judged = agg["pollutant"].map(lambda c: fr.is_concentration(c) or c in process).astype(bool)
+        ok = agg[judged & (n >= k) & (d <= n - k + slack)]
         return sorted(_consecutive(ok, ["mn", "pollutant"], self.narrowest("min_hours")))
 
     def _spans(self, st: Station, code: str) -> list[_Span]:
