@@ -18,7 +18,7 @@ Printed per size: seconds per kind, all kinds together, and the ratio to the bar
 same range; then the growth of each from the first size to the last.
 
     .venv/bin/python -P bench/detect.py [--sizes 2000,20000] [--hours 24,3] [--repeat 1]
-        [--url http://127.0.0.1:8086 | --data-dir DIR] [--reuse] [--kinds K,...]
+        [--backfill-hours N] [--url http://127.0.0.1:8086 | --data-dir DIR] [--reuse] [--kinds K,...]
 
 --reuse keeps the databases (bench_detect_<size>_<hours>h) and, with --data-dir, influxd's data
 between runs: a later run skips loading what a previous one wrote completely.
@@ -51,6 +51,7 @@ from ingest.influx import Influx  # noqa: E402
 END = datetime(2024, 3, 1, 16, tzinfo=timezone.utc)  # a China midnight
 LIMITS = {"a21026": 35.0, "a21002": 50.0, "a34013": 10.0}
 LINES_PER_BATCH = 50_000
+DATA_VERSION = 2  # bump when station_lines changes: --reuse then reloads
 FAULTS = ("stuck", "zero", "negative", "o2_pinned", "flags", "zs_off", "exceed", "silent")
 
 
@@ -113,13 +114,13 @@ def load(influx: Influx, n: int, hours: int) -> float:
 
     with ThreadPoolExecutor(3) as pool:
         list(pool.map(batch, range(0, n, per_batch)))
-    influx.write([f"bench_done stations={n}i {int(END.timestamp())}"])
+    influx.write([f"bench_done stations={n}i,version={DATA_VERSION}i {int(END.timestamp())}"])
     return time.perf_counter() - started
 
 
 def loaded(influx: Influx, n: int) -> bool:
-    rows = [v for s in influx.query("SELECT last(stations) FROM bench_done") for v in s.values]
-    return bool(rows) and rows[0][1] == n
+    rows = [v for s in influx.query("SELECT last(stations), last(version) FROM bench_done") for v in s.values]
+    return bool(rows) and rows[0][1] == n and rows[0][2] == DATA_VERSION
 
 
 def bare(source: ReadingSource, window: Window) -> int:
@@ -139,7 +140,8 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-def measure(url: str, n: int, hours: int, repeat: int, reuse: bool, kinds: list[str] | None) -> dict[str, dict[str, float]]:
+def measure(url: str, n: int, hours: int, repeat: int, reuse: bool, kinds: list[str] | None,
+            backfill_hours: int | None = None) -> dict[str, dict[str, float]]:
     influx = Influx(InfluxSettings(url=url, database=f"bench_detect_{n}_{hours}h", timeout_s=900))
     influx.ensure_database()
     if reuse and loaded(influx, n):
@@ -152,7 +154,8 @@ def measure(url: str, n: int, hours: int, repeat: int, reuse: bool, kinds: list[
               f"({n * hours * 300 / took:,.0f}/s)", flush=True)
     source, lookup = ReadingSource(influx), Lookup(registry(n))
     detectors = build_detectors(DetectSettings(), kinds)
-    runs = {"hourly": Window(END - timedelta(hours=1), END), "backfill": Window(END - timedelta(hours=hours), END)}
+    back = min(hours, backfill_hours or hours)
+    runs = {"hourly": Window(END - timedelta(hours=1), END), "backfill": Window(END - timedelta(hours=back), END)}
     out: dict[str, dict[str, float]] = {}
     for run, window in runs.items():
         bare(source, window)  # warm-up (caches, connections)
@@ -183,6 +186,7 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=None, help="influxd state directory to keep (with --reuse)")
     ap.add_argument("--sizes", default="2000,20000")
     ap.add_argument("--hours", default="24,3", help="hours of data per size (the backfill range) [24,3]")
+    ap.add_argument("--backfill-hours", type=int, default=None, help="backfill the last N hours of the data [all]")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--reuse", action="store_true", help="keep the loaded data and reuse it when complete")
     ap.add_argument("--kinds", default=None, help="comma-separated kinds [all]")
@@ -202,7 +206,7 @@ def main() -> None:
     else:
         url = args.url
     try:
-        results = {n: measure(url, n, h, args.repeat, args.reuse, kinds) for n, h in zip(sizes, hours)}
+        results = {n: measure(url, n, h, args.repeat, args.reuse, kinds, args.backfill_hours) for n, h in zip(sizes, hours)}
     finally:
         if svc is not None:
             svc.stop()
