@@ -9,7 +9,7 @@ Printed: this process's CPU seconds per simulated hour and as a share of one cor
 kind; --profile adds a cProfile of the incremental replay (top functions by cumulative time).
 
     .venv/bin/python -P bench/detect_live.py --keep DIR [--from 2024-05-03T01:00+08:00] [--hours 3]
-        [--tick-s 60] [--reevaluate-every-s 3600] [--profile]
+        [--tick-s 60] [--reevaluate-every-s 3600] [--profile] [--without multivariate_anomaly]
 """
 
 from __future__ import annotations
@@ -70,11 +70,15 @@ def main() -> None:
     ap.add_argument("--tick-s", type=int, default=60)
     ap.add_argument("--reevaluate-every-s", type=int, default=3600)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--without", default="", help="comma-separated kinds to disable (e.g. multivariate_anomaly)")
     args = ap.parse_args()
     influxd = start_influxd(args.keep / "services", free_port())
     try:
         mapping = yaml.safe_load((args.keep / "city.yaml").read_text(encoding="utf-8"))
         mapping["influxdb"] = {**mapping["influxdb"], "url": influxd.url, "timeout_s": 600}
+        off = {k: {"enabled": False} for k in args.without.split(",") if k}
+        mapping["detect"] = {**mapping.get("detect", {}),
+                             "detectors": {**mapping.get("detect", {}).get("detectors", {}), **off}}
         stations = sum(len(o["stations"]) for e in mapping["registry"]["enterprises"] for o in e["outlets"])
         start = parse_time(args.start)
         prof = cProfile.Profile() if args.profile else None
