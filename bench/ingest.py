@@ -13,7 +13,12 @@ queue as fast as it can: that measures the consumer, not the publisher. Reported
     and the busiest worker process on a core of its own): how far a run is from what the
     hardware permits, whatever else the machine was doing.
 
-    .venv/bin/python bench/ingest.py [--field-lines 20000] [--sim-hours 2] [--workers 2]
+  - --revisions: the cost of tamper-evident readings (ingest/revisions.py) with 1 worker: the
+    same drain with the revision screen off (baseline, a pass-through in the worker process) and
+    on (a catch-up: every point new), then the same stream again into the database that already
+    holds it (a fresh worker: every point looked up, all identical, nothing written).
+
+    .venv/bin/python bench/ingest.py [--field-lines 20000] [--sim-hours 2] [--workers 2] [--revisions [--only-revisions]]
 """
 
 from __future__ import annotations
@@ -134,8 +139,11 @@ def bare_worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def envwatch_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run one Ingest until the shared `expect` count is handled and its buffer is empty."""
+    import ingest.consumer
     from ingest.consumer import Ingest
 
+    if cfg.get("screen_off"):
+        ingest.consumer.RevisionGuard = _PassThrough  # type: ignore[misc,assignment]  # the baseline
     ing = Ingest(from_mapping(cfg["settings"], env={}))
     t0, cpu0 = time.perf_counter(), time.process_time()
     ing.start()
@@ -156,6 +164,21 @@ def envwatch_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     cpu = time.process_time() - cpu0 + kids.ru_utime + kids.ru_stime
     return {"counters": c, "elapsed": elapsed, "cpu_s": cpu, "cpu_children_s": kids.ru_utime + kids.ru_stime,
             "maxrss_kb": max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, kids.ru_maxrss)}
+
+
+class _PassThrough:
+    """The revision screen switched off: every line written as is (what the ingest did before it)."""
+
+    def __init__(self, _influx: Any) -> None:
+        pass
+
+    def screen(self, lines: list[str]) -> Any:
+        from ingest.revisions import Screened
+
+        return Screened(lines)
+
+    def remember(self, _screened: Any) -> None:
+        pass
 
 
 def _client(cfg: dict[str, Any], on_message: Any) -> mqtt.Client:
@@ -224,7 +247,7 @@ def run_bare(settings: Settings, stream: list[tuple[str, bytes]], services: dict
 
 
 def run_envwatch(raw: dict[str, Any], stream: list[tuple[str, bytes]], workers: int, work: Path,
-                 services: dict[str, Any]) -> dict[str, Any]:
+                 services: dict[str, Any], screen_off: bool = False) -> dict[str, Any]:
     """Drain `stream` with `workers` envwatch processes sharing one subscription group."""
     group = f"bench-{uuid.uuid4().hex[:6]}"
     cfgs = []
@@ -233,7 +256,7 @@ def run_envwatch(raw: dict[str, Any], stream: list[tuple[str, bytes]], workers: 
         mine = json.loads(json.dumps(raw))
         mine["broker"].update(client_id=f"{group}-{i}", shared_group=group)
         mine["ingest"]["state_dir"] = str(work / f"{group}-{i}")
-        cfgs.append({"settings": mine, "phase": "create", "timeout": 900,
+        cfgs.append({"settings": mine, "phase": "create", "timeout": 900, "screen_off": screen_off,
                      "done_file": str(work / f"{group}.done"), "progress_file": str(work / f"{group}-{i}.json")})
     for cfg in cfgs:
         result(spawn("envwatch", cfg))
@@ -270,6 +293,8 @@ def main() -> None:
     ap.add_argument("--field-lines", type=int, default=20000)
     ap.add_argument("--sim-hours", type=float, default=1.0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--revisions", action="store_true", help="also measure the revision screen's cost")
+    ap.add_argument("--only-revisions", action="store_true", help="only that (and the bare baseline)")
     args = ap.parse_args()
     from center.devservices import free_port, start_influxd, start_mosquitto
 
@@ -304,6 +329,10 @@ def report(args: argparse.Namespace, work: Path, mq: Any, ix: Any) -> None:
     print(f"bare paho subscriber: {bare['received']} msgs in {bare['elapsed']:.2f}s = {bare_rate:,.0f} msg/s, "
           f"peak RSS {bare['maxrss_kb'] / 1024:.0f} MiB")
     print("  " + cpu_line(n, bare["elapsed"], {"subscriber": bare["cpu_s"], **bare["services_cpu"]}))
+    if args.revisions or args.only_revisions:
+        revision_cost(raw, stream, work, services, bare_rate)
+    if args.only_revisions:
+        return
     for workers, offload in ((1, False), (1, True), (args.workers, False)):
         mine = {**raw, "influxdb": {**raw["influxdb"], "database": f"bench_w{workers}_{int(offload)}"},
                 "ingest": {**raw["ingest"], "decode_process": offload}}
@@ -325,6 +354,29 @@ def report(args: argparse.Namespace, work: Path, mq: Any, ix: Any) -> None:
         print("  " + cpu_line(n, elapsed, used))
         busiest = max(max(w["cpu_s"] - w["cpu_children_s"], w["cpu_children_s"]) for w in out)
         print("  " + ceiling_line(n, bare_rate, used, cores, busiest))
+
+
+def revision_cost(raw: dict[str, Any], stream: list[tuple[str, bytes]], work: Path, services: dict[str, Any],
+                  bare_rate: float) -> None:
+    """1 worker: screen off, screen on (catch-up, all new), and a replay of it all (all known)."""
+    from ingest.influx import Influx
+
+    rates = {}
+    for name, db, off in (("screen off (baseline)", "bench_rev_off", True), ("screen on, catch-up", "bench_rev_on", False),
+                          ("screen on, replay of it all", "bench_rev_on", False)):
+        mine = {**raw, "influxdb": {**raw["influxdb"], "database": db}}
+        Influx(from_mapping(mine, env={}).influxdb).ensure_database()
+        out = run_envwatch(mine, stream, 1, work, services, screen_off=off)
+        w = out["workers"][0]
+        rate = w["counters"]["acked"] / w["elapsed"]
+        rates[name] = rate
+        with Influx(from_mapping(mine, env={}).influxdb) as ix:
+            revs = ix.query('SELECT count("received_at") FROM "revisions"')
+        print(f"revisions, 1 worker, {name}: {w['counters']['acked']} msgs in {w['elapsed']:.2f}s = {rate:,.0f} msg/s; "
+              f"ratio to bare = {rate / bare_rate:.2f}; ratio to the baseline = {rate / rates['screen off (baseline)']:.2f}; "
+              f"worker CPU {w['cpu_s']:.2f}s, influxd CPU {out['services_cpu']['influxd']:.2f}s; revision points stored "
+              f"{revs[0].values[0][1] if revs else 0}")
+    print("(the field data re-sends some real-time points with other values; the replay must add no revision)")
 
 
 def cpu_line(n: int, elapsed: float, used: dict[str, float]) -> str:

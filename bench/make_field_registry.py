@@ -21,7 +21,10 @@ What each station gets, from its own packets:
       gas:   GB 13223-2011 coal-fired boiler, dust 30 / SO2 200 / NOx 200 mg/m3 hourly at 6 % O2;
       water: GB 18918-2002 grade 1B, COD 60 / NH3-N 8 mg/L, daily means (that standard's basis).
     A limit is only written for a pollutant the station actually sends.
-MNs containing NUL bytes or other non-printable characters are skipped (field corruption).
+Only packets whose framing holds (`##`, the 4-digit length equal to the data segment's, the CRC)
+count: a corrupted packet's MN may be a mangled copy of a real one (three such MNs existed only
+in packets failing the length check). MNs containing NUL bytes or other non-printable characters
+are skipped too (field corruption).
 Output is sorted by MN and byte-for-byte deterministic.
 """
 
@@ -40,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from config.tables import code_2005_to_2017, pollutant_codes  # noqa: E402
+from ingest import hj212  # noqa: E402
+from ingest.model import Reason, Rejected  # noqa: E402
 
 DATA_DIR = Path("/work/shared/data/hj212-field-2016")
 OUT_FILE = ROOT / "config" / "examples" / "field-2016.yaml"
@@ -48,6 +53,7 @@ GAS_LIMITS = {"a34013": 30.0, "a21026": 200.0, "a21002": 200.0}
 WATER_LIMITS = {"w01018": 60.0, "w21003": 8.0}
 _KEY = re.compile(rb"(?:^|;)(ST|MN)=([^;]*)")
 _CP = re.compile(rb"CP=&&(.*)&&")
+_FRAMING = frozenset({Reason.NO_HEADER, Reason.BAD_LENGTH, Reason.LENGTH_MISMATCH, Reason.CRC_MISMATCH})
 
 
 @dataclass
@@ -63,6 +69,15 @@ def _header_stripped(line: bytes) -> bytes:
     return line[6:] if line.startswith(b"##") else line
 
 
+def framed(raw: bytes) -> bool:
+    """Whether `raw` passes HJ 212's header, length and CRC checks (whatever its fields hold)."""
+    try:
+        hj212.decode(raw)
+    except Rejected as exc:
+        return exc.reason not in _FRAMING
+    return True
+
+
 def scan(files: list[Path]) -> dict[str, Seen]:
     """Every printable MN in the files with its STs and the 2017 codes of what it sent."""
     to_2017 = code_2005_to_2017()
@@ -70,6 +85,8 @@ def scan(files: list[Path]) -> dict[str, Seen]:
     seen: dict[str, Seen] = defaultdict(Seen)
     for path in files:
         for raw in path.read_bytes().split(b"\n"):
+            if not framed(raw):
+                continue
             seg = _header_stripped(raw.rstrip(b"\r\n"))
             keys = {k.decode(): v.decode("utf-8", "replace") for k, v in _KEY.findall(seg.split(b"CP=")[0])}
             mn = keys.get("MN")

@@ -21,6 +21,7 @@ from center.api_models import (
     Summary,
 )
 from center.auth import Principal, any_user, operator, operator_or_enterprise
+from center.guard import check_range, check_time
 from config.schema import Enterprise, Settings
 from notify import context, workflow
 
@@ -28,13 +29,14 @@ router = APIRouter()
 
 
 def parse_time(text: str | None, name: str) -> datetime | None:
-    """ISO-8601 from a query parameter; without an offset it is China local time, as operators type it."""
+    """ISO-8601 from a query parameter; without an offset it is China local time, as operators type it.
+    422 for anything else, and for years outside guard.YEARS."""
     if not text:
         return None
     from ingest.model import parse_time as parse
 
     try:
-        return parse(text)
+        return check_time(parse(text), name)
     except ValueError as exc:
         raise HTTPException(422, detail=f"`{name}`: {text!r} is not an ISO-8601 time, "
                                         "e.g. 2025-01-06T08:00:00Z") from exc
@@ -59,8 +61,9 @@ def list_alerts(request: Request, kind: str | None = None, enterprise: str | Non
                 end: str | None = Query(None, alias="to"), limit: int = Query(200, ge=1, le=1000),
                 _: Principal = Depends(operator)) -> list[dict[str, Any]]:
     """Alerts, newest window first; from/to select windows overlapping [from, to)."""
-    return q.list_alerts(engine_of(request), kind, enterprise, severity, status, parse_time(start, "from"),
-                         parse_time(end, "to"), limit)
+    t0, t1 = parse_time(start, "from"), parse_time(end, "to")
+    check_range(t0, t1)
+    return q.list_alerts(engine_of(request), kind, enterprise, severity, status, t0, t1, limit)
 
 
 @router.get("/api/alerts/{alert_id}", response_model=AlertOut, tags=["alerts"])
@@ -87,7 +90,7 @@ def _aware(t: datetime) -> datetime:
 @router.post("/api/emergencies", response_model=IdOut, tags=["emergencies"])
 def declare(request: Request, body: EmergencyIn, who: Principal = Depends(operator)) -> dict[str, str]:
     """Declare a heavy-pollution emergency over [start, end) (times without offset: UTC+08:00)."""
-    start, end = (_china(t) for t in (body.start, body.end))
+    start, end = (check_time(_china(t), name) for t, name in ((body.start, "start"), (body.end, "end")))
     try:
         eid = workflow.declare_emergency(engine_of(request), body.level, start, end, who.actor, body.note)
     except ValueError as exc:

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime, timezone
-from pathlib import PurePosixPath
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import ValidationError
 from sqlalchemy import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from center import api_queries as q
-from center.api_models import AnswerIn, AnswerResult, CaseAction, CaseOut, CaseSummary, NoticeOut
+from center.api_models import (AnswerIn, AnswerResult, CaseAction, CaseOut, CaseSummary, GroupAction, GroupOut,
+                               NoticeOut)
 from center.auth import Principal, enterprise_user, operator, operator_or_enterprise
+from config import ids
+from config.ids import attachment_name
+from config.schema import AnswerLimits
 from notify import workflow
-from notify.answers_mqtt import MAX_ATTACHMENT_BYTES, Attachment
+from notify.answers_mqtt import Attachment, decode_attachments
+from notify.attachments import LimitExceeded, check_count, check_size, check_text
 from notify.cases import TransitionError
 from notify.events import append_event
 
@@ -100,6 +103,8 @@ def _apply(engine: Engine, settings: Any, case_id: str, body: CaseAction, now: d
         kw["assignee"] = _require(body.assignee, "assignee", a)
     elif a == "escalate":
         kw["priority"] = body.priority
+    elif a == "route":
+        kw["officer"] = _require(body.officer, "officer", a)
     elif a == "assess_pollution":
         if body.consequence is None:
             raise HTTPException(422, detail="action 'assess_pollution' needs `consequence` (true or false)")
@@ -117,13 +122,19 @@ _ANSWER_SCHEMA = {"requestBody": {"required": True, "content": {
         "attachments": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
 
 
-@router.post("/api/cases/{case_id}/answers", response_model=AnswerResult, openapi_extra=_ANSWER_SCHEMA)
+@router.post("/api/cases/{case_id}/answers", response_model=AnswerResult, openapi_extra=_ANSWER_SCHEMA,
+             responses={400: {"description": "a malformed case id"},
+                        413: {"description": "the body or the attachments are larger than the limits"},
+                        422: {"description": "an invalid answer: the reason says which field"}})
 async def post_answer(request: Request, case_id: str, who: Principal = Depends(enterprise_user)) -> dict[str, Any]:
-    """An enterprise's answer to a notice about its own case: JSON, or multipart with files."""
+    """An enterprise's answer to a notice about its own case: JSON, or multipart with files.
+
+    Limits (notify.answers): text length, number of attachments, bytes per attachment and in all;
+    the whole body at most center.max_body_bytes."""
     engine = engine_of(request)
     if await _run_sync(q.case_row, engine, case_id, who.scope) is None:
         raise _not_found(case_id)
-    body, files = await _read_answer(request)
+    body, files = await _read_answer(request, request.app.state.settings.notify.answers)
     try:
         result = await _run_sync(workflow.answer, engine, request.app.state.settings, who.enterprise_id, case_id,
                                  body.type, body.text, files, body.answer_id, datetime.now(timezone.utc))
@@ -139,48 +150,69 @@ async def _run_sync(fn: Any, *args: Any) -> Any:
     return await run_in_threadpool(fn, *args)
 
 
-async def _read_answer(request: Request) -> tuple[AnswerIn, list[Attachment]]:
-    ctype = request.headers.get("content-type", "")
+def _invalid(exc: ValidationError) -> HTTPException:
+    return HTTPException(422, detail=exc.errors(include_url=False, include_context=False, include_input=False))
+
+
+FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")  # a form without files is urlencoded
+
+
+async def _read_answer(request: Request, limits: AnswerLimits) -> tuple[AnswerIn, list[Attachment]]:
+    """The answer and its decoded attachments, every limit checked before anything big is decoded."""
     try:
-        if ctype.startswith("multipart/form-data"):
-            return await _read_multipart(request)
-        body = AnswerIn.model_validate_json(await request.body())
+        if request.headers.get("content-type", "").startswith(FORMS):
+            body, files = await _read_multipart(request, limits)
+        else:
+            body, files = await _read_json(request, limits)
+        ids.check("answer", body.answer_id, "answer_id")
+        check_text(body.text, limits)
     except ValidationError as exc:
-        raise HTTPException(422, detail=exc.errors(include_url=False, include_context=False)) from exc
-    return body, [_decode(a.name, a.content_base64) for a in body.attachments]
-
-
-async def _read_multipart(request: Request) -> tuple[AnswerIn, list[Attachment]]:
-    form = await request.form(max_files=50, max_part_size=MAX_ATTACHMENT_BYTES)
-    fields = {k: form.get(k) for k in ("answer_id", "type", "text") if isinstance(form.get(k), str)}
-    body = AnswerIn.model_validate({"text": "", **fields})
-    files = []
-    for up in form.getlist("attachments"):
-        if isinstance(up, str):
-            raise HTTPException(422, detail="`attachments` must be files (multipart file parts)")
-        data = await up.read()
-        if len(data) > MAX_ATTACHMENT_BYTES:
-            raise HTTPException(413, detail=f"attachment {up.filename!r} is larger than {MAX_ATTACHMENT_BYTES} bytes")
-        files.append(Attachment(_safe_name(up.filename or "attachment"), data))
+        raise _invalid(exc) from exc
+    except LimitExceeded as exc:
+        raise HTTPException(exc.status, detail=str(exc)) from exc
+    except ValueError as exc:  # an id off its pattern, an unusable file name: in the body, so 422
+        raise HTTPException(422, detail=str(exc)) from exc
     return body, files
 
 
-def _decode(name: str, content_base64: str) -> Attachment:
+async def _read_json(request: Request, limits: AnswerLimits) -> tuple[AnswerIn, list[Attachment]]:
+    raw = await request.body()
+    if not raw.strip():
+        raise HTTPException(422, detail="empty body: send the answer as JSON {answer_id, type, text, attachments} "
+                                        "or as multipart/form-data")
+    body = AnswerIn.model_validate_json(raw)
+    return body, decode_attachments([(a.name, a.content_base64) for a in body.attachments], limits)
+
+
+async def _read_multipart(request: Request, limits: AnswerLimits) -> tuple[AnswerIn, list[Attachment]]:
     try:
-        data = base64.b64decode(content_base64, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise HTTPException(422, detail=f"attachment {name!r}: content_base64 is not base64") from exc
-    if len(data) > MAX_ATTACHMENT_BYTES:
-        raise HTTPException(413, detail=f"attachment {name!r} is larger than {MAX_ATTACHMENT_BYTES} bytes")
-    return Attachment(_safe_name(name), data)
-
-
-def _safe_name(name: str) -> str:
-    # Only the last path component: an attachment must never be written outside its folder.
-    base = PurePosixPath(name.replace("\\", "/")).name
-    if base in ("", ".", ".."):
-        raise HTTPException(422, detail=f"unusable attachment name {name!r}")
-    return base
+        # Text fields up to the text limit, percent-encoded UTF-8 in a urlencoded form (12 bytes a character).
+        form = await request.form(max_files=limits.max_attachments, max_part_size=limits.max_text_chars * 12 + 1024)
+    except StarletteHTTPException as exc:
+        if exc.status_code != 400:  # 413 from the body limit stays a 413
+            raise
+        raise HTTPException(422, detail=f"the form cannot be read: {exc.detail} (an answer carries at most "
+                                        f"{limits.max_attachments} attachments, notify.answers.max_attachments, and "
+                                        f"{limits.max_text_chars} characters of text, max_text_chars)") from exc
+    try:
+        fields = {k: form.get(k) for k in ("answer_id", "type", "text") if isinstance(form.get(k), str)}
+        body = AnswerIn.model_validate({"text": "", **fields})
+        uploads = form.getlist("attachments")
+        check_count(len(uploads), limits)
+        files, total = [], 0
+        for up in uploads:
+            if isinstance(up, str):
+                raise HTTPException(422, detail="`attachments` must be files (multipart file parts)")
+            name = attachment_name(up.filename or "attachment")
+            if up.size is not None:  # refuse before reading a spooled file back into memory
+                check_size(name, up.size, total + up.size, limits)
+            data = await up.read()
+            total += len(data)
+            check_size(name, len(data), total, limits)
+            files.append(Attachment(name, data))
+    finally:
+        await form.close()  # Starlette spools big parts to unnamed temporary files: release them now
+    return body, files
 
 
 # -- notices --------------------------------------------------------------------------------------
@@ -191,3 +223,43 @@ def list_notices(request: Request, case_id: str | None = None, status: str | Non
                  who: Principal = Depends(operator_or_enterprise)) -> list[dict[str, Any]]:
     """Notices, newest first; an enterprise gets those addressed to it."""
     return q.list_notices(engine_of(request), who.scope, case_id=case_id, status=status, limit=limit)
+
+
+# -- grouped findings (one cause, many stations) ----------------------------------------------------
+
+@router.get("/api/groups", response_model=list[GroupOut], tags=["groups"])
+def list_groups(request: Request, status: str | None = None, who: Principal = Depends(operator)) -> list[dict[str, Any]]:
+    """Findings held in groups (a shared cause): pending ones send nothing until confirmed."""
+    return workflow.list_groups(engine_of(request), status)
+
+
+@router.get("/api/groups/{group_id}", response_model=GroupOut, tags=["groups"])
+def get_group(request: Request, group_id: str, who: Principal = Depends(operator)) -> dict[str, Any]:
+    """One group with the ids of the cases it holds."""
+    return _group(request, group_id)
+
+
+def _group(request: Request, group_id: str) -> dict[str, Any]:
+    g = workflow.get_group(engine_of(request), group_id)
+    if g is None:
+        raise HTTPException(404, detail=f"no group {group_id!r}; list them with GET /api/groups")
+    return g
+
+
+@router.post("/api/groups/{group_id}/actions", response_model=GroupOut, tags=["groups"])
+def act_on_group(request: Request, group_id: str, body: GroupAction, who: Principal = Depends(operator)) -> dict[str, Any]:
+    """confirm (each enterprise gets one notice listing its findings) or dismiss (with a reason)."""
+    from notify.groups import GroupError
+
+    engine, settings = engine_of(request), request.app.state.settings
+    _group(request, group_id)
+    now = datetime.now(timezone.utc)
+    try:
+        if body.action == "confirm":
+            g = workflow.confirm_group(engine, settings, group_id, now, who.actor)
+        else:
+            g = workflow.dismiss_group(engine, settings, group_id, now, who.actor, _require(body.reason, "reason", "dismiss"))
+    except GroupError as exc:
+        raise HTTPException(409, detail=str(exc)) from exc
+    request.app.state.broadcaster.cases_changed(engine, g["case_ids"], names_of(request))
+    return g

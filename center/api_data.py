@@ -12,8 +12,9 @@ from center.api_admin import parse_time
 from center.api_cases import engine_of, load_case
 from center.api_models import Hotspot, Readings, Track
 from center.auth import Principal, operator, operator_or_enterprise
+from center.guard import check_range
 from detect.source import ident, literal, rfc3339
-from ingest.influx import Influx, InfluxError
+from ingest.influx import Influx, InfluxError, InfluxRejected
 from ingest.schema import MOBILE, SPECIES, measurement
 
 router = APIRouter(tags=["data"])
@@ -28,11 +29,21 @@ def influx_of(request: Request) -> Influx:
 
 
 def _query(request: Request, influxql: str) -> list[Any]:
+    """Run a query built from the request: 400 when InfluxDB cannot parse it (the request's values
+    made it so), 503 when InfluxDB is unavailable or refuses for its own reasons."""
     try:
         return influx_of(request).query(influxql)
+    except InfluxRejected as exc:
+        if exc.status in (None, 400) and "pars" in exc.server_message.lower():
+            raise HTTPException(400, detail=f"InfluxDB cannot parse the query made from these parameters "
+                                            f"({exc.server_message}); check from, to and the ids") from exc
+        raise _unavailable(exc) from exc
     except InfluxError as exc:
-        raise HTTPException(503, detail=f"InfluxDB cannot answer now ({exc}); "
-                                        "try again when GET /readyz is ready") from exc
+        raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: Exception) -> HTTPException:
+    return HTTPException(503, detail=f"InfluxDB cannot answer now ({exc}); try again when GET /readyz is ready")
 
 
 @router.get("/api/cases/{case_id}/readings", response_model=Readings)
@@ -99,8 +110,7 @@ def _range(request: Request, start: str | None, end: str | None, default: timede
            most: timedelta) -> tuple[datetime, datetime]:
     t1 = parse_time(end, "to") or datetime.now(timezone.utc)
     t0 = parse_time(start, "from") or t1 - default
-    if t1 <= t0:
-        raise HTTPException(422, detail="`to` must be after `from`")
+    check_range(t0, t1)
     if t1 - t0 > most:
         raise HTTPException(422, detail=f"the range may span at most {most}; narrow `from`/`to`")
     return t0, t1
@@ -109,7 +119,8 @@ def _range(request: Request, start: str | None, end: str | None, default: timede
 @router.get("/api/mobile", response_model=list[Track])
 def mobile(request: Request, start: str | None = Query(None, alias="from"), end: str | None = Query(None, alias="to"),
            device: str | None = None, _: Principal = Depends(operator)) -> list[dict[str, Any]]:
-    """Drone and vehicle tracks with their samples (default: the last hour; at most 24 h)."""
+    """Drone and vehicle tracks with their samples (default: the last hour; at most 24 h).
+    `device` must match the device id pattern (config/ids.py; checked by center.guard: 400)."""
     t0, t1 = _range(request, start, end, timedelta(hours=1), MAX_TRACK_SPAN)
     fields = ("lat", "lon", "alt", "wind_dir", "wind_speed", *SPECIES)
     where = f"time >= {literal(rfc3339(t0))} AND time < {literal(rfc3339(t1))}"

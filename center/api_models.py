@@ -45,6 +45,7 @@ class AlertOut(_Out):
     updated_at: datetime
     resolved_at: datetime | None = None
     case_id: str | None = None
+    suppressed_by: str | None = None  # the approved filing (notify/filings.py) that explains it: no case
 
 
 class CaseSummary(_Out):
@@ -68,6 +69,9 @@ class CaseSummary(_Out):
     recommendation: str | None = None
     dismiss_reason: str | None = None
     version: int
+    notice_sent_at: datetime | None = None  # the notice starting the deadlines went to the outbox
+    notified_at: datetime | None = None  # its delivery was confirmed: the deadlines run from here
+    group_id: str | None = None  # held in a group of findings that share a cause (GET /api/groups)
 
 
 class CaseEvent(_Out):
@@ -124,6 +128,7 @@ class TicketOut(_Out):
     findings: str | None = None
     outcome: str | None = None
     evidence_digest: str | None = None
+    routed_to: str | None = None
     enterprise_id: str | None = None
     outlet_id: str | None = None
     problem: str | None = None
@@ -145,12 +150,36 @@ class CaseAction(BaseModel):
     """An operator's action on a case (see center/API.md for what each needs)."""
 
     action: Literal["acknowledge", "assign", "dismiss", "escalate", "note", "verify", "self_reported",
-                    "assess_pollution"]
+                    "assess_pollution", "route"]
+    officer: str | None = Field(None, description="route: the officer (from notify.officers) to send the ticket to")
     reason: str | None = Field(None, description="dismiss: why (required)")
     assignee: str | None = Field(None, description="assign: who (required)")
     priority: Literal["P1", "P2", "P3"] = Field("P2", description="escalate: ticket priority")
     text: str | None = Field(None, description="note: the note (required); assess_pollution: a remark")
     consequence: bool | None = Field(None, description="assess_pollution: did it cause pollution")
+
+
+class GroupOut(_Out):
+    """Findings that share a cause, held until a person confirms or dismisses them."""
+
+    id: str
+    kind: str
+    window_start: datetime
+    window_end: datetime
+    status: str  # pending | confirmed | dismissed
+    enterprises: int
+    stations: int
+    created_at: datetime
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    reason: str | None = None
+    cases: int | None = None
+    case_ids: list[str] | None = None
+
+
+class GroupAction(BaseModel):
+    action: Literal["confirm", "dismiss"]
+    reason: str | None = Field(None, description="dismiss: why (required)")
 
 
 class AttachmentIn(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, Select, func, or_, select
 
 from detect.store import alerts_table as alerts_t
-from notify import views, workflow
+from notify import filings, views, workflow
 from notify.store import as_utc, reading
 from notify.tables import CLOSED_STATES, case_alerts, case_events, notices
 from notify.tables import cases as cases_t
@@ -32,7 +32,7 @@ def _limit(n: int) -> int:
 def _alert_select() -> Select[Any]:
     case_id = (select(case_alerts.c.case_id).where(case_alerts.c.alert_id == alerts_t.c.id)
                .limit(1).scalar_subquery().label("case_id"))
-    return select(alerts_t, case_id)
+    return select(alerts_t, case_id, filings.suppressing_filing(alerts_t.c.id))
 
 
 def alert_dict(m: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def alerts_updated_since(engine: Engine, since: datetime, limit: int = 500) -> l
 def unprocessed_alerts(engine: Engine, limit: int = 500) -> list[dict[str, Any]]:
     """Open alerts not attached to any case yet: what the workflow still has to take in."""
     attached = select(case_alerts.c.alert_id).where(case_alerts.c.alert_id == alerts_t.c.id).exists()
-    q = (select(alerts_t).where(alerts_t.c.status == "open", ~attached)
+    q = (select(alerts_t).where(alerts_t.c.status == "open", ~attached, ~filings.suppressed(alerts_t.c.id))
          .order_by(alerts_t.c.window_end, alerts_t.c.id).limit(limit))
     with reading(engine).connect() as conn:
         return [alert_dict(m) for m in conn.execute(q).mappings()]

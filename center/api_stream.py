@@ -12,7 +12,8 @@ so that a browser reconnecting with Last-Event-ID misses nothing this instance s
 Each event has an audience. The center's subscribers get `center` events (every alert and case
 change). An enterprise gets only `enterprise` events of its own cases: the case as notify.views lets
 it see it, keyed by the last history event it may see, so an internal change (a ticket accepted, a
-note, findings) sends it nothing at all, not even that something happened.
+note, findings) sends it nothing at all, not even that something happened. Its own early warnings
+reach it as `warning` events (the same facts its notice topic gets).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import Engine
 
@@ -41,12 +43,13 @@ EVENT_BUFFER = 1000
 SEEN_KEYS = 20_000
 KEEPALIVE_S = 15.0
 POLL_OVERLAP = timedelta(seconds=10)  # re-read this far back: commits land out of clock order
+_EVENT_ID = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
     id: int
-    name: str  # alert | case
+    name: str  # alert | case | warning
     enterprise_id: str
     data: dict[str, Any]
     audience: str = "center"  # center | enterprise
@@ -110,6 +113,15 @@ class Broadcaster:
             mine = _case_data(views.case_summary_for("enterprise", case), enterprise_last)
             self.publish(("case:enterprise", case["id"], enterprise_last["seq"]), "case", case["enterprise_id"], mine,
                          audience="enterprise")
+        return sent
+
+    def warning(self, warning: dict[str, Any]) -> bool:
+        """One early warning (detect/warning.py) as a `warning` event: not an alert, never a case.
+        Addressed to its enterprise too (the same facts its notice topic gets)."""
+        key, data = ("warning", warning["id"], warning["status"], warning["level"]), {"change": warning["status"],
+                                                                                      "warning": warning}
+        sent = self.publish(key, "warning", warning["enterprise_id"], data)
+        self.publish(("warning:enterprise", *key[1:]), "warning", warning["enterprise_id"], data, audience="enterprise")
         return sent
 
     def alerts_changed(self, engine: Engine, ids: Iterable[str]) -> None:
@@ -219,14 +231,25 @@ def stream_user(request: Request, access_token: str | None = Query(
     return principal
 
 
+def last_event_id(request: Request) -> int | None:
+    """The `Last-Event-ID` a reconnecting browser sends: an event id we gave out (ASCII digits) or
+    nothing; 400 for anything else (str.isdigit() alone would take '²', which int() refuses)."""
+    last = request.headers.get("last-event-id", "").strip()
+    if not last:
+        return None
+    if not _EVENT_ID.fullmatch(last):
+        raise HTTPException(400, detail=f"Last-Event-ID {last[:40]!r} is not an event id (1-18 ASCII digits); "
+                                        "reconnect without it to get new events only")
+    return int(last)
+
+
 @router.get("/api/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
-                             "description": "events `alert` and `case`, see center/API.md"}})
+                             "description": "events `alert`, `case` and `warning`, see center/API.md"}})
 async def stream(request: Request, principal: Principal = Depends(stream_user)) -> StreamingResponse:
     """Server-sent events of new and changed alerts and cases (an enterprise: its own cases, as it may see them)."""
     broadcaster: Broadcaster = request.app.state.broadcaster
-    last = request.headers.get("last-event-id")
-    queue, backlog = broadcaster.subscribe(int(last) if last and last.isdigit() else None)
+    queue, backlog = broadcaster.subscribe(last_event_id(request))
     return StreamingResponse(_events(broadcaster, queue, backlog, principal.scope), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

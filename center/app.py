@@ -22,8 +22,10 @@ from pydantic import BaseModel
 from sqlalchemy import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from center import api_admin, api_cases, api_data, api_stream, api_tickets, apidocs, health
+from center import (api_admin, api_cases, api_data, api_desk, api_filings, api_stream, api_tickets, api_warnings,
+                    apidocs, health)
 from center import metrics as metrics_api
+from center import guard
 from center.api_models import AnswerIn
 from center.api_stream import Broadcaster, StorePoller
 from center.auth import FailedAuthLimiter, UserTable
@@ -67,8 +69,11 @@ def create_app(settings: Settings, engine: Engine, *, influx: Influx | None = No
     st.is_leader = is_leader
     st.instance_id = instance_id or settings.center.instance_id or socket.gethostname()
     st.ingest_subscribed = (lambda: ingest.wait_subscribed(0)) if ingest is not None else None
+    st.ingest_problem = ingest.problem if ingest is not None else None
     st.metrics = metrics or Metrics(engine, ingest.counters if ingest is not None else None, is_leader)
-    for module in (api_admin, api_cases, api_tickets, api_data, api_stream, health, metrics_api):
+    guard.install(app, settings.center.max_body_bytes)  # before the routers: it adds a dependency to each
+    for module in (api_admin, api_cases, api_tickets, api_desk, api_filings, api_data, api_stream, api_warnings, health,
+                   metrics_api):
         app.include_router(module.router)
     extra_schemas(app, [AnswerIn])
     apidocs.mount(app)

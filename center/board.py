@@ -1,11 +1,13 @@
-"""The board: the monitoring center's live page, served by the API's own app.
+"""The board, the enterprise portal and the officer desk: the three screens, served by the API's own app.
 
-    mount(app)   # create_app calls it: GET / (the page), /static/... (JS, CSS, i18n), /board/pollutants
+    mount(app)   # create_app calls it: GET / (the board and the sign-in for everyone), /portal (enterprises),
+                 # /desk (officers), /static/... (JS, CSS, i18n), /board/pollutants
 
-The page is static (center/static/): it authenticates with the operator's token against the JSON
-API (center/API.md) and follows GET /api/stream. Nothing is fetched from outside the service, as
-the center's machines have no internet. The only board-specific data is the pollutant name table,
-which is public reference data and so needs no token.
+The pages are static (center/static/): they authenticate with the user's token against the JSON
+API (center/API.md), which decides what each role sees; the board follows GET /api/stream. The
+sign-in on / sends an enterprise token to /portal and an officer token to /desk. Nothing is
+fetched from outside the service, as the center's machines have no internet. The only data outside
+the API is the pollutant name table, which is public reference data and so needs no token.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ router = APIRouter(tags=["board"], include_in_schema=False)
 @router.get("/board")
 def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers=NO_STALE)
+
+
+@router.get("/portal")
+def portal() -> FileResponse:
+    return FileResponse(STATIC / "portal.html", headers=NO_STALE)
+
+
+@router.get("/desk")
+def desk() -> FileResponse:
+    return FileResponse(STATIC / "desk.html", headers=NO_STALE)
 
 
 @router.get("/board/pollutants")

@@ -22,7 +22,9 @@ deadletters_app = typer.Typer(no_args_is_help=True, help="Payloads that were rej
 alerts_app = typer.Typer(no_args_is_help=True, help="Alerts raised by the detectors")
 broker_app = typer.Typer(no_args_is_help=True, help="Mosquitto accounts, ACL and TLS for envwatch")
 evidence_app = typer.Typer(no_args_is_help=True, help="Evidence packages of enforcement tickets")
+filings_app = typer.Typer(no_args_is_help=True, help="Filings ahead (停产/检修/标定报备): list, approve, reject")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(filings_app, name="filings")
 app.add_typer(broker_app, name="broker")
 app.add_typer(evidence_app, name="evidence")
 
@@ -248,11 +250,65 @@ def demo(
     config: ConfigOpt = Path("config/examples/demo-city.yaml"),
     speedup: Annotated[float, typer.Option(help="simulated seconds per real second while catching up (0: as fast as possible)")] = 0.0,
     seconds: Annotated[Optional[float], typer.Option(help="stop after this many real seconds")] = None,
+    days_back: Annotated[int, typer.Option(min=1, help="catch up from China midnight this many days ago")] = 1,
 ) -> None:
     """Start local services, the whole service and the simulator with injected problems; open the board."""
     from center.demo import run
 
-    run(settings_or_exit(config), speedup=speedup, seconds=seconds)
+    run(settings_or_exit(config), speedup=speedup, seconds=seconds, days_back=days_back)
+
+
+@filings_app.command("list")
+def filings_list(config: ConfigOpt = None,
+                 status: Annotated[Optional[str], typer.Option(help="pending | approved | rejected")] = None,
+                 enterprise: Annotated[Optional[str], typer.Option()] = None) -> None:
+    """List filings, newest first, with their phase (pending, scheduled, active, expired, rejected)."""
+    from datetime import datetime, timezone
+
+    from rich.table import Table
+
+    from notify import filings
+    from notify.cli import _engine, local
+
+    now = datetime.now(timezone.utc)
+    table = Table(title="报备 (filings), 北京时间")
+    for col in ("id", "enterprise", "outlet", "kind", "start", "end", "phase", "after the fact", "suppressed",
+                "filed by", "decided by", "reason"):
+        table.add_column(col)
+    for f in filings.list_filings(_engine(config), None, status=status, enterprise=enterprise):
+        table.add_row(f["id"], f["enterprise_id"], f["outlet_id"], f["kind"], local(f["start"]), local(f["end"]),
+                      filings.phase(f, now), "补报 yes" if f["after_the_fact"] else "", str(f["suppressed_alerts"]),
+                      f["filed_by"], f["decided_by"] or "", f["reason"])
+    Console().print(table)
+
+
+def _decide(filing_id: str, approve: bool, by: str, note: str, config: Path | None) -> None:
+    from datetime import datetime, timezone
+
+    from notify import filings
+    from notify.cli import _engine
+
+    try:
+        f = filings.decide(_engine(config), filing_id, approve, f"center:{by}", note, datetime.now(timezone.utc))
+    except (filings.FilingError, filings.FilingConflict, filings.FilingNotFound) as exc:
+        err.print(f"[red]filing {filing_id}: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    Console().print(f"filing {f['id']}: {f['status']} by {f['decided_by']}")
+
+
+@filings_app.command("approve")
+def filings_approve(filing_id: str, by: Annotated[str, typer.Option("--by", help="who decides")] = "center",
+                    note: str = "", config: ConfigOpt = None) -> None:
+    """Approve a pending filing: the findings its period explains open no case."""
+    _decide(filing_id, True, by, note, config)
+
+
+@filings_app.command("reject")
+def filings_reject(filing_id: str, note: Annotated[str, typer.Option(help="why (required)")],
+                   by: Annotated[str, typer.Option("--by", help="who decides")] = "center",
+                   config: ConfigOpt = None) -> None:
+    """Reject a pending filing, saying why."""
+    _decide(filing_id, False, by, note, config)
 
 
 if __name__ == "__main__":

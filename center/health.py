@@ -2,7 +2,8 @@
 
 Readiness asks each dependency itself, with a short timeout, rather than trusting a client's
 state: the broker gets a TCP connection (plus whether this instance's ingest is subscribed), InfluxDB
-its /ping, the case store a `SELECT 1`. Any failing check makes the answer 503, naming it.
+its /ping, the case store a `SELECT 1`, this instance's ingest whether its disk takes writes and
+its threads live. Any failing check makes the answer 503, naming it.
 
 The details (addresses, versions, driver messages, the instance and its leadership) are for
 operators: without a token, or with another role's, /readyz says only whether the service is ready.
@@ -52,6 +53,14 @@ def check_influx(settings: Settings) -> Check:
     return Check(ok=True, detail=f"InfluxDB {url} up (version {r.headers.get('X-Influxdb-Version', '?')})")
 
 
+def check_ingest(problem: Callable[[], str | None]) -> Check:
+    """This instance's ingest worker: not ready while its disk refuses writes or a thread died."""
+    why = problem()
+    if why is not None:
+        return Check(ok=False, detail=f"ingest paused: {why}"[:500])
+    return Check(ok=True, detail="ingest taking messages")
+
+
 def check_store(engine: Engine) -> Check:
     where = engine.url.render_as_string(hide_password=True)
     try:
@@ -80,6 +89,8 @@ def readyz(request: Request, who: Principal | None = Depends(optional_user)) -> 
     st = request.app.state
     checks = {"broker": check_broker(st.settings, st.ingest_subscribed), "influxdb": check_influx(st.settings),
               "store": check_store(st.engine)}
+    if getattr(st, "ingest_problem", None) is not None:
+        checks["ingest"] = check_ingest(st.ingest_problem)
     ready = all(c.ok for c in checks.values())
     body: Ready | ReadyPublic = (Ready(ready=ready, instance=st.instance_id, leader=_leader(request), checks=checks)
                                  if who is not None and who.role == "operator"

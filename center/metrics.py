@@ -8,6 +8,8 @@ Ingest (this instance's worker, from Ingest.counters(); absent when the app runs
     envwatch_ingest_dead_letters_total{reason}  payloads kept as dead letters, by reason
     envwatch_ingest_events_total{kind}          station events and mobile fixes, by kind
     envwatch_ingest_buffer_depth                lines waiting in the disk buffer
+    envwatch_ingest_disk_errors_total           failed writes to the buffer / dead-letter files
+    envwatch_ingest_disk_paused                 1 while the disk refuses writes (acks paused)
 Detection (timed by this instance's scheduler; lag read from the shared store):
     envwatch_detect_job_duration_seconds{job}   histogram of scheduled runs
     envwatch_detect_job_failures_total{job}     runs that raised
@@ -49,7 +51,8 @@ JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _INGEST_COUNTERS = (("messages_in", "messages", "MQTT messages received"),
                     ("acked", "acked", "messages committed and acknowledged"),
                     ("readings_written", "readings_written", "lines InfluxDB accepted"),
-                    ("influx_retries", "influx_retries", "failed InfluxDB write attempts"))
+                    ("influx_retries", "influx_retries", "failed InfluxDB write attempts"),
+                    ("disk_errors", "disk_errors", "failed writes to the buffer or dead-letter files"))
 
 
 class Metrics:
@@ -115,6 +118,9 @@ def _ingest(c: dict[str, Any]) -> Iterator[Metric]:
     depth = GaugeMetricFamily("envwatch_ingest_buffer_depth", "lines waiting in the disk buffer")
     depth.add_metric([], float(c.get("buffer_depth", 0)))
     yield depth
+    paused = GaugeMetricFamily("envwatch_ingest_disk_paused", "1 while the disk refuses writes (acks paused)")
+    paused.add_metric([], float(c.get("disk_paused", 0)))
+    yield paused
 
 
 def _store(engine: Engine) -> Iterator[Metric]:

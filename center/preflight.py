@@ -10,6 +10,7 @@ up`) or fix influxdb.url". The same checks can back the readiness endpoint.
 
 from __future__ import annotations
 
+import logging
 import socket
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from sqlalchemy.engine import make_url
 from config.schema import BrokerSettings, InfluxSettings, Settings
 
 START_HINT = "start it (`envwatch services up`)"
+log = logging.getLogger("envwatch.preflight")
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,13 @@ def _why(exc: BaseException) -> str:
 
 
 def check_broker(broker: BrokerSettings, timeout_s: float = 5.0) -> Problem:
-    """TCP to broker.host:port, then an MQTT CONNECT with the configured credentials and TLS."""
-    from ingest.mqtt import MQTTConfigError, check_connect
+    """TCP to broker.host:port, then an MQTT CONNECT with the configured credentials and TLS.
+
+    Also reads the broker's version ($SYS/broker/version) and logs a warning, repeated in the
+    detail, when the configured subscription would lose readings on it.
+    """
+    from ingest.mqtt import (CHECK, MQTTConfigError, connection_id, per_connection_login, probe,
+                             shared_subscription_warning)
 
     where = f"MQTT broker at {broker.host}:{broker.port}"
     try:
@@ -69,15 +76,21 @@ def check_broker(broker: BrokerSettings, timeout_s: float = 5.0) -> Problem:
         return Problem("broker", False, f"{where} not reachable ({_why(exc)}): {START_HINT} "
                                         "or fix broker.host / broker.port")
     try:
-        reason = check_connect(broker, timeout_s)
+        reason, version = probe(broker, timeout_s)
     except MQTTConfigError as exc:
         return Problem("broker", False, f"{where}: {exc}")
     if reason is None:
-        return Problem("broker", True, f"{where}: connected as {broker.username or 'anonymous'}"
-                                       f"{' over TLS' if broker.tls else ''}")
+        who = connection_id(broker, CHECK) if per_connection_login(broker) else broker.username or "anonymous"
+        detail = f"{where} ({version or 'version not published'}): connected as {who}{' over TLS' if broker.tls else ''}"
+        warning = shared_subscription_warning(broker, version)
+        if warning:
+            log.warning("%s", warning)
+            detail += f"; WARNING: {warning}"
+        return Problem("broker", True, detail)
     if "authoriz" in reason or "user name or password" in reason:
         hint = ("check broker.username / broker.password and the broker's password file "
-                "(`envwatch broker acl` writes it)")
+                "(`envwatch broker acl` writes it; with account_per_connection each connection logs "
+                "in as its client id)")
     elif "SSL" in reason or "CERTIFICATE" in reason or "CONNACK" in reason:
         hint = "check broker.tls (ca_file, cert_file, key_file) and whether this port speaks TLS"
     else:

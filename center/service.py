@@ -12,6 +12,8 @@ What runs, in order of start:
     answers        enterprise answers over MQTT -> workflow.answer (every instance; idempotent)
     lease          leadership (center/lease.py); the leader alone runs the three loops of
                    center/service_loops.py: detection, case workflow, outbox
+    warnings       the early warning (detect/warning.py) on the ingest's written topic; every
+                   instance keeps its state, the leader alone stores and sends warnings
     http           uvicorn serving center.app.create_app on center.host:center.port
 
 Running two instances on one PostgreSQL store: give each its own broker.client_id and
@@ -73,9 +75,12 @@ def prepare_store(engine: Engine) -> None:
     from detect.store import AlertStore
     from notify.store import migrate
 
+    from detect.warning import create_tables as create_warning_tables
+
     if engine.dialect.name != "postgresql":
         migrate(engine)
         AlertStore(engine).create()
+        create_warning_tables(engine)
         return
     from center.lease import lock_key
 
@@ -85,6 +90,7 @@ def prepare_store(engine: Engine) -> None:
         try:
             migrate(engine)
             AlertStore(engine).create()
+            create_warning_tables(engine)
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key(MIGRATION_LOCK)})
             conn.commit()
@@ -132,6 +138,7 @@ class Service:
         self._start_answers()
         self.lease = lease_for(s.store_url(), s.center.lease_ttl_s)
         self._start_loops()
+        self._start_warnings()
         self.lease.start()
         self._closers.append(("lease", self.lease.stop))
         self._start_http()
@@ -141,19 +148,28 @@ class Service:
     def _start_answers(self) -> None:
         from notify.answers_mqtt import AnswerSubscriber
 
-        sub = AnswerSubscriber(self.settings, on_answer=self._on_answer)
+        sub = AnswerSubscriber(self.settings, on_answer=self._on_answer, on_invalid=self._on_invalid_answer)
         self._closers.append(("answers", sub.close))
+
+    def _on_invalid_answer(self, topic: str, payload: bytes, why: str) -> None:
+        """An answer that is malformed or refused: kept byte-exact as a dead letter with why
+        (`envwatch deadletters list --reason invalid_answer`)."""
+        from ingest.deadletter import DeadLetter
+
+        log.warning("answer on %s refused: %s", topic, why)
+        if self.ingest.deadletters is not None:
+            self.ingest.deadletters.add(DeadLetter(topic, "invalid_answer", why, payload))
 
     def _on_answer(self, a: Any) -> None:
         from notify import workflow
+        from notify.answers_mqtt import InvalidAnswer
 
         try:
             result = workflow.answer(self.engine, self.settings, a.enterprise_id, a.case_id, a.type, a.text,
                                      a.attachments, a.answer_id, a.received_at)
         except workflow.AnswerError as exc:
-            # Acked anyway: resending will not make it valid. The enterprise sees no state change.
-            log.warning("answer %s from %s refused: %s", a.answer_id, a.enterprise_id, exc)
-            return
+            # Acked and kept as a dead letter: resending will not make it valid. No state change.
+            raise InvalidAnswer(f"answer {a.answer_id} refused: {exc}") from exc
         log.info("answer %s from %s: %s", a.answer_id, a.enterprise_id, result.get("status"))
         self.broadcaster.cases_changed(self.engine, [a.case_id], self._names())
 
@@ -185,6 +201,22 @@ class Service:
         for lp in loops:
             lp.start()
             self._closers.append((lp.name, lp.stop))
+
+    def _start_warnings(self) -> None:
+        """The early warning: fed by the ingest's written messages; only the leader emits."""
+        if not self.settings.detect.warning.enabled:
+            return
+        from detect.source import ReadingSource
+        from detect.warning import WarningEngine
+
+        def broadcast(changes: list[dict[str, Any]]) -> None:
+            for w in changes:
+                self.broadcaster.warning(w)
+
+        engine = WarningEngine(self.settings, self.engine, source=ReadingSource(self.influx), on_change=broadcast,
+                               is_leader=self.lease.is_leader)
+        engine.start()
+        self._closers.append(("warnings", engine.stop))
 
     def _on_alerts(self, payload: list[dict[str, Any]]) -> None:
         """The runner stored changed alerts: tell MQTT, the live board, and the workflow loop."""

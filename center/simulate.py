@@ -39,6 +39,9 @@ Kinds and params (defaults in brackets):
     flag_abuse             fraction [0.7] of minutes flagged M or D (pollutant, or all), plant running
     multivariate_anomaly   pollutant [a21002] held at level [0.85] x limit independent of load,
                            SO2 decoupled (anti-correlated with load); every value stays under the limit
+    data_revision          the station's minute (and whole-hour) packets of [start, end) are sent again
+                           after [1h] past the end with pollutant values x factor [0.5] (a station
+                           rewriting its history); truth window = the hour the re-send is received
     hotspot                device crosses, back and forth, the plume of params.enterprise at
                            distance_m [300] downwind; pollutant species [voc] x factor [8] at the
                            plume axis (Gaussian, sigma_m [120]), other species 30 % of that rise
@@ -90,7 +93,7 @@ TYPICAL = {"a34013": 5.0, "a21026": 20.0, "a21002": 40.0, "a21005": 30.0, "a2100
 SPECIES = ("voc", "pm25", "pm10", "no2", "so2", "o3", "co")
 KINDS = frozenset({"exceedance", "daily_exceedance", "insufficient_valid_data", "offline", "constant_value",
                    "zero_while_operating", "negative_value", "o2_anomaly", "flag_abuse",
-                   "multivariate_anomaly", "hotspot"})
+                   "multivariate_anomaly", "hotspot", "data_revision"})
 HJ75_VALID_MINUTES = 45  # an hour with fewer valid minutes is not a valid hourly value
 DEFAULT_CENTRE = (36.6512, 116.9972)
 M_PER_DEG = 111_200.0
@@ -257,6 +260,9 @@ def truth_records(settings: Settings, events: Iterable[Event], seed: int = 1) ->
         daily = ev.kind == "daily_exceedance"
         ws = china_day_floor(ev.start) if daily else floor_to(ev.start, HOUR)
         we = china_day_ceil(ev.end) if daily else ceil_to(ev.end, HOUR)
+        if ev.kind == "data_revision":  # found in the hour the re-send arrives (detect/revision.py)
+            ws = floor_to(_resend_at(ev), HOUR)
+            we = ws + HOUR
         rec: dict[str, Any] = {"kind": ev.kind, "enterprise_id": None, "outlet_id": None, "station_mn": ev.station,
                                "pollutant": ev.pollutant, "window_start": iso_z(ws), "window_end": iso_z(we),
                                "device": ev.device, "lat": None, "lon": None,
@@ -670,6 +676,37 @@ def _station_hour(sim: _StationSim, hour: datetime, events: list[Event],
     if minutes and win[0] <= hour and sent_at <= win[1] and not offline:
         values = _hour_values(sim, [v for _, v in minutes])
         out.append((sim.topic, station_payload(sim, "2061", hour, sent_at, values), sent_at))
+    for ev in events:
+        if ev.kind == "data_revision" and ev.station == sim.mn and hour <= _resend_at(ev) < hour + HOUR:
+            out += _resend(sim, ev, events, win)
+    return out
+
+
+def _resend_at(ev: Event) -> datetime:
+    return ev.end + parse_duration(ev.params.get("after", "1h"))
+
+
+def _resend(sim: _StationSim, ev: Event, events: list[Event], win: tuple[datetime, datetime]) -> list[Emitted]:
+    """A data_revision event's re-send: the event's minutes (and whole hours) again, its pollutant scaled."""
+    at = _resend_at(ev)
+    if not win[0] <= at < win[1]:
+        return []
+    factor = float(ev.params.get("factor", 0.5))
+
+    def scaled(values: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {c: ({k: (v if isinstance(v, str) else round(v * factor, 3)) for k, v in f.items()}
+                    if c == ev.pollutant or ev.pollutant is None else f) for c, f in values.items()}
+
+    out: list[Emitted] = []
+    hour = floor_to(ev.start, HOUR)
+    while hour < ev.end:
+        h = _simulate_hour(sim, hour, events)
+        minutes = [(i, _minute_values(sim, h, i)) for i in range(60) if h.sent[i]]
+        out += [(sim.topic, station_payload(sim, "2051", h.minutes[i], at, scaled(v)), at)
+                for i, v in minutes if ev.active(h.minutes[i])]
+        if minutes and ev.start <= hour and hour + HOUR <= ev.end:
+            out.append((sim.topic, station_payload(sim, "2061", hour, at, scaled(_hour_values(sim, [v for _, v in minutes]))), at))
+        hour += HOUR
     return out
 
 

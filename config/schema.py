@@ -41,8 +41,36 @@ class BrokerSettings(_Model):
     tls: TLSSettings | None = None
     # Topic layout; {mn} / {device} / {enterprise} are filled in per station, device, enterprise.
     topic_prefix: str = "envwatch"
-    # Shared-subscription group: workers with the same group split the stream between them.
-    shared_group: str | None = "envwatch-ingest"
+    # Shared-subscription group: workers with the same group split the stream between them. Off by
+    # default: Mosquitto (1.x, 2.0, 2.1's file persistence) does not save shared subscriptions, so
+    # readings published after a broker restart and before the workers re-subscribe are lost.
+    shared_group: str | None = None
+    # Scale-out that survives a broker restart: worker `partition` of `partitions` subscribes
+    # (plain, persistent) to the topics of its share of the registry's stations and devices.
+    partitions: Annotated[int, Field(ge=1, le=64)] = 1
+    partition: Annotated[int, Field(ge=0)] = 0
+    # True (what `envwatch broker acl` generates, with use_username_as_clientid): each connection
+    # logs in as its own account named after its client id ({client_id}, {client_id}-answers, ...)
+    # with broker.password, so no other account can take its session. False: every connection
+    # logs in as broker.username (a broker configured by hand).
+    account_per_connection: bool = True
+    # Client ids of every envwatch instance and ingest worker on this broker (each runs with its
+    # own client_id); `envwatch broker acl` makes accounts for these and for client_id.
+    instances: list[str] = Field(default_factory=list)
+    # Largest MQTT packet the broker accepts (Mosquitto max_packet_size); an HJ 212 frame is <10 KB.
+    max_message_bytes: Annotated[int, Field(ge=1024, le=268_435_455)] = 256 * 1024
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "BrokerSettings":
+        if self.partition >= self.partitions:
+            raise ValueError(f"partition {self.partition} is not below partitions {self.partitions}")
+        if self.partitions > 1 and self.shared_group:
+            raise ValueError("use either partitions or shared_group, not both")
+        if self.account_per_connection and self.username and self.username != self.client_id:
+            raise ValueError(f"with account_per_connection each connection logs in as its client id "
+                             f"({self.client_id!r}, {self.client_id}-answers, ...): leave username unset "
+                             f"(or equal to client_id), or set account_per_connection: false")
+        return self
 
 
 class InfluxSettings(_Model):
@@ -71,6 +99,11 @@ class IngestSettings(_Model):
     accept_unknown_stations: bool = False
     # Decode in a child process (ingest/offload.py): one worker then uses two cores.
     decode_process: bool = False
+    # A dead letter keeps at most this prefix of an oversized payload, with its size and SHA-256.
+    deadletter_max_bytes: Annotated[int, Field(ge=256)] = 64 * 1024
+    # Parts of incomplete split packets one station may have held (unacked) at a time; beyond
+    # that its oldest incomplete packet is dead-lettered (incomplete_split).
+    split_parts_per_station: Annotated[int, Field(ge=1)] = 64
 
 
 class Limit(_Model):
@@ -152,6 +185,7 @@ class Enterprise(_Model):
     id: str = Field(min_length=1)
     name: str
     industry: str = ""
+    district: str = ""  # administrative district (区/县): what tickets may be routed by
     positive_list: bool = False
     emergency_grade: Grade = "C"
     lat: Annotated[float, Field(ge=-90, le=90)] | None = None
@@ -210,8 +244,18 @@ class DetectOverride(_Model):
     params: dict[str, Any]
 
 
+class WarningSettings(_Model):
+    """Early warning (detect/warning.py): an hour's or day's exceedance told before it closes."""
+
+    enabled: bool = True
+    # Also warn "likely" once this many valid minutes (by the hourly rule's count) have a mean above
+    # the limit; None: only certain warnings.
+    likely_after_minutes: Annotated[int, Field(ge=1, le=60)] | None = None
+
+
 class DetectSettings(_Model):
     detectors: dict[str, DetectorSettings] = Field(default_factory=dict)
+    warning: WarningSettings = Field(default_factory=WarningSettings)
     overrides: list[DetectOverride] = Field(default_factory=list)
     # Seconds after a window closes before it is first evaluated (lets late minutes arrive).
     settle_s: Annotated[int, Field(ge=0)] = 300
@@ -220,7 +264,7 @@ class DetectSettings(_Model):
     # A dask.distributed scheduler ("tcp://host:8786") to spread detector runs and model fits over
     # (detect/parallel.py); unset: everything runs in this process.
     cluster: str | None = None
-    # Re-evaluate only the windows late data touched, told by ingest's markers (ingest/written.py),
+    # Re-evaluate only the windows late data touched, told by ingest's markers (ingest/late.py),
     # instead of every recent window every reevaluate_every_s. For a service whose data all comes
     # through envwatch's ingest (anything written around it is not seen as late data).
     incremental: bool = False
@@ -233,6 +277,10 @@ class Officer(_Model):
     name: str
     email: str | None = None
     mqtt_password: SecretStr | None = None  # MQTT account (username = officer id) to receive tickets
+    # What this officer covers, for notify.ticket_routing: districts, enterprise ids, industries.
+    districts: list[str] = Field(default_factory=list)
+    enterprises: list[str] = Field(default_factory=list)
+    industries: list[str] = Field(default_factory=list)
 
 
 class SMTPSettings(_Model):
@@ -252,8 +300,71 @@ class EscalationSettings(_Model):
     severe_factor: Annotated[float, Field(gt=1)] = 2.0  # exceedance by this factor: immediate
     # Falsification patterns escalate at once: they are not something to "rectify".
     immediate_kinds: list[str] = Field(
-        default_factory=lambda: ["constant_value", "zero_while_operating", "o2_anomaly", "flag_abuse"])
+        default_factory=lambda: ["constant_value", "zero_while_operating", "o2_anomaly", "flag_abuse",
+                                 "data_revision"])
     recurrence_escalates: bool = True
+
+
+class AnswerLimits(_Model):
+    """What one enterprise answer may carry, over HTTP and MQTT alike; beyond it the answer is refused."""
+
+    max_text_chars: Annotated[int, Field(ge=1)] = 10_000
+    max_attachments: Annotated[int, Field(ge=0)] = 5
+    max_attachment_bytes: Annotated[int, Field(ge=1)] = 10 * 1024 * 1024
+    max_total_bytes: Annotated[int, Field(ge=1)] = 20 * 1024 * 1024
+
+
+class ReminderSettings(_Model):
+    """Reminders to the enterprise before a deadline falls due; 0 turns one off."""
+
+    acknowledge_before_hours: Annotated[float, Field(ge=0)] = 1
+    rectification_before_hours: Annotated[float, Field(ge=0)] = 12
+
+
+class GroupingSettings(_Model):
+    """Findings that share a cause (many stations short of data in the same window) become one
+    grouped item for the center, and send no enterprise notice until a person confirms them."""
+
+    enabled: bool = True
+    kinds: list[str] = Field(default_factory=lambda: ["insufficient_valid_data", "offline"])
+    min_enterprises: Annotated[int, Field(ge=2)] = 5  # ... distinct enterprises in one window and kind
+    min_station_share: Annotated[float, Field(gt=0, le=1)] = 0.3  # ... or this share of all stations
+
+
+class FormalNoticeSettings(_Model):
+    """What makes a notice a formal 通知: issuer, document number, legal basis, contact."""
+
+    authority: str = "生态环境局"
+    authority_en: str = "Ecology and Environment Bureau"
+    number_prefix: str = "环监通"  # the number reads {prefix}〔{year}〕第{seq:04d}号
+    contact: str = ""
+    contact_en: str = ""
+    # Legal basis by notice problem (alert kind) or industry, most specific first: kind, industry,
+    # then `default`. Texts as they are to be quoted.
+    legal_basis: dict[str, str] = Field(default_factory=lambda: {
+        "default": "《中华人民共和国环境保护法》第四十二条、《中华人民共和国大气污染防治法》第二十四条及排污许可证",
+        "exceedance": "《中华人民共和国大气污染防治法》第十八条、第九十九条及排污许可证载明的排放限值",
+        "daily_exceedance": "《中华人民共和国大气污染防治法》第十八条、第九十九条及排污许可证载明的排放限值",
+    })
+    legal_basis_en: dict[str, str] = Field(default_factory=lambda: {
+        "default": "Environmental Protection Law of the PRC, art. 42; Air Pollution Prevention and Control Law, "
+                   "art. 24; the discharge permit",
+        "exceedance": "Air Pollution Prevention and Control Law of the PRC, arts. 18 and 99; the limits in the "
+                      "discharge permit",
+        "daily_exceedance": "Air Pollution Prevention and Control Law of the PRC, arts. 18 and 99; the limits in "
+                            "the discharge permit",
+    })
+
+
+class FilingSettings(_Model):
+    """Filings ahead (停产/检修/标定报备, notify/filings.py)."""
+
+    # Longest period one filing may cover; a longer stop is filed again (and approved again).
+    max_days: Annotated[float, Field(gt=0)] = 31
+    # How far back a filing made after the fact may reach (it is flagged as such either way).
+    max_back_days: Annotated[float, Field(ge=0)] = 7
+    # Largest attachment (a plan, a work order) one filing may carry.
+    max_attachment_bytes: Annotated[int, Field(gt=0)] = 20 * 1024 * 1024
 
 
 class NotifySettings(_Model):
@@ -269,6 +380,17 @@ class NotifySettings(_Model):
     smtp: SMTPSettings | None = None
     officers: list[Officer] = Field(default_factory=list)
     webhook_max_attempts: Annotated[int, Field(ge=1)] = 20
+    answers: AnswerLimits = AnswerLimits()
+    reminders: ReminderSettings = ReminderSettings()
+    # How escalation picks the ticket's officer: the first officer (in list order) whose districts,
+    # enterprises or industries cover the case's enterprise; else `default_officer`, else the first.
+    ticket_routing: Literal["district", "enterprise", "industry"] = "district"
+    default_officer: str | None = None
+    grouping: GroupingSettings = GroupingSettings()
+    formal: FormalNoticeSettings = FormalNoticeSettings()
+    # A ticket notice waits this long for its evidence package; then it goes without (saying so).
+    evidence_wait_s: Annotated[int, Field(ge=0)] = 600
+    filings: FilingSettings = FilingSettings()
 
 
 # A token is the only thing between the internet and a role: long enough that guessing it, even at the
@@ -314,6 +436,9 @@ class CenterSettings(_Model):
     users: list[User] = Field(default_factory=list)
     language: Literal["zh-CN", "en"] = "zh-CN"
     log_json: bool = False
+    # Largest HTTP request body (413 beyond it, refused before it is read into memory). JSON answers
+    # carry attachments in base64 (4/3 of their size): keep this above notify.answers.max_total_bytes * 4/3.
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     # Only one instance runs scheduled detection and the outbox: it holds a lease renewed this often.
     lease_ttl_s: Annotated[int, Field(ge=3, le=300)] = 15
     instance_id: str | None = None
@@ -338,6 +463,14 @@ class Settings(_Model):
     notify: NotifySettings = NotifySettings()
     center: CenterSettings = CenterSettings()
     registry: Registry = Registry()
+
+    @model_validator(mode="after")
+    def _partitions_see_every_publisher(self) -> "Settings":
+        # A partitioned worker subscribes only to registered stations' and devices' topics.
+        if self.broker.partitions > 1 and self.ingest.accept_unknown_stations:
+            raise ValueError("broker.partitions > 1 subscribes to registered stations only: "
+                             "ingest.accept_unknown_stations must be false")
+        return self
 
     def store_url(self) -> str:
         if self.store.url is not None:

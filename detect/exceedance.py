@@ -130,14 +130,10 @@ class DailyExceedance(_HourlyBased):
         first = next(rows.itertuples(index=False))
         limit = lookup.outlets[(first.enterprise, first.outlet)].limits[first.pollutant]
         p = self.params_for(first.enterprise, first.outlet, first.pollutant)
-        valid = rows[(rows["valid_minutes"] >= p["min_valid_minutes"]) & np.isfinite(rows["mean"].astype(float))]
+        valid = valid_hours(rows, p)
         if limit.daily is None or len(valid) < p["min_valid_hours"]:
             return None
-        weights = valid["weight"].astype(float)
-        if weights.notna().all() and weights.sum() > 0:
-            mean, basis = float((valid["mean"] * weights).sum() / weights.sum()), "flow_weighted_hours"
-        else:
-            mean, basis = float(valid["mean"].mean()), "mean_of_valid_hours"
+        mean, basis = day_mean(valid)
         if mean <= limit.daily:
             return None
         ev = {"basis": basis, "valid_hours": len(valid), "min_valid_hours": p["min_valid_hours"],
@@ -208,6 +204,19 @@ def _groups(table: pd.DataFrame, keep: pd.Series) -> Iterator[pd.DataFrame]:
     if table.empty:
         return
     yield from (rows for _, rows in table[keep].groupby(["mn", "pollutant"], sort=True))
+
+
+def valid_hours(rows: pd.DataFrame, p: dict[str, Any]) -> pd.DataFrame:
+    """The hourly rows (detect/hourly.py) that count towards a daily mean: enough valid minutes, a mean."""
+    return rows[(rows["valid_minutes"] >= p["min_valid_minutes"]) & np.isfinite(rows["mean"].astype(float))]
+
+
+def day_mean(valid: pd.DataFrame) -> tuple[float, str]:
+    """The daily mean of valid hours and its basis: flow-weighted when every hour has a flow weight."""
+    weights = valid["weight"].astype(float)
+    if weights.notna().all() and weights.sum() > 0:
+        return float((valid["mean"] * weights).sum() / weights.sum()), "flow_weighted_hours"
+    return float(valid["mean"].mean()), "mean_of_valid_hours"
 
 
 def one_per_outlet(alerts: list[Alert], worst: str = "max") -> list[Alert]:

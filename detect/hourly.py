@@ -7,7 +7,9 @@ pollutant, UTC hour) for the whole hours of the window:
 
 Rules, in the order they are applied:
 - Valid minute: flag N. A channel that carries no flag at all within the hour (HJ/T 212-2005
-  loggers) counts every minute as valid: absence of a flag is not a mark of invalidity.
+  loggers) counts every minute as valid: absence of a flag is not a mark of invalidity. A value
+  outside its pollutant's plausible range never counts: the ingest stores it as
+  `<field>_implausible`, not in avg/zs_avg (ingest/schema.py), so neither path below reads it.
   A stopped minute: flag F. Other flags (M, S, D, C, T, B, P) are neither.
 - Valid minutes = valid readings x the station's reporting interval, at most 60. The interval is
   the smallest positive spacing of the station's readings in that hour, snapped down to 1, 2, 5,
@@ -158,9 +160,17 @@ def _slow_rows(source: ReadingSource, lookup: Lookup, window: Window, exp: pd.Da
     m = source.minutes(window, mns=mns, pollutants=codes, fields=("avg", "zs_avg", "flag"))
     if m.empty:
         return pd.DataFrame(columns=COLUMNS)
-    m["time_min"] = m["time"]
-    m["time"] = m["time"].dt.floor("h")
-    m = m[m["time"].isin(hours)]
+    return hours_from_minutes(m, lookup, want, params_for, hours)[COLUMNS]
+
+
+def hours_from_minutes(m: pd.DataFrame, lookup: Lookup, want: pd.DataFrame, params_for: ParamsFor,
+                       hours: list[pd.Timestamp]) -> pd.DataFrame:
+    """The hourly rows of the minutes `m` (ReadingSource.minutes' frame) for the series in `want`
+    (mn, pollutant, enterprise, outlet): COLUMNS plus the sums behind the mean (n_usable, sum_cq,
+    sum_q). Shared by the hourly detectors and the early warning (detect/warning.py), so that
+    both judge the same mean."""
+    m = m.assign(time_min=m["time"], time=m["time"].dt.floor("h"))
+    m = m[m["time"].isin(hours)].copy()
     _mark_validity(m)
     interval = _intervals(m, lookup, params_for)
     aux = {code: m[(m["pollutant"] == code) & m["valid"] & m["avg"].notna()].set_index(["mn", "time_min"])["avg"]
@@ -180,7 +190,7 @@ def _slow_rows(source: ReadingSource, lookup: Lookup, window: Window, exp: pd.Da
     out["mean"] = np.where(out["sum_q"] > 0, out["sum_cq"] / out["sum_q"].where(out["sum_q"] > 0), np.nan)
     out["weight"] = np.where(out["weighted"].astype(bool), out["sum_q"], np.nan)
     out = out.merge(want[["mn", "pollutant", "enterprise", "outlet"]], on=["mn", "pollutant"], how="left")
-    return out[COLUMNS]
+    return out[[*COLUMNS, "n_usable", "sum_cq", "sum_q"]]
 
 
 def _mark_validity(m: pd.DataFrame) -> None:

@@ -439,7 +439,9 @@ class O2Anomaly(PatternDetector):
     - Zs inconsistent: for a concentration with reported Zs, |zs - c*(21-ref)/(21-O2)| relative to
       the expected value > zs_tolerance for >= zs_min_minutes, using the outlet's reference_o2 (O2
       clamped at o2_clamp; minutes with c < min_conc skipped, the ratio is noise there). Alert
-      pollutant = the concentration's code.
+      pollutant = the concentration's code. An hour in which the measured value or O2 does not
+      move (spread <= stuck_tolerance over its checked minutes) is skipped: a stuck channel makes
+      Zs disagree every hour, and that fault is constant_value's (one fault, one alert).
     """
 
     kind = "o2_anomaly"
@@ -448,11 +450,12 @@ class O2Anomaly(PatternDetector):
 
     def __init__(self, o2_pinned: float = 20.5, high_flow_frac: float = 0.5, min_minutes: int = 30,
                  zs_tolerance: float = 0.1, zs_min_minutes: int = 30, min_conc: float = 1.0,
-                 o2_clamp: float = 20.9, flow_frac: float = 0.1, flow_min: float = 0.0,
-                 o2_operating_max: float = 19.5, temp_operating_min: float = 45.0,
+                 o2_clamp: float = 20.9, stuck_tolerance: float = 1e-6, flow_frac: float = 0.1,
+                 flow_min: float = 0.0, o2_operating_max: float = 19.5, temp_operating_min: float = 45.0,
                  instrument_flags: str = fr.INSTRUMENT_FLAGS,
                  overrides: tuple = ()) -> None:
         self.o2_pinned = o2_pinned
+        self.stuck_tolerance = stuck_tolerance
         self.high_flow_frac = high_flow_frac
         self.min_minutes = min_minutes
         self.zs_tolerance = zs_tolerance
@@ -571,9 +574,13 @@ class O2Anomaly(PatternDetector):
         for h in hours:
             m = valid & (c.index >= h) & (c.index < h + HOUR)
             bad = m & (rel > self.zs_tolerance)
-            if int(bad.sum()) >= self.zs_min_minutes:
+            if int(bad.sum()) >= self.zs_min_minutes and not self._stuck(c[m], o2[m]):
                 out.append(self._zs_alert(st, code, h, ref, c[bad], zs[bad], expected[bad], o2[bad], int(m.sum())))
         return out
+
+    def _stuck(self, *channels: pd.Series) -> bool:
+        """Any of the hour's inputs frozen at one value: constant_value's finding, not this one's."""
+        return any(ch.max() - ch.min() <= self.stuck_tolerance for ch in channels if len(ch))
 
     def _zs_alert(self, st: Station, code: str, h: pd.Timestamp, ref: float, c: pd.Series, zs: pd.Series,
                   expected: pd.Series, o2: pd.Series, checked: int) -> Alert:

@@ -18,7 +18,8 @@ from config.schema import DetectSettings, Settings
 from detect.base import Detector
 from detect.params import as_override_dicts, check_overrides
 
-DETECTOR_MODULES = ("detect.exceedance", "detect.offline", "detect.patterns", "detect.anomaly", "detect.hotspot")
+DETECTOR_MODULES = ("detect.exceedance", "detect.offline", "detect.patterns", "detect.anomaly", "detect.hotspot",
+                    "detect.revision")
 
 
 class DetectorConfigError(ValueError):

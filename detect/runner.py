@@ -14,7 +14,7 @@ Scheduled job (one per detector, APScheduler BackgroundScheduler, every `tick_s`
     watermark = end of the last window evaluated (stored: a restart resumes there)
 
 Incremental (`detect.incremental`, for a service whose ingest writes late-data markers,
-ingest/written.py): after its first run, a job re-evaluates only the recent windows that end
+ingest/late.py): after its first run, a job re-evaluates only the recent windows that end
 after the earliest closed hour ingest has written into since the job last looked; with no late
 data, each window is judged once, when it settles. The first run after a start re-evaluates the
 recent windows as above (markers written while it was down are not trusted to be complete).
@@ -196,9 +196,9 @@ class Runner:
             return report
 
     def _touched(self, job: str) -> list[datetime] | None:
-        """Closed hours ingest wrote into since this job last looked (ingest/written.py); None on
+        """Closed hours ingest wrote into since this job last looked (ingest/late.py); None on
         the job's first look (then the caller re-evaluates the recent windows as without markers)."""
-        from ingest.written import MEASUREMENT
+        from ingest.late import MEASUREMENT
 
         cursor = self._marker_cursor.get(job)
         if cursor is None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 Synchronous = Literal["NORMAL", "FULL"]
+WAL_MAX_BYTES = 4 << 20  # the write-ahead log is checkpointed and truncated at about this size
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunk (
@@ -45,6 +46,15 @@ def _utf8_len(text: str) -> int:
 
 def _marks(n: int) -> str:
     return ",".join("?" * n)
+
+
+def bound_wal(db: sqlite3.Connection, max_bytes: int = WAL_MAX_BYTES) -> None:
+    """Keep a WAL-mode file's write-ahead log near `max_bytes`: checkpoint every that many bytes
+    of pages (SQLite's default, 1000 pages, is 16 MB with our 16 KiB pages) and truncate the log
+    back to that size after a checkpoint (by default it never shrinks)."""
+    page = int(db.execute("PRAGMA page_size").fetchone()[0])
+    db.execute(f"PRAGMA wal_autocheckpoint={max(1, max_bytes // page)}")
+    db.execute(f"PRAGMA journal_size_limit={max_bytes}")
 
 
 def buffer_path(state_dir: str | Path, client_id: str) -> Path:
@@ -77,6 +87,7 @@ class DiskBuffer:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA busy_timeout=10000")
+        bound_wal(self._db)
         self._db.execute(_SCHEMA)
         row = self._db.execute("SELECT COALESCE(SUM(n_lines), 0), COALESCE(SUM(length(CAST(body AS BLOB))), 0) "
                                "FROM chunk").fetchone()
@@ -148,7 +159,10 @@ class DiskBuffer:
                 self._db.execute(f"DELETE FROM chunk WHERE id IN ({_marks(len(ids))})", ids)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite may already have rolled back (SQLITE_FULL at COMMIT does): a second
+                # ROLLBACK would raise "no transaction is active" and hide the real error.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             for cid in peeked:
                 del self._peeked[cid]

@@ -23,24 +23,35 @@ Failure handling:
     buffer over max bytes  backpressure: the commit thread stops taking messages, nothing is acked,
                            so the broker holds at most receive_maximum in flight and queues the rest
                            until the writer has drained the buffer.
+    disk refuses writes    (full, I/O error) the same backpressure: the commit thread retries its
+                           batch every second without acking, the writer keeps written chunks
+                           until it can delete them; both resume by themselves when space returns.
+                           Ingest.problem() and the disk_paused/disk_errors counters show it.
+    a thread dies          (a bug) the process logs it and exits with status 70 (EXIT_THREAD_DIED)
+                           so that its supervisor restarts it; nothing acked is lost.
 
 Topics: stations publish to {prefix}/up/station/{mn}, drones and vehicles to
 {prefix}/up/mobile/{device}. Payloads are self-describing; the topic is a cross-check only, so a
 station cannot publish for another (broker ACLs are per topic) -> bad_field.
-Several workers split the stream through the shared subscription $share/{group}/{prefix}/up/#;
+Several workers split the stream by broker.partitions (each a plain subscription to its share of
+the station and device topics, kept by the broker across restarts) or, opt-in, through the shared
+subscription $share/{group}/{prefix}/up/# (lost by Mosquitto across a restart: see the README);
 each needs its own client_id (its session and its buffer file are keyed by it).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import re
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -60,9 +71,11 @@ from ingest.deadletter import DeadLetter, DeadLetters, deadletter_path
 from ingest.decode import decode_payload, key_lookup
 from ingest.influx import Influx, InfluxRejected, InfluxUnavailable
 from ingest.model import CHINA_TZ, Kind, MobileFix, Packet, Reason, Rejected
+from ingest.revisions import RevisionGuard
 from ingest.schema import event_line, mobile_line, station_lines
-from ingest.written import marker_lines
-from ingest.mqtt import make_client
+from ingest.late import marker_lines
+from ingest.mqtt import ingest_topics, make_client, probe, shared_subscription_warning
+from ingest.written import written_payload, written_topic
 
 if TYPE_CHECKING:
     from ingest.offload import DecodeProcess, Job
@@ -74,10 +87,15 @@ SPLIT_TIMEOUT_S = 60.0  # parts of a split packet (Flag D) older than this are d
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 10.0
 STATUS_EVERY_S = 10.0
+SUBSCRIBE_CHUNK = 100  # topic filters per SUBSCRIBE packet (partitioned workers have one per station)
+DISK_RETRY_S = 1.0  # while the disk refuses writes, each thread tries again this often
+EXIT_THREAD_DIED = 70  # process exit status when an ingest thread died (EX_SOFTWARE)
 INFLUX_TOPIC = "influxdb"  # the dead-letter topic of lines InfluxDB refused
 # HTTP statuses of a write that InfluxDB refused because of the lines themselves (parse error,
 # field type conflict, body too large): only these are bisected and dead-lettered.
 DATA_REFUSED = frozenset({400, 413, 422})
+# InfluxDB 1.x: 'field type conflict: input field "zs_max" on measurement "station_minute" is type ...'
+CONFLICT_FIELD = re.compile(r'input field "((?:[^"\\]|\\.)*)" on measurement')
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,6 +110,7 @@ class Counters:
         self._n: Counter[str] = Counter()
         self._dead: Counter[str] = Counter()
         self._events: Counter[str] = Counter()
+        self._disk: dict[str, str] = {}  # thread -> why the disk refused its last write
         self.buffer_depth = 0
 
     def add(self, name: str, n: int = 1) -> None:
@@ -106,21 +125,46 @@ class Counters:
         with self._lock:
             self._events.update(kinds)
 
+    def disk(self, who: str, problem: str | None) -> bool:
+        """Record whether `who`'s last write to disk failed (and why); True if that changed."""
+        with self._lock:
+            before = self._disk.get(who)
+            if problem is None:
+                self._disk.pop(who, None)
+            else:
+                self._disk[who] = problem
+                self._n["disk_errors"] += 1
+            return (before is None) != (problem is None)
+
+    @property
+    def disk_problem(self) -> str | None:
+        with self._lock:
+            return self._disk_text()
+
+    def _disk_text(self) -> str | None:
+        return "; ".join(f"{k}: {v}" for k, v in sorted(self._disk.items())) or None
+
     def snapshot(self) -> dict[str, Any]:
         """The counts as plain ints and dicts:
 
         messages_in       MQTT messages received (re-deliveries included)
         acked             messages committed (lines buffered or dead-lettered) and acknowledged
         lines_buffered    line-protocol lines appended to the disk buffer
-        readings_written  lines InfluxDB accepted (a batch retried after an outage counts again)
+        readings_written  lines InfluxDB accepted or already held (a batch retried after an outage counts again)
         influx_retries    failed write attempts (InfluxDB down or refusing the request)
+        disk_errors       failed writes to the buffer or dead-letter files (disk full, I/O error)
+        disk_paused       1 while the disk refuses writes: nothing is acked until it takes them again
+        disk_problem      why (text), or None
         buffer_depth      lines waiting in the disk buffer
         dead_letters      {reason: n} for payloads and refused lines kept as dead letters
         events            {kind: n}: heartbeat, status, alarm, restart, answer, other, and mobile fixes
         """
         with self._lock:
             out: dict[str, Any] = {k: self._n[k] for k in
-                                   ("messages_in", "acked", "lines_buffered", "readings_written", "influx_retries")}
+                                   ("messages_in", "acked", "lines_buffered", "readings_written", "influx_retries",
+                                    "disk_errors")}
+            out["disk_paused"] = int(bool(self._disk))
+            out["disk_problem"] = self._disk_text()
             out["buffer_depth"] = self.buffer_depth
             out["dead_letters"] = dict(self._dead)
             out["events"] = dict(self._events)
@@ -176,8 +220,15 @@ class Pipeline:
         self._mobile_topic = f"{prefix}/up/mobile/"
         self._reassembler = hj212.Reassembler(split_timeout_s)
         self._key_for = key_lookup(settings)  # MN -> SM4 key of HJ 212-2025 stations
+        # Messages of incomplete split packets, not acked yet; oldest group first (dict order).
         self._held: dict[tuple[str, str | None, str], list[Message]] = {}
+        self._held_by_mn: Counter[str] = Counter()
         ing = settings.ingest
+        # Held parts take places in the broker's window of unacked messages (receive_maximum):
+        # at most a quarter of it in all, and split_parts_per_station per station, so that parts
+        # that never complete cannot stall the other stations' packets.
+        self._max_held = max(1, ing.receive_maximum // 4)
+        self._max_held_station = ing.split_parts_per_station
         self._max_bytes = ing.max_payload_bytes
         self._accept_unknown = ing.accept_unknown_stations
         self._future = timedelta(seconds=ing.future_tolerance_s)
@@ -214,11 +265,25 @@ class Pipeline:
         `now` is a time.monotonic() value (the Reassembler's clock); default: now.
         """
         for group in self._reassembler.expire(now):
-            msgs = self._held.pop(group.key, [])
-            mn, qn, cn = group.key
-            batch.reject(msgs, Reason.INCOMPLETE_SPLIT,
-                         f"only parts {sorted(group.parts)} of {group.pnum} of split packet MN={mn} QN={qn} "
-                         f"CN={cn} arrived within {self._reassembler.timeout_s:g}s")
+            self._dead_group(group, batch, f"within {self._reassembler.timeout_s:g}s")
+
+    def _dead_group(self, group: hj212.SplitGroup, batch: Batch, why: str) -> None:
+        mn, qn, cn = group.key
+        batch.reject(self._release(group.key), Reason.INCOMPLETE_SPLIT,
+                     f"only parts {sorted(group.parts)} of {group.pnum} of split packet MN={mn} QN={qn} "
+                     f"CN={cn} arrived {why}")
+
+    def _release(self, key: tuple[str, str | None, str]) -> list[Message]:
+        msgs = self._held.pop(key, [])
+        self._held_by_mn[key[0]] -= len(msgs)
+        if self._held_by_mn[key[0]] <= 0:
+            del self._held_by_mn[key[0]]
+        return msgs
+
+    @property
+    def held(self) -> int:
+        """Messages of incomplete split packets held (not acked)."""
+        return self._held_by_mn.total()
 
     def _check_fix(self, fix: MobileFix, topic: str, batch: Batch) -> None:
         self._check_topic(topic, self._mobile_topic, fix.device, "device")
@@ -244,6 +309,11 @@ class Pipeline:
             raise Rejected(Reason.BAD_FIELD, f"payload {what} {ident!r} does not match topic {topic!r}")
 
     def _check_time(self, t: datetime, batch: Batch) -> None:
+        problem = self._time_problem(t, batch)
+        if problem is not None:
+            raise Rejected(Reason.BAD_TIME, problem)
+
+    def _time_problem(self, t: datetime, batch: Batch) -> str | None:
         if batch.clock is None:
             now = datetime.now(timezone.utc)
             batch.clock = (now, _china(now + self._future))
@@ -251,17 +321,21 @@ class Pipeline:
         # The bounds are in China time, like every HJ 212 DataTime: aware datetimes that share a
         # tzinfo compare without working out UTC offsets (same result, ~30 times faster).
         if t > latest:
-            raise Rejected(Reason.BAD_TIME, f"time {t.isoformat()} is more than "
-                                            f"{self._future.total_seconds():g}s ahead of now ({now:%Y-%m-%dT%H:%M:%SZ})")
+            return (f"time {t.isoformat()} is more than {self._future.total_seconds():g}s ahead of now "
+                    f"({now:%Y-%m-%dT%H:%M:%SZ})")
         if t < self._earliest_cn:
-            raise Rejected(Reason.BAD_TIME, f"time {t.isoformat()} is before ingest.earliest "
-                                            f"{self._earliest.isoformat()}")
+            return f"time {t.isoformat()} is before ingest.earliest {self._earliest.isoformat()}"
+        return None
 
     def _feed_part(self, part: Packet, msg: Message, batch: Batch) -> None:
-        self._held.setdefault(_group_key(part), []).append(msg)
-        merged = self._reassembler.add(part)
-        if merged is not None:
-            msgs = self._held.pop(_group_key(part), [])
+        key = _group_key(part)
+        merged = self._reassembler.add(part)  # Rejected (inconsistent PNUM): this part alone is dead
+        self._held.setdefault(key, []).append(msg)
+        self._held_by_mn[part.mn] += 1
+        if merged is None:
+            self._bound_held(part.mn, batch)
+        else:
+            msgs = self._release(key)
             try:
                 self._add_packet(merged, self.lookup.station(merged.mn), msg.received, batch)
             except Rejected as exc:
@@ -279,7 +353,13 @@ class Pipeline:
             self._check_line("".join(lines))  # one scan for the whole packet, before any line is added
             batch.lines += lines
         else:
-            batch.lines.append(self._check_line(event_line(packet, ref, received)))
+            when, source = hj212.event_time(packet)
+            if when is None or (source == "qn" and self._time_problem(when, batch) is not None):
+                # The QN is an identifier first: a logger with a wrong clock is still seen now.
+                when, source = received, "arrival"
+            elif source != "data_time":  # DataTime was checked with the packet
+                self._check_time(when, batch)
+            batch.lines.append(self._check_line(event_line(packet, ref, received, (when, source))))
             batch.events[packet.kind.value] += 1
 
     @staticmethod
@@ -289,6 +369,25 @@ class Pipeline:
         if "\n" in line:
             raise Rejected(Reason.BAD_FIELD, "a value contains a line break")
         return line
+
+
+    def _bound_held(self, mn: str, batch: Batch) -> None:
+        """Dead-letter the oldest incomplete groups (of this station first) beyond the bounds."""
+        while self._held_by_mn[mn] > self._max_held_station:
+            key = next(k for k in self._held if k[0] == mn)
+            self._evict(key, batch, f"before station {mn} held more than {self._max_held_station} parts "
+                                    f"of incomplete split packets (ingest.split_parts_per_station)")
+        while self.held > self._max_held:
+            self._evict(next(iter(self._held)), batch,
+                        f"before more than {self._max_held} parts of incomplete split packets were held "
+                        f"(a quarter of ingest.receive_maximum)")
+
+    def _evict(self, key: tuple[str, str | None, str], batch: Batch, why: str) -> None:
+        group = self._reassembler.drop(key)
+        if group is None:  # not expected: every held key has its group; never keep messages unacked
+            batch.reject(self._release(key), Reason.INCOMPLETE_SPLIT, f"split packet {key} {why}")
+            return
+        self._dead_group(group, batch, why)
 
 
 def _china(t: datetime) -> datetime:
@@ -319,8 +418,13 @@ class Ingest:
 
     def __init__(self, settings: Settings, lookup: Lookup | None = None, *,
                  split_timeout_s: float = SPLIT_TIMEOUT_S, backoff_max_s: float = BACKOFF_MAX_S,
-                 buffer_synchronous: Synchronous = "NORMAL") -> None:
+                 buffer_synchronous: Synchronous = "NORMAL",
+                 on_thread_death: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        # What to do when a thread of ours dies of an unexpected error: by default end the process
+        # (exit EXIT_THREAD_DIED) so that its supervisor restarts it, rather than run on half-dead.
+        self.on_thread_death = on_thread_death or _exit_process
+        self._thread_died: str | None = None
         self.backoff_max_s = backoff_max_s  # longest wait between InfluxDB retries
         self.buffer_synchronous = buffer_synchronous
         self.lookup = lookup or Lookup(settings.registry)
@@ -334,6 +438,7 @@ class Ingest:
         self._pending = threading.Event()  # the buffer got lines
         self._drained = threading.Event()  # the buffer went below max_bytes
         self._subscribed = threading.Event()
+        self._subacks_due: set[int] = set()  # SUBSCRIBE packets of the current connection not yet granted
         self._threads: list[threading.Thread] = []
         self._client: mqtt.Client | None = None
         self.buffer: DiskBuffer | None = None
@@ -344,25 +449,33 @@ class Ingest:
     # -- public surface ------------------------------------------------------------------------
 
     @property
+    def topic_filters(self) -> list[str]:
+        """What this worker subscribes to (ingest.mqtt.ingest_topics)."""
+        return ingest_topics(self.settings.broker, self.lookup.stations, self.lookup.devices)
+
+    @property
     def topic_filter(self) -> str:
-        b = self.settings.broker
-        topic = f"{b.topic_prefix}/up/#"
-        return f"$share/{b.shared_group}/{topic}" if b.shared_group else topic
+        """The subscription in one line, for the log."""
+        b, topics = self.settings.broker, self.topic_filters
+        if b.partitions == 1:
+            return topics[0]
+        return f"{len(topics)} station and device topics (partition {b.partition} of {b.partitions})"
 
     def start(self) -> None:
         """Open the buffer and dead-letter store, connect (in the background) and start the threads."""
         state = Path(self.settings.ingest.state_dir)
         self.buffer = DiskBuffer(buffer_path(state, self.settings.broker.client_id),
                                  self.settings.ingest.buffer_max_bytes, self.buffer_synchronous)
-        self.deadletters = DeadLetters(deadletter_path(state))
+        self.deadletters = DeadLetters(deadletter_path(state), self.settings.ingest.deadletter_max_bytes)
         self.influx = Influx(self.settings.influxdb)
+        self._revisions = RevisionGuard(self.influx)
         self._counters.buffer_depth = self.buffer.depth
         if self.settings.ingest.decode_process:
             from ingest.offload import DecodeProcess  # imports this module: not at the top
 
             self._decoder = DecodeProcess(self.settings, self._split_timeout_s)
-        self._threads = [threading.Thread(target=self._commit_loop, name="ingest-commit", daemon=True),
-                         threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)]
+        self._threads = [threading.Thread(target=self._guarded(self._commit_loop), name="ingest-commit", daemon=True),
+                         threading.Thread(target=self._guarded(self._write_loop), name="ingest-writer", daemon=True)]
         for t in self._threads:
             t.start()
         self._client = self._connect()
@@ -400,6 +513,10 @@ class Ingest:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def problem(self) -> str | None:
+        """Why this worker is not taking messages now (a dead thread, a disk refusing writes), or None."""
+        return self._thread_died or self._counters.disk_problem
 
     def counters(self) -> dict[str, Any]:
         """A snapshot of the running counts (see Counters.snapshot)."""
@@ -455,14 +572,25 @@ class Ingest:
             log.error("MQTT connect to %s:%s refused: %s", self.settings.broker.host, self.settings.broker.port, rc)
             return
         log.info("MQTT connected (session present: %s)", flags.session_present)
-        # Re-subscribing on a resumed session is harmless and covers a broker that lost it.
-        client.subscribe(self.topic_filter, options=SubscribeOptions(qos=1))
+        # Re-subscribing on a resumed session is harmless and covers a broker that lost it (Mosquitto
+        # does not restore shared subscriptions after a restart).
+        topics = self.topic_filters
+        self._subacks_due.clear()
+        if not topics:
+            log.warning("partition %d of %d holds no station or device: nothing to subscribe to",
+                        self.settings.broker.partition, self.settings.broker.partitions)
+            self._subscribed.set()
+        for i in range(0, len(topics), SUBSCRIBE_CHUNK):
+            _rc, mid = client.subscribe([(t, SubscribeOptions(qos=1)) for t in topics[i:i + SUBSCRIBE_CHUNK]])
+            self._subacks_due.add(mid)
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, codes: list[Any], _p: Any) -> None:
         if any(c.is_failure for c in codes):
             log.error("subscription to %s refused: %s", self.topic_filter, codes)
             return
-        self._subscribed.set()
+        self._subacks_due.discard(mid)
+        if not self._subacks_due:
+            self._subscribed.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if not self._stopping.is_set():
@@ -512,9 +640,13 @@ class Ingest:
         return True
 
     def _commit_retrying(self, batch: Batch) -> bool:
-        """Commit, retrying while the disk refuses; False if stopping first (nothing acked)."""
+        """Commit, retrying while the disk refuses; False if stopping first (nothing acked).
+
+        While it retries nothing is acked and nothing more is taken: the broker holds the rest
+        (backpressure), and the batch is committed as soon as the disk takes it again.
+        """
         while not self._commit(batch):  # disk full, I/O error: keep the batch, retry
-            if self._stopping.wait(1.0):
+            if self._stopping.wait(DISK_RETRY_S):
                 return False  # not acked: the broker delivers these again next time
         return True
 
@@ -555,11 +687,11 @@ class Ingest:
         try:
             self.buffer.append(batch.lines)
             self.deadletters.add_many(batch.dead)
-        except (sqlite3.Error, OSError):
+        except (sqlite3.Error, OSError) as exc:
             # A retry may append the lines twice: harmless, they are the same points.
-            log.exception("cannot commit a batch of %d messages to %s; retrying", len(batch.done),
-                          self.settings.ingest.state_dir)
+            self._disk_fault("commit", exc, f"{len(batch.done)} messages wait unacked")
             return False
+        self._disk_ok("commit")
         client = self._client
         for m in batch.done:
             if client is not None and m.qos > 0:
@@ -580,7 +712,13 @@ class Ingest:
         assert self.buffer is not None
         backoff = BACKOFF_FIRST_S
         while True:
-            ids, lines = self.buffer.peek(self.settings.ingest.batch_size)
+            try:
+                ids, lines = self.buffer.peek(self.settings.ingest.batch_size)
+            except (sqlite3.Error, OSError) as exc:
+                self._disk_fault("writer", exc, "cannot read the buffer")
+                if self._writer_stop.wait(DISK_RETRY_S):
+                    return
+                continue
             if not ids:
                 if self._writer_stop.is_set():
                     return
@@ -590,7 +728,8 @@ class Ingest:
             problem = self._try_write(lines)
             if problem is None:
                 backoff = BACKOFF_FIRST_S
-                self.buffer.remove(ids)
+                if not self._remove_retrying(ids):
+                    return  # stopping: the written chunks stay; writing them again is harmless
                 self._counters.buffer_depth = self.buffer.depth
                 if not self.buffer.full:
                     self._drained.set()
@@ -601,6 +740,46 @@ class Ingest:
                 return  # stopping: what is not written stays in the buffer for next time
             backoff = min(backoff * 2, self.backoff_max_s)
 
+    def _remove_retrying(self, ids: list[int]) -> bool:
+        """Delete written chunks, retrying while the disk refuses (a full disk fails the COMMIT);
+        False if stopping first."""
+        assert self.buffer is not None
+        while True:
+            try:
+                self.buffer.remove(ids)
+            except (sqlite3.Error, OSError) as exc:
+                self._disk_fault("writer", exc, "written lines stay in the buffer")
+                if self._writer_stop.wait(DISK_RETRY_S):
+                    return False
+                continue
+            self._disk_ok("writer")
+            return True
+
+    def _disk_fault(self, who: str, exc: BaseException, consequence: str) -> None:
+        problem = f"{type(exc).__name__}: {exc}"
+        if self._counters.disk(who, problem):  # log the change, not every retry
+            log.error("disk refuses writes under %s (%s): %s; acks paused, retrying every %gs until "
+                      "it takes them again", self.settings.ingest.state_dir, who, problem, DISK_RETRY_S)
+            log.error("(%s)", consequence)
+
+    def _disk_ok(self, who: str) -> None:
+        if self._counters.disk(who, None):
+            log.warning("disk takes writes again under %s (%s): resuming", self.settings.ingest.state_dir, who)
+
+    def _guarded(self, target: Callable[[], None]) -> Callable[[], None]:
+        """`target` as a thread body whose unexpected death ends the process (on_thread_death)."""
+        def body() -> None:
+            try:
+                target()
+            except BaseException as exc:  # noqa: BLE001 - a thread dying silently is what this prevents
+                name = threading.current_thread().name
+                self._thread_died = f"thread {name} died: {type(exc).__name__}: {exc}"
+                log.critical("ingest %s; stopping the process (exit status %d) so that its supervisor "
+                             "restarts it: unacked messages come again from the broker, buffered lines "
+                             "from the disk", self._thread_died, EXIT_THREAD_DIED, exc_info=exc)
+                self.on_thread_death(self._thread_died)
+        return body
+
     def _try_write(self, lines: list[str]) -> str | None:
         """Write `lines`, bisecting out refused ones; None when done, else why to retry later."""
         assert self.influx is not None
@@ -608,12 +787,19 @@ class Ingest:
             if not self._database_ready:
                 self.influx.ensure_database()
                 self._database_ready = True
-            self._write_bisect(lines)
-            # Late-data markers for detection (ingest/written.py); if this fails the batch is
+            # First values stay: re-sent points that differ become revisions (ingest/revisions.py).
+            screened = self._revisions.screen(lines)
+            self._write_bisect(screened.lines)
+            self._revisions.remember(screened)
+            self._counters.add("readings_written", screened.dropped - screened.revisions)  # as if written
+            # Late-data markers for detection (ingest/late.py); if this fails the batch is
             # retried, lines included (rewriting the same points is harmless).
-            self.influx.write(marker_lines(lines, time.time()))
+            self.influx.write(marker_lines(screened.lines, time.time()))
         except InfluxUnavailable as exc:
             return f"InfluxDB unavailable ({exc})"
+        except (sqlite3.Error, OSError) as exc:  # a refused line could not be dead-lettered
+            self._disk_fault("writer", exc, "the batch stays in the buffer")
+            return f"cannot store a dead letter ({type(exc).__name__}: {exc})"
         except InfluxRejected as exc:
             # Not the data's fault (authentication, a missing database or bucket): nothing to
             # dead-letter; keep the lines and retry, so that fixing the server is enough.
@@ -638,15 +824,35 @@ class Ingest:
             if exc.status not in DATA_REFUSED:
                 raise
             if len(lines) == 1:
-                self.deadletters.add(DeadLetter(INFLUX_TOPIC, Reason.BAD_FIELD, exc.server_message,
-                                                lines[0].encode()))
-                self._counters.dead([Reason.BAD_FIELD.value])
+                self._refused_line(lines[0], exc.server_message)
                 return
             half = len(lines) // 2
             self._write_bisect(lines[:half])
             self._write_bisect(lines[half:])
             return
         self._counters.add("readings_written", len(lines))
+        self._announce_written(lines)
+
+    def _announce_written(self, lines: list[str]) -> None:
+        """Tell the early warning (detect/warning.py) which minute readings are now in InfluxDB."""
+        payload, client = written_payload(lines), self._client
+        if payload is not None and client is not None:
+            client.publish(written_topic(self.settings.broker.topic_prefix), payload, qos=1)
+
+    def _refused_line(self, line: str, message: str) -> None:
+        """Dead-letter a line InfluxDB refused; for a field type conflict, only the field named in
+        the refusal (as a one-field line), and write the line's other fields again."""
+        assert self.deadletters is not None
+        conflict = CONFLICT_FIELD.search(message)
+        split = split_fields(line, conflict.group(1)) if conflict else None
+        if split is not None:
+            rest, alone = split
+            self.deadletters.add(DeadLetter(INFLUX_TOPIC, Reason.BAD_FIELD, message, alone.encode()))
+            self._counters.dead([Reason.BAD_FIELD.value])
+            self._write_bisect([rest])
+            return
+        self.deadletters.add(DeadLetter(INFLUX_TOPIC, Reason.BAD_FIELD, message, line.encode()))
+        self._counters.dead([Reason.BAD_FIELD.value])
 
     def _close(self) -> None:
         if any(t.is_alive() for t in self._threads):
@@ -660,12 +866,65 @@ class Ingest:
         self.buffer = self.deadletters = self.influx = self._decoder = None
 
 
+def split_fields(line: str, name: str) -> tuple[str, str] | None:
+    """(the line without field `name`, the line with only that field), or None if the line has
+    no such field or no other one. Lines are ours (ingest.schema): key, fields, timestamp."""
+    key_end = _unescaped_space(line)
+    ts_at = line.rfind(" ")
+    if key_end < 0 or ts_at <= key_end:
+        return None
+    key, ts = line[:key_end], line[ts_at:]
+    fields = _field_items(line[key_end + 1:ts_at])
+    keep = [f for f in fields if f.split("=", 1)[0] != name]
+    if not keep or len(keep) == len(fields):
+        return None
+    alone = [f for f in fields if f.split("=", 1)[0] == name]
+    return f"{key} {','.join(keep)}{ts}", f"{key} {','.join(alone)}{ts}"
+
+
+def _unescaped_space(line: str) -> int:
+    i = 0
+    while True:
+        i = line.find(" ", i)
+        if i <= 0 or line[i - 1] != "\\":
+            return i
+        i += 1
+
+
+def _field_items(text: str) -> list[str]:
+    """`a=1.0,flag="x,y"` -> ['a=1.0', 'flag="x,y"']: commas inside quoted strings kept."""
+    items, start, quoted, i = [], 0, False, 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and quoted:
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == "," and not quoted:
+            items.append(text[start:i])
+            start = i + 1
+        i += 1
+    items.append(text[start:])
+    return items
+
+
+def _exit_process(why: str) -> None:
+    """End the whole process now with EXIT_THREAD_DIED (after flushing the logs): what a dead
+    ingest thread does by default, so that systemd or docker restart the worker."""
+    for h in logging.getLogger().handlers + log.handlers:
+        h.flush()
+    print(f"envwatch ingest: {why}; exiting with status {EXIT_THREAD_DIED}", file=sys.stderr, flush=True)
+    os._exit(EXIT_THREAD_DIED)
+
+
 def status_line(c: dict[str, Any]) -> str:
     """One line of counts for the terminal."""
     dead = ", ".join(f"{k} {v}" for k, v in sorted(c["dead_letters"].items())) or "0"
     events = ", ".join(f"{k} {v}" for k, v in sorted(c["events"].items())) or "0"
+    disk = f"  DISK PAUSED ({c['disk_problem']})" if c.get("disk_paused") else ""
     return (f"in {c['messages_in']}  acked {c['acked']}  written {c['readings_written']}  "
-            f"buffer {c['buffer_depth']}  retries {c['influx_retries']}  dead [{dead}]  events [{events}]")
+            f"buffer {c['buffer_depth']}  retries {c['influx_retries']}  dead [{dead}]  events [{events}]{disk}")
 
 
 def run(settings: Settings) -> None:
@@ -677,5 +936,9 @@ def run(settings: Settings) -> None:
         logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[RichHandler(show_path=False)])
         for name in ("envwatch", "ingest"):
             logging.getLogger(name).setLevel(logging.INFO)
+    if settings.broker.shared_group:
+        warning = shared_subscription_warning(settings.broker, probe(settings.broker)[1])
+        if warning:
+            log.warning("%s", warning)
     Ingest(settings).run()
 

@@ -2,7 +2,10 @@
 
 Nothing that reaches the ingest is dropped silently: a payload is either turned into lines for
 InfluxDB or stored here (raw bytes, topic, reason, human detail), in the same group commit that
-lets the consumer acknowledge it. Operators read them with `envwatch deadletters list/count`;
+lets the consumer acknowledge it. A payload longer than `max_raw_bytes` (ingest.deadletter_max_bytes,
+64 KiB) keeps only that prefix, with the full payload's size and SHA-256, so that a flood of
+megabyte payloads cannot fill the disk; every other payload is kept byte-exact (size and SHA-256
+are stored for all). Operators read them with `envwatch deadletters list/count`;
 a fixed decoder can re-publish them later from `raw`.
 
 One SQLite file, {state_dir}/deadletters.sqlite, shared by all ingest workers of a deployment:
@@ -16,6 +19,7 @@ input, not measurements, so a rare duplicate is preferable to a lost one.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import sys
 import threading
@@ -29,9 +33,11 @@ from rich.table import Table
 from rich.text import Text
 
 from config.schema import Settings
+from ingest.buffer import bound_wal
 from ingest.model import Reason
 
 FILE_NAME = "deadletters.sqlite"
+MAX_RAW_BYTES = 64 * 1024  # default prefix kept of an oversized payload (ingest.deadletter_max_bytes)
 RAW_SHOWN = 120  # characters of the escaped raw payload shown by `deadletters list`
 
 _SCHEMA = """
@@ -41,7 +47,9 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     topic       TEXT NOT NULL,   -- MQTT topic; 'influxdb' for lines InfluxDB refused
     reason      TEXT NOT NULL,   -- an ingest.model.Reason value
     detail      TEXT NOT NULL,
-    raw         BLOB NOT NULL
+    raw         BLOB NOT NULL,   -- the payload, or its first max_raw_bytes when it was longer
+    size        INTEGER,         -- bytes of the whole payload (NULL in rows of older versions)
+    sha256      TEXT             -- hex SHA-256 of the whole payload
 );
 CREATE INDEX IF NOT EXISTS dead_letter_reason ON dead_letter (reason, id);
 """
@@ -57,6 +65,13 @@ class DeadLetter:
     raw: bytes
     received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     id: int | None = None
+    size: int | None = None  # of the whole payload, when read back from the store
+    sha256: str | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """Whether `raw` is only a prefix of what was received (see `size`)."""
+        return self.size is not None and self.size > len(self.raw)
 
 
 def deadletter_path(state_dir: str | Path) -> Path:
@@ -67,25 +82,34 @@ class DeadLetters:
     """The dead-letter store. Thread-safe: the consumer's commit thread and the InfluxDB writer
     thread share it, and a lock keeps their transactions on the one connection apart."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, max_raw_bytes: int = MAX_RAW_BYTES) -> None:
         self.path = Path(path)
+        self.max_raw_bytes = max_raw_bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        bound_wal(self._db)
         self._db.executescript(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(dead_letter)")}
+        for col, kind in (("size", "INTEGER"), ("sha256", "TEXT")):  # files of older versions
+            if col not in have:
+                self._db.execute(f"ALTER TABLE dead_letter ADD COLUMN {col} {kind}")
         self._lock = threading.Lock()
 
     def add_many(self, letters: Iterable[DeadLetter]) -> int:
         """Store all `letters` in one transaction; returns how many. Durable once it returns."""
-        rows = [(_iso_utc(d.received_at), d.topic, str(d.reason), d.detail, bytes(d.raw)) for d in letters]
+        cap = self.max_raw_bytes
+        rows = [(_iso_utc(d.received_at), d.topic, str(d.reason), d.detail, bytes(d.raw[:cap]), len(d.raw),
+                 hashlib.sha256(d.raw).hexdigest()) for d in letters]
         if not rows:
             return 0
         with self._lock, self._db:  # the connection as context manager: COMMIT, or ROLLBACK on error
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
-                "INSERT INTO dead_letter (received_at, topic, reason, detail, raw) VALUES (?, ?, ?, ?, ?)", rows)
+                "INSERT INTO dead_letter (received_at, topic, reason, detail, raw, size, sha256) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         return len(rows)
 
     def add(self, letter: DeadLetter) -> None:
@@ -99,7 +123,7 @@ class DeadLetters:
 
     def list(self, reason: Reason | str | None = None, limit: int = 100) -> list[DeadLetter]:
         """The newest dead letters first, optionally only those of one reason."""
-        sql = "SELECT id, received_at, topic, reason, detail, raw FROM dead_letter"
+        sql = "SELECT id, received_at, topic, reason, detail, raw, size, sha256 FROM dead_letter"
         args: tuple[object, ...] = ()
         if reason is not None:
             sql += " WHERE reason = ?"
@@ -107,8 +131,8 @@ class DeadLetters:
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         return [DeadLetter(topic=t, reason=_reason(r), detail=d, raw=bytes(raw),
-                           received_at=datetime.fromisoformat(at), id=i)
-                for i, at, t, r, d, raw in rows]
+                           received_at=datetime.fromisoformat(at), id=i, size=size, sha256=sha)
+                for i, at, t, r, d, raw, size, sha in rows]
 
     def close(self) -> None:
         self._db.close()
@@ -180,8 +204,10 @@ def cli_list(settings: Settings, reason: str | None = None, limit: int = 20, con
         table.add_column(col, overflow="fold", ratio=ratio)
     for d in letters:
         # Text(), not markup: payloads and details may contain '[' that rich would interpret.
+        raw = escape_raw(d.raw) + (f" [first {len(d.raw)} of {d.size} bytes, sha256 {d.sha256}]"
+                                   if d.truncated else "")
         table.add_row(str(d.id), d.received_at.strftime("%Y-%m-%d %H:%M:%S"), Text(str(d.reason)),
-                      Text(d.topic), Text(d.detail), Text(escape_raw(d.raw)))
+                      Text(d.topic), Text(d.detail), Text(raw))
     console.print(table)
 
 

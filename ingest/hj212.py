@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from config.tables import code_2005_to_2017
-from ingest.model import CHINA_TZ, INTERVALS, Packet, Reason, Rejected, Value
+from ingest.model import CHINA_TZ, INTERVALS, Kind, Packet, Reason, Rejected, Value
 
 KeyFor = Callable[[str], "bytes | None"]
 
@@ -136,7 +136,8 @@ def field_name(suffix: str) -> str:
     return name
 
 
-def _suffix(name: str) -> str:
+def field_suffix(name: str) -> str:
+    """`zs_avg` -> `ZsAvg`: the CP key suffix of a field name (field_name's inverse)."""
     s = _NAME_TO_SUFFIX.get(name)
     return s if s is not None else "".join(p[:1].upper() + p[1:] for p in name.split("_"))
 
@@ -300,7 +301,14 @@ def _parse_cp(cp: str, p: Packet) -> None:
 
 
 def _parse_cp_items(cp: str, p: Packet) -> None:
-    """CP items one by one into p.values / p.extra, rejecting the first bad one."""
+    """CP items one by one into p.values / p.extra, rejecting the first bad one.
+
+    Numbers follow HJ 212's syntax only: optional sign, ASCII digits with at most one decimal
+    point, optional exponent. float() also takes `1_000`, surrounding spaces, full-width or
+    Arabic-Indic digits, inf and nan: once it has parsed the text (so the syntax is otherwise
+    float's), refusing non-ASCII text, `_` and spaces, and non-finite results leaves exactly
+    that (the CP is already free of control characters).
+    """
     values, extra, orig, cache = p.values, p.extra, p.original_codes, _KEY_CACHE
     # `;` groups one pollutant's fields, but every field names its code: one flat split suffices.
     for item in cp.replace(";", ",").split(","):
@@ -318,6 +326,8 @@ def _parse_cp_items(cp: str, p: Packet) -> None:
                 raise _bad(f"CP item {item[:40]!r}: value is not a number") from None
             if v - v != 0:  # inf or nan
                 raise _bad(f"CP item {item[:40]!r}: value is not finite")
+            if not val.isascii() or "_" in val or " " in val:
+                raise _bad(f"CP item {item[:40]!r}: value is not an HJ 212 number")
         elif mode == 2:
             v = val
         elif mode == 0:
@@ -339,7 +349,35 @@ def _either(val: str) -> Value:
         f = float(val)
     except ValueError:
         return val
-    return f if f - f == 0 else val
+    return f if f - f == 0 and val.isascii() and "_" not in val and " " not in val else val
+
+
+# CP items that give an event packet's own time, in order of preference (after DataTime).
+_EVENT_TIME_KEYS = (("AlarmTime", "alarm_time"), ("RestartTime", "restart_time"), ("SystemTime", "system_time"))
+
+
+def event_time(p: Packet) -> tuple[datetime | None, str]:
+    """The time a non-readings packet carries and where it came from (schema.event_line's
+    time_source): DataTime, AlarmTime, RestartTime, SystemTime, else the QN's time (not for
+    answers, CN 9011-9014, whose QN is that of the request they answer); (None, "arrival") if none.
+
+    A time item that is present but malformed is bad_field; a QN that is not a time is no time.
+    """
+    if p.data_time is not None:
+        return p.data_time, "data_time"
+    for key, source in _EVENT_TIME_KEYS:
+        text = p.extra.get(key)
+        if text is not None:
+            try:
+                return parse_data_time(text), source
+            except Rejected:
+                raise _bad(f"{key} {text[:20]!r} is not YYYYMMDDhhmmss[zzz]") from None
+    if p.qn is not None and p.kind is not Kind.ANSWER and len(p.qn) == 17:
+        try:
+            return parse_data_time(p.qn), "qn"
+        except Rejected:
+            pass
+    return None, "arrival"
 
 
 _TIME_CACHE: dict[str, datetime] = {}
@@ -474,7 +512,7 @@ def build_segment(*, mn: str, cn: str, st: str, pw: str = "123456", qn: str | No
         parts = []
         for name, v in fields.items():
             txt = _text(v, "value") if isinstance(v, str) else format_number(v)
-            parts.append(f"{_text(code, 'code')}-{_suffix(name)}={txt}")
+            parts.append(f"{_text(code, 'code')}-{field_suffix(name)}={txt}")
         if parts:
             groups.append(",".join(parts))
     cp = ";".join(groups)
@@ -518,12 +556,18 @@ class Reassembler:
         """Return `packet` if it is whole, the merged packet when its last part arrives, else None.
 
         A re-delivered part replaces the earlier copy. The merged packet has the D bit cleared
-        and no PNUM/PNO, so it is handled like any unsplit packet.
+        and no PNUM/PNO, so it is handled like any unsplit packet. A part whose PNUM disagrees
+        with the group's (set by its first part) is refused (Rejected bad_field) and not kept:
+        it would otherwise be swallowed when the group completes.
         """
         if not packet.split or packet.pnum is None or packet.pno is None:
             return packet
         key = (packet.mn, packet.qn, packet.cn)
         g = self._groups.get(key)
+        if g is not None and packet.pnum != g.pnum:
+            raise Rejected(Reason.BAD_FIELD, f"split part PNUM={packet.pnum};PNO={packet.pno} disagrees with "
+                                             f"PNUM={g.pnum} of the earlier parts of MN={packet.mn} "
+                                             f"QN={packet.qn} CN={packet.cn}")
         if g is None:
             g = self._groups[key] = SplitGroup(key, packet.pnum, self.clock())
         g.parts[packet.pno] = packet
@@ -531,6 +575,10 @@ class Reassembler:
             return None
         del self._groups[key]
         return _merge([g.parts[i] for i in range(1, g.pnum + 1)])
+
+    def drop(self, key: tuple[str, str | None, str]) -> SplitGroup | None:
+        """Remove and return one group (incomplete: the caller dead-letters its parts)."""
+        return self._groups.pop(key, None)
 
     def expire(self, now_monotonic: float | None = None) -> list[SplitGroup]:
         """Remove and return groups first seen more than timeout_s ago (dead-letter: incomplete_split)."""

@@ -5,7 +5,15 @@ Station readings, one measurement per HJ 212 interval (CN):
     tags   mn, enterprise, outlet, medium (gas|water), pollutant (2017 code), code (code as sent)
     fields rtd avg min max zs_rtd zs_avg zs_min zs_max cou (float), flag eflag (string)
 One series per (station, pollutant) per interval; the timestamp is DataTime converted to UTC,
-in seconds. Writing the same reading again overwrites the same point, so re-delivery is harmless.
+in seconds. The ingest writes a point's fields once: the first values received stay (ingest/revisions.py),
+so writing the same reading again changes nothing and re-delivery is harmless.
+
+Revisions: a re-sent reading whose values differ from the first ones received (ingest/revisions.py).
+    revisions  tags   the reading's tags, plus interval (rtd|minute|hour|day) and rev (digest of the
+                      revised values: each distinct revised value of a point is its own series)
+               fields for each field that differs: <field> (revised value) and first_<field> (the
+                      value kept in the readings); received_at (integer, epoch seconds)
+               time   the reading's DataTime
 
 Mobile samples (drones, survey vehicles):
     mobile  tags device, kind (drone|vehicle)
@@ -13,7 +21,13 @@ Mobile samples (drones, survey vehicles):
 
 Station events (heartbeats, status, alarms, restarts): counted and kept for the offline detector.
     station_event  tags mn, enterprise, kind (heartbeat|status|alarm|restart|answer|other), cn
-                   fields seen=1i, plus the packet's own numeric CP values (e.g. SB1_RS)
+                   fields seen=1i, time_source (string, see below), plus the packet's own numeric
+                   CP values (e.g. SB1_RS)
+    The timestamp is the packet's own time (hj212.event_time): DataTime, else AlarmTime (2072),
+    RestartTime (2081) or SystemTime, else the QN (YYYYMMDDhhmmsszzz, the time the logger made
+    the packet; not for answers, whose QN is the request's); time_source names which
+    (data_time|alarm_time|restart_time|system_time|qn). Only a packet with none of them is
+    stamped with the time the ingest received it, time_source "arrival".
 """
 
 from __future__ import annotations
@@ -22,17 +36,26 @@ from datetime import datetime, timezone
 from functools import lru_cache
 
 from config.lookup import StationRef
-from config.tables import pollutants
-from ingest.model import MobileFix, Packet, Value
+from config.tables import pollutant_codes, pollutants
+from ingest.hj212 import field_suffix
+from ingest.model import MobileFix, Packet, Reason, Rejected, Value
 
 MEASUREMENT_PREFIX = "station_"
 MOBILE = "mobile"
 EVENT = "station_event"
+REVISIONS = "revisions"
 FLOAT_FIELDS = ("rtd", "avg", "min", "max", "zs_rtd", "zs_avg", "zs_min", "zs_max", "cou")
 STRING_FIELDS = ("flag", "eflag")
 # Field name -> how station_lines writes it (float or str); fields not listed are not written.
 _FIELD_KIND: dict[str, type] = {**dict.fromkeys(FLOAT_FIELDS, float), **dict.fromkeys(STRING_FIELDS, str)}
 SPECIES = ("voc", "pm25", "pm10", "no2", "so2", "o3", "co")
+# Values out of their pollutant's plausible range (config/tables/pollutants.yaml) are written as
+# `<field>_implausible`, never in the fields detectors judge, and named in the `implausible` field.
+_JUDGED = frozenset({"rtd", "avg", "min", "max", "zs_rtd", "zs_avg", "zs_min", "zs_max"})
+IMPLAUSIBLE_SUFFIX = "_implausible"
+# pollutant and code tag of the one catch-all series per station and interval that holds, as
+# the string field `other`, the values of codes in neither the code table nor the station's registry entry.
+OTHER = "_other"
 
 # Unit conversions to the table's canonical unit, applied when a station overrides the unit.
 _TO_CANONICAL: dict[tuple[str, str], float] = {("m3/h", "m3/s"): 1 / 3600, ("L/s", "m3/s"): 1e-3}
@@ -46,9 +69,15 @@ def measurement(interval: str) -> str:
 
 @lru_cache(maxsize=1 << 16)
 def _esc_tag(v: str) -> str:
-    # Line protocol tag keys/values: escape comma, equals sign and space. Cached: the same few
-    # thousand MNs, codes and ids recur in every packet.
-    return v.replace("\\", "\\\\").replace(",", r"\,").replace("=", r"\=").replace(" ", r"\ ")
+    """A tag key or value (or field key) in line protocol: comma, equals sign and space escaped
+    with a backslash, and nothing else: InfluxDB stores any other backslash as it is (escaping
+    it too stored it doubled). A backslash at the end or before one of those three characters
+    cannot be written exactly at all: Rejected (bad_field), so that the payload is dead-lettered
+    raw rather than refused later as a line. Cached: the same MNs and codes recur in every packet."""
+    if "\\" in v and (v.endswith("\\") or any(f"\\{c}" in v for c in ", =")):
+        raise Rejected(Reason.BAD_FIELD, f"identifier {v[:70]!r} ends with a backslash or has one before "
+                                         f"',', '=' or ' ': InfluxDB line protocol cannot store it")
+    return v.replace(",", r"\,").replace("=", r"\=").replace(" ", r"\ ")
 
 
 def _esc_str(v: str) -> str:
@@ -91,36 +120,82 @@ def station_lines(packet: Packet, ref: StationRef | None) -> list[str]:
     out = _esc_tag(ref.outlet.id) if ref else "_unknown"
     medium = ref.outlet.medium if ref else ("water" if packet.st == "32" else "gas")
     units = ref.station.units if ref else {}
+    known = _known_codes(ref)
     head = f"{measurement(packet.interval)},mn={_esc_tag(packet.mn)},enterprise={ent},outlet={out},medium={medium}"
-    original_codes, kinds = packet.original_codes, _FIELD_KIND
+    original_codes, kinds, ranges = packet.original_codes, _FIELD_KIND, _RANGES
     lines = []
+    other: list[str] = []
     for code, fields in packet.values.items():
+        if code not in known:
+            other += _other_items(original_codes.get(code, code), fields)
+            continue
         scale = _scale(code, units) if units else 1.0
+        lo, hi = ranges.get(code, _ANY)
         parts = []
+        implausible = []
         for name, v in fields.items():
             kind = kinds.get(name)
             if kind is None:
                 continue
             if kind is float:
-                if v.__class__ is float and scale == 1.0:  # the common case, without float(v)
-                    parts.append(f"{name}={v!r}")
-                elif v.__class__ is not str:
+                if v.__class__ is str:
+                    continue
+                if v.__class__ is not float or scale != 1.0:
                     v = float(v) * scale if scale != 1.0 and name in _RATE_FIELDS else float(v)
-                    parts.append(f"{name}={v!r}")
+                if not lo <= v <= hi and name in _JUDGED:
+                    implausible.append(name)
+                    name += IMPLAUSIBLE_SUFFIX  # kept, but never in a field a detector judges
+                parts.append(f"{name}={v!r}")
             elif v.__class__ is str and '"' not in v and "\\" not in v:  # nothing to escape
                 parts.append(f'{name}="{v}"')
             else:
                 parts.append(f'{name}="{_esc_str(str(v))}"')
+        if implausible:
+            parts.append(f'implausible="{",".join(implausible)}"')
         if parts:
             orig = original_codes.get(code, code)
             lines.append(f"{head}{_tags(code, orig)}{','.join(parts)}{ts}")
+    if other:
+        lines.append(f'{head}{_tags(OTHER, OTHER)}other="{_esc_str(",".join(other))}"{ts}')
     return lines
+
+
+def _other_items(code: str, fields: dict[str, Value]) -> list[str]:
+    """`code-Suffix=value` items, HJ 212 style, for the catch-all series."""
+    out = []
+    for name, v in fields.items():
+        text = v if isinstance(v, str) else repr(float(v))
+        out.append(f"{code}-{field_suffix(name)}={text}")
+    return out
+
+
+_KNOWN: dict[int, tuple[object, frozenset[str]]] = {}  # id(station) -> (station, its codes | the table's)
+
+
+def _known_codes(ref: StationRef | None) -> frozenset[str]:
+    """Codes that get a series of their own: the code table's and the station's registered ones."""
+    if ref is None:
+        return pollutant_codes()
+    hit = _KNOWN.get(id(ref.station))
+    if hit is None or hit[0] is not ref.station:
+        if len(_KNOWN) > 65536:
+            _KNOWN.clear()
+        hit = _KNOWN[id(ref.station)] = (ref.station, pollutant_codes() | frozenset(ref.station.pollutants))
+    return hit[1]
 
 
 @lru_cache(maxsize=1 << 16)
 def _tags(code: str, orig: str) -> str:
     """`,pollutant=..,code=.. `: the tags after a station line's head, and the space after them."""
     return f",pollutant={_esc_tag(code)},code={_esc_tag(orig)} "
+
+
+def _plausible_ranges() -> dict[str, tuple[float, float]]:
+    return {code: p.plausible for code, p in pollutants().items() if p.plausible is not None}
+
+
+_RANGES = _plausible_ranges()
+_ANY = (float("-inf"), float("inf"))
 
 
 def _scale(code: str, units: dict[str, str]) -> float:
@@ -131,11 +206,14 @@ def _scale(code: str, units: dict[str, str]) -> float:
     return _TO_CANONICAL.get((sent, table.unit), 1.0)
 
 
-def event_line(packet: Packet, ref: StationRef | None, received: datetime) -> str:
-    """One point per non-readings packet, stamped with DataTime if sent, else the receive time."""
-    ts = _epoch_s(packet.data_time or received)
+def event_line(packet: Packet, ref: StationRef | None, received: datetime,
+               at: tuple[datetime, str] | None = None) -> str:
+    """One point per non-readings packet, stamped `at` = (time, its source: see TIME_SOURCES);
+    by default DataTime if sent, else the receive time ("arrival")."""
+    when, source = at or ((packet.data_time, "data_time") if packet.data_time else (received, "arrival"))
+    ts = _epoch_s(when)
     ent = _esc_tag(ref.enterprise.id) if ref else "_unknown"
-    fields = ["seen=1i"]
+    fields = ["seen=1i", f'time_source="{source}"']
     for code, vals in packet.values.items():
         for name, v in vals.items():
             if not isinstance(v, str):

@@ -1,41 +1,108 @@
-"""Markers of late data, so that scheduled detection re-judges only the windows late data touched.
+"""The "written" notification: which minute readings the ingest has just put into InfluxDB.
 
-After every successful write of buffered lines, ingest writes one point per *closed* UTC hour
-those lines fall in (an hour whose end is already past: its windows may have been judged):
+After each write InfluxDB accepted, the ingest publishes the batch's minute lines (measurement
+station_minute, line protocol exactly as written, one per line, UTF-8) on the internal topic
+`{prefix}/internal/written`, QoS 1. Consumers (the early warning, detect/warning.py) thus see
+each reading once it is durable, without polling InfluxDB. Only the service account may read or
+write `{prefix}/internal/#` (center/broker_acl.py): a station cannot forge one.
 
-    ingest_written  tags hour=<epoch seconds of the hour's start>  fields n=<lines>i  (time: InfluxDB's clock)
-
-(hour is a tag so that the markers of one request, all stamped alike by InfluxDB, stay apart.)
-
-Points of the current hour need no marker (no settled window contains them), so in steady
-operation markers appear only around hour boundaries and when a logger catches up. The detect
-loop (detect/runner.py, `detect.incremental`) reads the markers newer than its last look and
-re-evaluates the windows that end after the earliest touched hour.
+    payload = written_payload(lines)          # None when the batch holds no minute reading
+    for r in parse_written(payload): ...      # WrittenMinute(mn, enterprise, outlet, pollutant, ts, fields)
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
+import re
+from dataclasses import dataclass
 
-MEASUREMENT = "ingest_written"
-HOUR_S = 3600
+from ingest.schema import measurement
 
-
-def touched_hours(lines: Iterable[str], now_s: float) -> Counter[int]:
-    """Starts (epoch s) of the closed hours that line-protocol `lines` (precision s) fall in, with
-    how many lines fell in each."""
-    current = int(now_s) // HOUR_S * HOUR_S
-    hours: Counter[int] = Counter()
-    for line in lines:
-        ts = line[line.rfind(" ") + 1:]
-        if ts.lstrip("-").isdigit():
-            hour = int(ts) // HOUR_S * HOUR_S
-            if hour < current:
-                hours[hour] += 1
-    return hours
+MINUTE_HEAD = measurement("minute") + ","
+_FIELD = re.compile(r'([^=,\s\\]+)=("(?:[^"\\]|\\.)*"|[^,\s]+)')
+# Line protocol escapes only `,` `=` and space in tags, and only `"` and `\` in string fields.
+_UNESCAPE_TAG = re.compile(r"\\([,= ])")
+_UNESCAPE_STRING = re.compile(r'\\(["\\])')
 
 
-def marker_lines(lines: Iterable[str], now_s: float) -> list[str]:
-    """The marker points for a written batch (no timestamp: InfluxDB stamps them on arrival)."""
-    return [f"{MEASUREMENT},hour={h} n={n}i" for h, n in sorted(touched_hours(lines, now_s).items())]
+def written_topic(prefix: str) -> str:
+    return f"{prefix}/internal/written"
+
+
+def written_payload(lines: list[str]) -> bytes | None:
+    """The message for a batch InfluxDB accepted: its station_minute lines, or None if it has none."""
+    minute = [ln for ln in lines if ln.startswith(MINUTE_HEAD)]
+    return "\n".join(minute).encode() if minute else None
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenMinute:
+    """One minute reading of one channel as written: tags, epoch seconds and fields (float or str)."""
+
+    mn: str
+    enterprise: str
+    outlet: str
+    pollutant: str
+    ts: int
+    fields: dict[str, float | str]
+
+
+def _split_unescaped(s: str, sep: str) -> list[str]:
+    """Split on `sep` where it is not preceded by a backslash escape."""
+    out, cur, i = [], [], 0
+    while i < len(s):
+        ch = s[i]
+        if ch == "\\" and i + 1 < len(s):
+            cur.append(s[i:i + 2])
+            i += 2
+            continue
+        if ch == sep:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    out.append("".join(cur))
+    return out
+
+
+def parse_line(line: str) -> WrittenMinute | None:
+    """One station_minute line back into its parts; None for anything else or anything malformed."""
+    if not line.startswith(MINUTE_HEAD):
+        return None
+    try:
+        if "\\" not in line:  # the common case: nothing escaped, plain splits (a tag holds no space)
+            rest, ts = line.rsplit(" ", 1)
+            head, body = rest.split(" ", 1)
+            tags = dict(kv.split("=", 1) for kv in head.split(",")[1:])
+        else:
+            parts = _split_unescaped(line, " ")
+            if len(parts) != 3:
+                return None
+            head, body, ts = parts
+            tags = dict(_UNESCAPE_TAG.sub(r"\1", kv).split("=", 1) for kv in _split_unescaped(head, ",")[1:])
+        stamp = int(ts)
+    except ValueError:
+        return None
+    fields: dict[str, float | str] = {}
+    for name, raw in _FIELD.findall(body):
+        if raw.startswith('"'):
+            fields[name] = _UNESCAPE_STRING.sub(r"\1", raw[1:-1]) if "\\" in raw else raw[1:-1]
+        else:
+            try:
+                fields[name] = float(raw.rstrip("i"))
+            except ValueError:
+                continue
+    if "mn" not in tags or "pollutant" not in tags or not fields:
+        return None
+    return WrittenMinute(tags["mn"], tags.get("enterprise", ""), tags.get("outlet", ""), tags["pollutant"], stamp,
+                         fields)
+
+
+def parse_written(payload: bytes) -> list[WrittenMinute]:
+    """Every minute reading of a written message (malformed lines are skipped)."""
+    out = []
+    for line in payload.decode("utf-8", errors="replace").split("\n"):
+        r = parse_line(line)
+        if r is not None:
+            out.append(r)
+    return out

@@ -6,11 +6,14 @@
 
 Message: {"answer_id", "case_id", "type": acknowledge|rectification|contest, "text",
 "attachments": [{"name", "content_base64"}]}. The enterprise id comes from the topic, never from
-the body: the broker's ACL decides who may publish under which enterprise. A message is
+the body: the broker's ACL decides who may publish under which enterprise. Ids must match their
+patterns (config/ids.py) and the answer must keep the limits of notify.answers (text length,
+number and bytes of attachments). A message is
 acknowledged to the broker only after `on_answer` returned, so an answer is not lost when the
 handler fails; the handler must be idempotent on answer_id (the answers table's primary key), as
-MQTT may deliver twice. Malformed messages go to `on_invalid` (logged by default) and are acked:
-resending them would not make them valid.
+MQTT may deliver twice. Malformed messages, and answers `on_answer` refuses by raising
+InvalidAnswer, go to `on_invalid` (logged by default; the service keeps them as dead letters) and
+are acked: resending them would not make them valid.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import PurePosixPath
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -31,13 +33,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from config.schema import Settings
+from config import ids
+from config.ids import attachment_name
+from config.schema import AnswerLimits, Settings
 from ingest.mqtt import make_client
+from notify.attachments import check_base64_size, check_count, check_size, check_text
 
 log = logging.getLogger(__name__)
 
 ANSWER_TYPES = ("acknowledge", "rectification", "contest")
-MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
 SESSION_EXPIRY_S = 7 * 24 * 3600  # answers sent while envwatch is down wait at the broker this long
 
 
@@ -47,7 +51,7 @@ class InvalidAnswer(ValueError):
 
 @dataclass(frozen=True)
 class Attachment:
-    name: str  # a bare file name (directories stripped)
+    name: str  # the enterprise's file name, cleaned (config.ids.attachment_name); metadata, never a path
     content: bytes
 
 
@@ -67,15 +71,21 @@ def answer_filter(prefix: str) -> str:
 
 
 def enterprise_of(topic: str, prefix: str) -> str:
-    """The enterprise id in `{prefix}/enterprise/{id}/answer`."""
+    """The enterprise id in `{prefix}/enterprise/{id}/answer`; InvalidAnswer unless it matches its pattern."""
     head, tail = f"{prefix}/enterprise/", "/answer"
     if not (topic.startswith(head) and topic.endswith(tail)) or len(topic) <= len(head) + len(tail):
         raise InvalidAnswer(f"not an answer topic: {topic!r}")
-    return topic[len(head):-len(tail)]
+    try:
+        return ids.check("enterprise", topic[len(head):-len(tail)], "enterprise id in the topic")
+    except ids.InvalidId as exc:
+        raise InvalidAnswer(str(exc)) from exc
 
 
-def parse_answer(topic: str, payload: bytes, prefix: str, received_at: datetime | None = None) -> Answer:
-    """Validate one message; raises InvalidAnswer saying what is wrong."""
+def parse_answer(topic: str, payload: bytes, prefix: str, received_at: datetime | None = None,
+                 limits: AnswerLimits | None = None) -> Answer:
+    """Validate one message against the id patterns and `limits` (notify.answers); raises
+    InvalidAnswer saying what is wrong."""
+    limits = limits or AnswerLimits()
     enterprise = enterprise_of(topic, prefix)
     try:
         doc = json.loads(payload)
@@ -90,27 +100,45 @@ def parse_answer(topic: str, payload: bytes, prefix: str, received_at: datetime 
         raise InvalidAnswer(f"`type` must be one of {', '.join(ANSWER_TYPES)}, not {doc['type']!r}")
     if not isinstance(doc.get("text", ""), str):
         raise InvalidAnswer("`text` must be a string")
-    return Answer(doc["answer_id"], enterprise, doc["case_id"], doc["type"], doc.get("text", ""),
-                  _attachments(doc.get("attachments", [])), received_at or datetime.now(timezone.utc))
+    try:
+        ids.check("answer", doc["answer_id"], "answer_id")
+        ids.check("case", doc["case_id"], "case_id")
+        text = check_text(doc.get("text", ""), limits)
+        attachments = _attachments(doc.get("attachments", []), limits)
+    except ValueError as exc:  # InvalidId, LimitExceeded
+        raise InvalidAnswer(str(exc)) from exc
+    return Answer(doc["answer_id"], enterprise, doc["case_id"], doc["type"], text, attachments,
+                  received_at or datetime.now(timezone.utc))
 
 
-def _attachments(items: Any) -> list[Attachment]:
+def _attachments(items: Any, limits: AnswerLimits) -> list[Attachment]:
     if not isinstance(items, list):
         raise InvalidAnswer("`attachments` must be a list")
-    out = []
     for i, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidAnswer(f"attachments[{i}] needs a `name`")
-        # Only the last path component: an attachment must never be written outside its folder.
-        name = PurePosixPath(item["name"].replace("\\", "/")).name
-        if name in ("", ".", ".."):
-            raise InvalidAnswer(f"attachments[{i}]: unusable name {item['name']!r}")
+        if not isinstance(item.get("content_base64", ""), str):
+            raise InvalidAnswer(f"attachments[{i}]: content_base64 must be a string")
+    return decode_attachments([(item["name"], item.get("content_base64", "")) for item in items], limits)
+
+
+def decode_attachments(items: list[tuple[str, str]], limits: AnswerLimits) -> list[Attachment]:
+    """(name, base64) pairs decoded, names cleaned, within `limits`: an oversized one is refused
+    before it is decoded. LimitExceeded (413/422) or ValueError (bad name or base64) otherwise."""
+    check_count(len(items), limits)
+    out, total = [], 0
+    for i, (raw_name, encoded) in enumerate(items):
         try:
-            content = base64.b64decode(item.get("content_base64", ""), validate=True)
-        except (binascii.Error, TypeError, ValueError) as exc:
-            raise InvalidAnswer(f"attachments[{i}]: content_base64 is not base64: {exc}") from exc
-        if len(content) > MAX_ATTACHMENT_BYTES:
-            raise InvalidAnswer(f"attachments[{i}] is larger than {MAX_ATTACHMENT_BYTES} bytes")
+            name = attachment_name(raw_name)
+        except ValueError as exc:
+            raise ValueError(f"attachments[{i}]: {exc}") from exc
+        check_base64_size(name, len(encoded), total, limits)
+        try:
+            content = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"attachment {name!r}: content_base64 is not base64") from exc
+        total += len(content)
+        check_size(name, len(content), total, limits)
         out.append(Attachment(name, content))
     return out
 
@@ -149,13 +177,17 @@ class AnswerSubscriber:
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            answer = parse_answer(msg.topic, msg.payload, self.prefix)
+            answer = parse_answer(msg.topic, msg.payload, self.prefix, limits=self.settings.notify.answers)
         except InvalidAnswer as exc:
             self.on_invalid(msg.topic, msg.payload, str(exc))
             client.ack(msg.mid, msg.qos)
             return
         try:
             self.on_answer(answer)
+        except InvalidAnswer as exc:  # the handler refused it for good (e.g. another enterprise's case)
+            self.on_invalid(msg.topic, msg.payload, str(exc))
+            client.ack(msg.mid, msg.qos)
+            return
         except Exception:  # noqa: BLE001 - keep the subscriber alive; unacked, the broker resends on reconnect
             log.exception("answer %s of %s: handler failed; not acknowledged", answer.answer_id, answer.enterprise_id)
             return
@@ -167,4 +199,4 @@ class AnswerSubscriber:
 
 
 __all__ = ["ANSWER_TYPES", "Answer", "AnswerSubscriber", "Attachment", "InvalidAnswer", "answer_filter",
-           "parse_answer"]
+           "decode_attachments", "parse_answer"]

@@ -11,6 +11,13 @@
     escalated ──close_enforcement(outcome)──> verified, or dismissed when outcome = no_violation
     assign: any state but verified/dismissed, state unchanged
 
+Two clocks. Findings run on event time (an alert's window end), so a backfill opens the same cases
+as live operation. Obligations run on delivery time: deciding a rectification or reopened notice
+sets the deadlines provisionally from when it was sent (the processing time, never the data time),
+and the outbox's confirmed delivery (`confirm_delivery`) resets them from the delivery; a case is
+overdue only after that period, and a notice whose delivery is failing and being retried holds its
+case's deadlines until it is delivered or given up.
+
 Every change appends a chained event (notify.events) and bumps the row's `version`, so a writer
 that raced another one fails instead of overwriting it. All times are event times handed in by the
 caller; nothing here reads the clock (the event's recorded_at aside).
@@ -30,7 +37,7 @@ from detect.base import Alert
 from notify import rules
 from notify.events import append_event, events_of, jsonable
 from notify.store import utc, with_utc_times
-from notify.tables import CLOSED_STATES, case_alerts, cases
+from notify.tables import CLOSED_STATES, case_alerts, case_events, case_groups, cases, notices
 
 ACTIVE = ("open", "notified", "acknowledged", "rectification_reported", "reopened")
 # action -> (states it is allowed from, state it leads to; None keeps the state)
@@ -63,7 +70,8 @@ class ConcurrentUpdate(RuntimeError):
 
 # -- reading --------------------------------------------------------------------------------------
 
-_TIMES = ("opened_at", "updated_at", "closed_at", "deadline_at", "ack_due_at", "verify_until")
+_TIMES = ("opened_at", "updated_at", "closed_at", "deadline_at", "ack_due_at", "verify_until", "notice_sent_at",
+          "notified_at")
 
 
 def _row(m: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,11 +157,9 @@ def verify(conn: Connection, case_id: str, at: datetime, actor: str = SYSTEM) ->
 
 def reopen(conn: Connection, settings: Settings, case_id: str, at: datetime, actor: str = SYSTEM,
            data: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The problem recurred during verification: new acknowledgement and rectification deadlines."""
-    case = load_case(conn, case_id)
-    ack, deadline = deadlines(settings, case["problem"], utc(at))
-    return transition(conn, case_id, "reopen", at, actor, {**(data or {}), "ack_due_at": ack, "deadline_at": deadline},
-                      ack_due_at=ack, deadline_at=deadline, verify_until=None)[0]
+    """The problem recurred during verification: the deadlines start again with the reopened notice."""
+    return transition(conn, case_id, "reopen", at, actor, dict(data or {}),
+                      ack_due_at=None, deadline_at=None, verify_until=None, notified_at=None)[0]
 
 
 def escalate(conn: Connection, case_id: str, at: datetime, reason: str, priority: str, actor: str = SYSTEM,
@@ -171,7 +177,8 @@ def dismiss(conn: Connection, case_id: str, at: datetime, actor: str, reason: st
 
 
 def assign(conn: Connection, case_id: str, at: datetime, actor: str, assignee: str) -> dict[str, Any]:
-    """Name the person (center staff or officer) responsible for the case."""
+    """Name the center staff member responsible for the case (never the ticket's addressee: tickets are
+    routed to officers, notify.tickets.route_officer)."""
     if not assignee:
         raise TransitionError(f"case {case_id}: assign needs an assignee")
     return transition(conn, case_id, "assign", at, actor, {"assignee": assignee}, assignee=assignee)[0]
@@ -200,10 +207,70 @@ def assess_pollution(conn: Connection, case_id: str, at: datetime, actor: str, c
 
 
 def deadlines(settings: Settings, problem: str, at: datetime) -> tuple[datetime, datetime]:
-    """(acknowledgement due, rectification deadline) for a problem noticed at `at`."""
+    """(acknowledgement due, rectification deadline) for an enterprise told at `at`."""
     n = settings.notify
     hours = n.deadline_hours.get(problem, n.deadline_hours.get("default", 72))
     return at + timedelta(hours=n.acknowledge_hours), at + timedelta(hours=hours)
+
+
+def start_clock(conn: Connection, settings: Settings, case_id: str, sent: datetime, seq: int) -> dict[str, Any]:
+    """The notice decided at event `seq` was handed to the outbox at `sent`: provisional deadlines
+    from then, until its delivery is confirmed (`confirm_delivery`)."""
+    case = load_case(conn, case_id)
+    ack, deadline = deadlines(settings, case["problem"], utc(sent))
+    conn.execute(update(cases).where(cases.c.id == case_id).values(
+        notice_sent_at=utc(sent), notified_at=None, clock_seq=seq, ack_due_at=ack, deadline_at=deadline,
+        version=case["version"] + 1))
+    return load_case(conn, case_id)
+
+
+def confirm_delivery(conn: Connection, settings: Settings, case_id: str, seq: int, delivered_at: datetime,
+                     notice_id: str, channel: str) -> bool:
+    """The outbox confirmed delivery of the notice decided at event `seq`: the deadlines run from
+    now on (never from before it was sent). Only the first confirmed channel counts; a delivery of an
+    older notice, or of a case already closed or escalated, changes nothing. True when it counted."""
+    case = load_case(conn, case_id)
+    if case["clock_seq"] != seq or case["notified_at"] is not None or case["state"] not in ACTIVE:
+        return False
+    told = max(utc(delivered_at), case["notice_sent_at"] or utc(delivered_at))
+    ack, deadline = deadlines(settings, case["problem"], told)
+    res = conn.execute(update(cases).where(cases.c.id == case_id, cases.c.version == case["version"]).values(
+        notified_at=told, ack_due_at=ack, deadline_at=deadline, version=case["version"] + 1))
+    if res.rowcount != 1:
+        raise ConcurrentUpdate(f"case {case_id} changed while its notice's delivery was recorded")
+    append_event(conn, case_id, told, SYSTEM, "notice_delivered",
+                 {"notice_id": notice_id, "channel": channel, "event_seq": seq, "ack_due_at": ack,
+                  "deadline_at": deadline})
+    return True
+
+
+def unqueued_notices(conn: Connection) -> list[dict[str, Any]]:
+    """Notices decided in a pass that ended before handing them to the outbox (a crash between the
+    alerts' transactions and notices.enqueue_pass): their cases are notified without deadlines. The
+    next tick queues them, so nobody is held to a notice that was never sent."""
+    rows = conn.execute(select(cases.c.id, cases.c.enterprise_id).where(
+        cases.c.state.in_(("notified", "reopened")), cases.c.ack_due_at.is_(None))).all()
+    out = []
+    for cid, ent in rows:  # (a held case is still open: never among them)
+        for e in reversed(events_of(conn, cid)):
+            if e["type"] == "notice_decided" and e["data"].get("kind") in ("rectification_notice", "reopened"):
+                out.append({"case_id": cid, "seq": e["seq"], "kind": e["data"]["kind"], "enterprise_id": ent,
+                            "at": e["at"]})
+                break
+    return out
+
+
+def delivery_in_progress(conn: Connection, case: Mapping[str, Any]) -> bool:
+    """The notice that starts the case's deadlines is failing and being retried (not yet delivered,
+    not given up): its deadlines wait, nobody is overdue for a notice that has not arrived."""
+    if case.get("clock_seq") is None or case.get("notified_at") is not None:
+        return False
+    prefix = f"{case['id']}:{case['clock_seq']}:"
+    rows = conn.execute(select(notices.c.status, notices.c.attempts).where(
+        notices.c.case_id == case["id"], notices.c.audience == "enterprise",
+        notices.c.decision.startswith(prefix, autoescape=True))).all()
+    return any(r.status == "pending" and r.attempts > 0 for r in rows) and not any(
+        r.status == "delivered" for r in rows)
 
 
 # -- alerts ---------------------------------------------------------------------------------------
@@ -234,19 +301,22 @@ def attach(conn: Connection, case_id: str, alert: Alert, at: datetime) -> None:
                                             alert=alert.to_json()))
 
 
-def create_case(conn: Connection, settings: Settings, alert: Alert, emergency_level: str | None) -> dict[str, Any]:
-    """Insert a new case for `alert` in state open, with its deadlines; records the "opened" event."""
+def create_case(conn: Connection, settings: Settings, alert: Alert, emergency_level: str | None,
+                group_id: str | None = None) -> dict[str, Any]:
+    """Insert a new case for `alert` in state open (deadlines come with its notice); records "opened".
+
+    `group_id`: the finding shares a cause with many others; the case is held in that group.
+    """
     at = alert_time(alert)
-    ack, deadline = deadlines(settings, alert.kind, at)
     cid = case_id_for(alert)
     conn.execute(insert(cases).values(
         id=cid, enterprise_id=alert.enterprise_id, outlet_id=alert.outlet_id, problem=alert.kind,
         pollutant=alert.pollutant, state="open", severity=alert.severity, opened_at=at, updated_at=at,
-        deadline_at=deadline, ack_due_at=ack, emergency=emergency_level is not None,
+        emergency=emergency_level is not None, group_id=group_id,
         self_reported=bool(alert.evidence.get("self_reported")), version=1))
     attach(conn, cid, alert, at)
     append_event(conn, cid, at, SYSTEM, "opened", {**alert_facts(alert), "emergency_level": emergency_level,
-                                                    "ack_due_at": ack, "deadline_at": deadline})
+                                                    **({"group_id": group_id} if group_id else {})})
     return load_case(conn, cid)
 
 
@@ -275,13 +345,18 @@ def sort_alerts(alerts: Iterable[Alert]) -> list[Alert]:
 
 # -- rules applied: alerts in, time passing -------------------------------------------------------
 
-def ingest_alerts(conn: Connection, settings: Settings, alerts: Iterable[Alert], now: datetime) -> list[dict[str, Any]]:
+def ingest_alerts(conn: Connection, settings: Settings, alerts: Iterable[Alert], now: datetime,
+                  groups: Mapping[str, str] | None = None, deferred: list[dict[str, Any]] | None = None,
+                  ) -> list[dict[str, Any]]:
     """Open or join cases for `alerts` in event-time order; returns one outcome per alert.
 
     Before each alert, deadlines that fell due earlier are settled (`tick` at the alert's time),
-    exactly as a live run ticking in between would have; that is what makes a backfill decide the
-    same. Alerts already attached to a case are skipped (re-processing is idempotent); alerts stamped
-    after `now` are refused (a window that has not closed yet cannot have a finding).
+    exactly as a live run ticking in between would have. Alerts already attached to a case are
+    skipped (re-processing is idempotent); alerts stamped after `now` are refused (a window that has
+    not closed yet cannot have a finding). `now` is when this runs: notices decided now are sent now,
+    and their deadlines run from then (or from their delivery), never from the data time.
+    `groups` maps alert ids to the group holding them (notify.groups); `deferred` collects the
+    enterprise notices of this pass, for one notice per enterprise (notify.notices.enqueue_pass).
     """
     out: list[dict[str, Any]] = []
     for alert in sort_alerts(alerts):
@@ -290,11 +365,20 @@ def ingest_alerts(conn: Connection, settings: Settings, alerts: Iterable[Alert],
             out.append({"alert_id": alert.id, "status": "future", "case_id": None})
             continue
         tick(conn, settings, at)
-        out.append(ingest_alert(conn, settings, alert))
+        out.append(ingest_alert(conn, settings, alert, now, (groups or {}).get(alert.id), deferred))
     return out
 
 
-def ingest_alert(conn: Connection, settings: Settings, alert: Alert) -> dict[str, Any]:
+def held(conn: Connection, case: Mapping[str, Any]) -> bool:
+    """The case waits in a group that nobody has confirmed yet: no notice, no escalation."""
+    if not case.get("group_id"):
+        return False
+    status = conn.execute(select(case_groups.c.status).where(case_groups.c.id == case["group_id"])).scalar()
+    return status == "pending"
+
+
+def ingest_alert(conn: Connection, settings: Settings, alert: Alert, now: datetime | None = None,
+                 group_id: str | None = None, deferred: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One alert: skip if seen, else open a case or join the open one, then apply the rules."""
     from notify.context import build_context, emergency_at
 
@@ -307,39 +391,48 @@ def ingest_alert(conn: Connection, settings: Settings, alert: Alert) -> dict[str
         # The verification window ended before this alert: the rectification held, this is a new case.
         history = events_of(conn, case["id"])
         apply_decisions(conn, settings, case["id"], rules.verification_decisions(
-            case, history, build_context(conn, settings, case, case["verify_until"], history)), at)
+            case, history, build_context(conn, settings, case, case["verify_until"], history)), at, now)
         case = None
     emergency = emergency_at(conn, at)
     level = emergency["level"] if emergency else None
     status = "opened" if case is None else "attached"
-    case = create_case(conn, settings, alert, level) if case is None else join_case(conn, case, alert, level)
+    case = create_case(conn, settings, alert, level, group_id) if case is None else join_case(conn, case, alert, level)
+    if held(conn, case):
+        return {"alert_id": alert.id, "status": status, "case_id": case["id"], "decisions": [],
+                "group_id": case["group_id"]}
     *history, event = events_of(conn, case["id"])
     ctx = build_context(conn, settings, case, at, history)
     decisions = rules.on_alert(case, history, event, ctx)
-    apply_decisions(conn, settings, case["id"], decisions, at)
+    apply_decisions(conn, settings, case["id"], decisions, at, now, deferred=deferred)
     return {"alert_id": alert.id, "status": status, "case_id": case["id"],
             "decisions": [type(d).__name__.lower() for d in decisions]}
 
 
 def tick(conn: Connection, settings: Settings, now: datetime) -> list[dict[str, Any]]:
-    """Apply what fell due by `now`: overdue acknowledgements and rectifications, verifications.
+    """Apply what fell due by `now`: reminders, overdue acknowledgements and rectifications,
+    verifications.
 
-    Each decision is stamped with the time it fell due (not `now`), so ticking often or rarely,
-    live or in a backfill, records the same history.
+    Each decision is stamped with the time it fell due (not `now`), so ticking often or rarely
+    records the same history. A case whose notice is still being retried waits (delivery_in_progress).
     """
     from notify.context import build_context
 
     now = utc(now)
     grace = timedelta(seconds=settings.detect.settle_s)
+    r = settings.notify.reminders
+    ack_soon = now + timedelta(hours=r.acknowledge_before_hours)
+    rect_soon = now + timedelta(hours=r.rectification_before_hours)
     c = cases.c
     due = (select(cases).where(
-        ((c.state.in_(("notified", "reopened"))) & (c.ack_due_at < now))
-        | ((c.state.in_(("notified", "acknowledged", "reopened"))) & (c.deadline_at < now))
+        ((c.state.in_(("notified", "reopened"))) & (c.ack_due_at < ack_soon))
+        | ((c.state.in_(("notified", "acknowledged", "reopened"))) & (c.deadline_at < rect_soon))
         | ((c.state == "rectification_reported") & (c.verify_until < now - grace)))
         .order_by(c.opened_at, c.id))
     out = []
     for m in conn.execute(due).mappings().all():
         case = _row(m)
+        if case["state"] != "rectification_reported" and delivery_in_progress(conn, case):
+            continue
         history = events_of(conn, case["id"])
         ctx = build_context(conn, settings, case, _first_due(case, now), history)
         decisions = rules.on_tick(case, history, now, ctx)
@@ -355,43 +448,65 @@ def _first_due(case: Mapping[str, Any], now: datetime) -> datetime:
 
 
 def apply_decisions(conn: Connection, settings: Settings, case_id: str, decisions: Iterable[rules.Decision],
-                    at: datetime) -> None:
-    """Carry out the rules' decisions in order, each at its own event time (default `at`)."""
+                    at: datetime, now: datetime | None = None, actor: str = SYSTEM,
+                    deferred: list[dict[str, Any]] | None = None) -> None:
+    """Carry out the rules' decisions in order, each at its own event time (default `at`).
+
+    `now` is when this runs (default `at`): a notice that starts deadlines is sent then. `actor` is
+    who caused the decisions: SYSTEM for the rules, the person for a manual escalation.
+    """
+    sent = max(utc(at), utc(now)) if now is not None else utc(at)
     for d in decisions:
         when = d.at or at
         if isinstance(d, rules.Reopen):
-            reopen(conn, settings, case_id, when)
+            reopen(conn, settings, case_id, when, actor)
         elif isinstance(d, rules.Notify):
             if d.kind == "rectification_notice" and load_case(conn, case_id)["state"] == "open":
-                transition(conn, case_id, "notify", when, SYSTEM)
-            decide_notice(conn, settings, case_id, when, d.kind)
+                transition(conn, case_id, "notify", when, actor)
+            starts_clock = d.kind in ("rectification_notice", "reopened")
+            if starts_clock and deferred is None:
+                # The deadlines are stated in the notice: set them before it is rendered. (Deferred
+                # notices get theirs when the pass hands them to the outbox, notices.enqueue_pass.)
+                start_clock(conn, settings, case_id, max(sent, utc(when)), _next_seq(conn, case_id))
+            decide_notice(conn, settings, case_id, when, d.kind, jsonable(d.detail), actor=actor,
+                          deferred=deferred if starts_clock else None)
         elif isinstance(d, rules.Escalate):
-            _escalate(conn, settings, case_id, d, when)
+            _escalate(conn, settings, case_id, d, when, actor)
         elif isinstance(d, rules.Close):
-            verify(conn, case_id, when)
+            verify(conn, case_id, when, actor)
         elif isinstance(d, rules.Recommend):
             conn.execute(update(cases).where(cases.c.id == case_id).values(recommendation=d.recommendation))
-            append_event(conn, case_id, when, SYSTEM, "recommendation",
+            append_event(conn, case_id, when, actor, "recommendation",
                          {"recommendation": d.recommendation, "basis": d.basis})
 
 
-def _escalate(conn: Connection, settings: Settings, case_id: str, d: rules.Escalate, at: datetime) -> None:
+def _next_seq(conn: Connection, case_id: str) -> int:
+    """The seq the next event of the case will get (the notice decision that start_clock names)."""
+    last = conn.execute(select(case_events.c.seq).where(case_events.c.case_id == case_id)
+                        .order_by(case_events.c.seq.desc()).limit(1)).scalar()
+    return (last or 0) + 1
+
+
+def _escalate(conn: Connection, settings: Settings, case_id: str, d: rules.Escalate, at: datetime,
+              actor: str = SYSTEM) -> None:
+    """Escalate and open the ticket, addressed to the routed officer. The ticket notice is decided
+    once the evidence package is locked (notify.tickets.send_ticket_notice), so it can carry it."""
     from notify.tickets import open_ticket
 
     if load_case(conn, case_id)["state"] == "escalated":
         return  # one escalation per case; later reasons are in the events already
-    case = escalate(conn, case_id, at, d.reason, d.priority, detail=d.detail)
-    ticket = open_ticket(conn, case, d.reason, d.priority, at)
-    decide_notice(conn, settings, case_id, at, "ticket",
-                  {"ticket_id": ticket["id"], "reason": d.reason, "priority": d.priority})
+    case = escalate(conn, case_id, at, d.reason, d.priority, actor=actor, detail=d.detail)
+    open_ticket(conn, settings, case, d.reason, d.priority, at, actor=actor)
 
 
 def decide_notice(conn: Connection, settings: Settings, case_id: str, at: datetime, kind: str,
-                  data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  data: Mapping[str, Any] | None = None, actor: str = SYSTEM,
+                  deferred: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Record the decision to send a notice of `kind` and hand it to the outbox, in one transaction.
 
     The event is the decision (its seq makes the outbox key); notify.notices renders and queues
-    the messages. Imported lazily: the outbox may be absent in a minimal install.
+    the messages. With `deferred`, the rendering waits for the end of the detection pass, so an
+    enterprise with several findings gets one notice listing them (notices.enqueue_pass).
     """
     import importlib.util
 
@@ -402,8 +517,11 @@ def decide_notice(conn: Connection, settings: Settings, case_id: str, at: dateti
     emergency = emergency_at(conn, at) if case["emergency"] else None
     if emergency is not None:
         extra["emergency_level"] = emergency["level"]
-    ev = append_event(conn, case_id, at, SYSTEM, "notice_decided", extra)
-    if importlib.util.find_spec("notify.notices") is not None:
+    ev = append_event(conn, case_id, at, actor, "notice_decided", extra)
+    if deferred is not None:
+        deferred.append({"case_id": case_id, "seq": ev["seq"], "kind": kind, "enterprise_id": case["enterprise_id"],
+                         "at": utc(at)})
+    elif importlib.util.find_spec("notify.notices") is not None:
         from notify import notices
 
         notices.enqueue(conn, settings, case, ev, kind)

@@ -19,7 +19,6 @@ import json
 import logging
 import smtplib
 import threading
-import uuid
 from collections.abc import Mapping
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -32,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from config.schema import Enterprise, Settings
-from ingest.mqtt import make_client
+from ingest.mqtt import NOTIFY, connection_id, make_client
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +105,8 @@ class MQTTChannel:
 
     def _connect(self) -> mqtt.Client:
         b = self.settings.broker
-        # A client id of its own per channel: two dispatchers must not take over each other's connection.
-        c = make_client(b, f"{b.client_id}-notify-{uuid.uuid4().hex[:8]}")
+        # The instance's notify connection (its own account when the broker binds ids to accounts).
+        c = make_client(b, connection_id(b, NOTIFY))
         c.on_connect = lambda _c, _u, _f, rc, _p: self._connected.set() if not rc.is_failure else None
         c.on_disconnect = lambda *_a: self._connected.clear()
         c.on_publish = self._on_publish

@@ -13,6 +13,7 @@ China local time (UTC+08:00), as the bureau reads them.
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -21,6 +22,26 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+
+
+def _lazy(name: str) -> Any:
+    """A module that is imported on first use (importlib's LazyLoader): notify.workflow and
+    notify.notices bring SQLAlchemy, Jinja2 and the detectors, which `envwatch --help` never needs."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.loader is not None
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+workflow = _lazy("notify.workflow")
+notices = _lazy("notify.notices")
 from ingest.model import CHINA_TZ as CHINA
 from ingest.model import parse_time
 
@@ -63,7 +84,6 @@ def print_cases(engine: Any, console: Console, state: str | None = None, enterpr
                 open_only: bool = False, lang: str = "zh-CN", limit: int = 200) -> int:
     """A table of cases, newest first; returns how many were shown."""
     h, labels = HEADERS[lang], STATE_LABELS[lang]
-    from notify import workflow  # SQLAlchemy and the detectors: only for the commands that need them
     rows = workflow.list_cases(engine, state=state, enterprise_id=enterprise, open_only=open_only, limit=limit)
     table = Table(title="案件 (cases)" if lang == "zh-CN" else "Cases")
     for key in ("id", "enterprise", "outlet", "problem", "severity", "state", "opened", "deadline", "emergency"):
@@ -78,7 +98,6 @@ def print_cases(engine: Any, console: Console, state: str | None = None, enterpr
 
 def print_case(engine: Any, console: Console, case_id: str, lang: str = "zh-CN") -> bool:
     """One case: its facts, its history, and its ticket; False when there is no such case."""
-    from notify import workflow  # SQLAlchemy and the detectors: only for the commands that need them
     c = workflow.get_case(engine, case_id)
     if c is None:
         console.print(f"[red]no case {case_id}[/red]")
@@ -95,7 +114,8 @@ def print_case(engine: Any, console: Console, case_id: str, lang: str = "zh-CN")
         events.add_column(h[key])
     for e in c["events"]:
         detail = ", ".join(f"{k}={v}" for k, v in e["data"].items() if v not in (None, "", [], {}))
-        events.add_row(local(e["at"]), e["actor"], e["type"], detail[:120])
+        events.add_row(local(e["at"]), notices.actor_words(e["actor"], lang), notices.EVENT_WORDS[lang].get(e["type"], e["type"]),
+                       detail[:120])
     console.print(events)
     console.print(f"alerts: {len(c['alerts'])}  notices: {len(c['notices'])}  answers: {len(c['answers'])}")
     if c["ticket"]:
@@ -108,7 +128,6 @@ def print_tickets(engine: Any, console: Console, status: str | None = None, offi
                   lang: str = "zh-CN") -> int:
     """A table of enforcement tickets, most urgent first; returns how many were shown."""
     h, labels = HEADERS[lang], TICKET_LABELS[lang]
-    from notify import workflow  # SQLAlchemy and the detectors: only for the commands that need them
     rows = workflow.list_tickets(engine, status=status, officer=officer)
     table = Table(title="执法工单 (tickets)" if lang == "zh-CN" else "Tickets")
     for key in ("id", "priority", "reason", "status", "enterprise", "outlet", "problem", "officer", "opened", "evidence"):
@@ -122,7 +141,6 @@ def print_tickets(engine: Any, console: Console, status: str | None = None, offi
 
 
 def print_ticket(engine: Any, console: Console, ticket_id: str, lang: str = "zh-CN") -> bool:
-    from notify import workflow  # SQLAlchemy and the detectors: only for the commands that need them
     t = workflow.get_ticket(engine, ticket_id)
     if t is None:
         console.print(f"[red]no ticket {ticket_id}[/red]")
@@ -197,9 +215,103 @@ def emergency_declare(level: Annotated[str, typer.Option("--level", help="yellow
                       config: ConfigOpt = None) -> None:
     """Declare a heavy-pollution emergency over [--from, --to)."""
     try:
-        from notify import workflow  # SQLAlchemy and the detectors: only for the commands that need them
-        eid = workflow.declare_emergency(_engine(config), level, parse_time(start), parse_time(end), by, note)
+            eid = workflow.declare_emergency(_engine(config), level, parse_time(start), parse_time(end), by, note)
     except ValueError as exc:
         Console(stderr=True).print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
     Console().print(f"emergency {eid}: {level} {local(parse_time(start))} – {local(parse_time(end))} (UTC+08:00)")
+
+
+# -- actions: the actor is the person at the terminal ----------------------------------------------
+
+ByOpt = Annotated[Optional[str], typer.Option("--by", help="who acts (default: your login name)")]
+
+
+def cli_actor(by: str | None) -> str:
+    """`center:<name>`: the person who ran the command (their login unless --by names them)."""
+    import getpass
+
+    return f"center:{by or getpass.getuser()}"
+
+
+def _fail(exc: Exception) -> None:
+    Console(stderr=True).print(f"[red]{exc}[/red]")
+    raise typer.Exit(2) from exc
+
+
+def _settings_engine(config: Path | None) -> tuple[Any, Any]:
+    from config import load
+
+    return load(config), _engine(config)
+
+
+@tickets_app.command("route")
+def tickets_route(ticket_id: str, officer: Annotated[str, typer.Option("--officer", help="an id from notify.officers")],
+                  config: ConfigOpt = None, by: ByOpt = None) -> None:
+    """Send a ticket to another officer (only an officer; only before it is accepted)."""
+    from datetime import timezone
+
+    settings, engine = _settings_engine(config)
+    try:
+        t = workflow.route_ticket(engine, settings, ticket_id, officer, datetime.now(timezone.utc), cli_actor(by))
+    except workflow.tickets.TicketError as exc:
+        _fail(exc)
+    Console().print(f"ticket {t['id']} -> {t['officer']}")
+
+
+@cases_app.command("escalate")
+def cases_escalate(case_id: str, priority: Annotated[str, typer.Option("--priority")] = "P2",
+                   config: ConfigOpt = None, by: ByOpt = None) -> None:
+    """Hand a case to enforcement now; the ticket goes to the routed officer."""
+    from datetime import timezone
+
+    settings, engine = _settings_engine(config)
+    try:
+        workflow.act(engine, settings, case_id, "escalate", datetime.now(timezone.utc), cli_actor(by), priority=priority)
+    except workflow.cases.TransitionError as exc:
+        _fail(exc)
+    t = workflow.get_case(engine, case_id)["ticket"]
+    Console().print(f"case {case_id} escalated: ticket {t['id']} {t['priority']} -> {t['officer'] or '-'}")
+
+
+@cases_app.command("groups")
+def cases_groups(config: ConfigOpt = None, status: Annotated[Optional[str], typer.Option()] = None) -> None:
+    """Grouped findings (one cause, many stations): pending ones wait for confirm or dismiss."""
+    table = Table(title="合并事项 (groups)")
+    for col in ("id", "kind", "window", "status", "enterprises", "stations", "cases"):
+        table.add_column(col)
+    for g in workflow.list_groups(_engine(config), status):
+        table.add_row(g["id"], g["kind"], f"{local(g['window_start'])} – {local(g['window_end'])}", g["status"],
+                      str(g["enterprises"]), str(g["stations"]), str(g["cases"]))
+    Console().print(table)
+
+
+@cases_app.command("group-confirm")
+def cases_group_confirm(group_id: str, config: ConfigOpt = None, by: ByOpt = None) -> None:
+    """Confirm a group: each enterprise concerned gets one notice listing its findings."""
+    from datetime import timezone
+
+    from notify.groups import GroupError
+
+    settings, engine = _settings_engine(config)
+    try:
+        g = workflow.confirm_group(engine, settings, group_id, datetime.now(timezone.utc), cli_actor(by))
+    except GroupError as exc:
+        _fail(exc)
+    Console().print(f"group {group_id} confirmed: {len(g['case_ids'])} cases notified")
+
+
+@cases_app.command("group-dismiss")
+def cases_group_dismiss(group_id: str, reason: Annotated[str, typer.Option("--reason")], config: ConfigOpt = None,
+                        by: ByOpt = None) -> None:
+    """Dismiss a group (e.g. a network artefact): every case in it closes with the reason."""
+    from datetime import timezone
+
+    from notify.groups import GroupError
+
+    settings, engine = _settings_engine(config)
+    try:
+        g = workflow.dismiss_group(engine, settings, group_id, datetime.now(timezone.utc), cli_actor(by), reason)
+    except GroupError as exc:
+        _fail(exc)
+    Console().print(f"group {group_id} dismissed: {len(g['case_ids'])} cases closed")

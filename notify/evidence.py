@@ -15,7 +15,8 @@ A package is one folder (and a .zip of it) holding:
     manifest.sha256  SHA-256 of manifest.json (sha256sum format)
 
 `verify` recomputes every file hash, the manifest hash and the event chain (notify/events.py's
-canonical form). A package rebuilt wholesale by someone who edited history would still be
+canonical form), and refuses a package whose entries are not exactly the manifest's (a zip entry
+twice, a subfolder, a file beside the package folder, an extra or a missing file). A package rebuilt wholesale by someone who edited history would still be
 self-consistent: what pins it is the manifest digest recorded elsewhere (the ticket's
 evidence_digest), hence `expected_digest`.
 """
@@ -28,6 +29,7 @@ import json
 import shutil
 import sys
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from importlib import metadata
@@ -50,6 +52,7 @@ MARGIN = timedelta(hours=1)  # context before and after each alert window
 INTERVALS = ("rtd", "minute", "hour", "day")
 TAGS = ("mn", "enterprise", "outlet", "medium", "pollutant", "code")
 MANIFEST, MANIFEST_DIGEST = "manifest.json", "manifest.sha256"
+MAX_UNLISTED_BYTES = 1 << 20  # what verify reads of a zip entry the manifest gives no size for
 PAYLOADS_NOTE = ("envwatch does not keep the raw payloads of accepted readings (InfluxDB holds the decoded "
                  "values, in readings.csv); payloads the ingest rejected are kept as dead letters "
                  "(`envwatch deadletters list`).")
@@ -147,27 +150,63 @@ def _readings(influx: Influx, windows: list[tuple[str, str, datetime, datetime]]
     return df[cols].drop_duplicates(subset=keys).sort_values(keys, kind="stable").reset_index(drop=True)
 
 
-def _readings_csv(df: pd.DataFrame) -> bytes:
+BEIJING = "Asia/Shanghai"
+CHART_WORDS: dict[str, dict[str, str]] = {
+    "zh-CN": {"limit": "排放限值", "finding": "监测发现", "none": "该时段无监测数据", "time": "时间（北京时间）",
+              "case": "案件", "o2": "折算", "minute": "分钟数据", "rtd": "实时数据", "hour": "小时数据"},
+    "en": {"limit": "limit", "finding": "finding", "none": "no readings stored for these windows",
+           "time": "time (Beijing time, UTC+08:00)", "case": "case", "o2": "O2-corrected", "minute": "minute data",
+           "rtd": "real-time data", "hour": "hourly data"},
+}
+
+
+def _readings_csv(df: pd.DataFrame, language: str = "zh-CN") -> bytes:
+    """The readings with `time` in Beijing time (ISO 8601, +08:00), `time_utc` beside it, and the
+    pollutant's name next to its code."""
+    from notify.notices import pollutant_label
+
     out = df.copy()
     if len(out):
-        out["time"] = out["time"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        out.insert(list(out.columns).index("time") + 1, "time_utc", out["time"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        out["time"] = out["time"].dt.tz_convert(BEIJING).map(lambda t: t.isoformat())
+        if "pollutant" in out.columns:
+            out.insert(list(out.columns).index("pollutant") + 1, "pollutant_name",
+                       out["pollutant"].map(lambda c: pollutant_label(str(c), language)))
     return out.to_csv(index=False, lineterminator="\n").encode()
+
+
+def _cjk_font() -> str | None:
+    """A font that has Chinese glyphs, if one is installed (else the chart falls back to English)."""
+    from matplotlib import font_manager
+
+    names = {f.name for f in font_manager.fontManager.ttflist}
+    return next((n for n in ("Noto Sans CJK SC", "Noto Serif CJK SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+                             "Source Han Sans SC", "SimHei") if n in names), None)
 
 
 # -- the chart ------------------------------------------------------------------------------------
 
-def _chart(df: pd.DataFrame, alerts: list[dict[str, Any]], case: dict[str, Any]) -> bytes:
-    """PNG: per pollutant, the finest readings (O2-corrected where sent) vs the limit, windows shaded."""
+def _chart(df: pd.DataFrame, alerts: list[dict[str, Any]], case: dict[str, Any], language: str = "zh-CN",
+           names: dict[str, str] | None = None) -> bytes:
+    """PNG: per pollutant, the finest readings (O2-corrected where sent) vs the limit and its
+    standard, windows shaded, in Beijing time, labelled in `language` (names: enterprise id -> name)."""
+    from matplotlib import rc_context
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global state, safe in threads
 
+    font = _cjk_font() if language == "zh-CN" else None
+    if language == "zh-CN" and font is None:
+        language = "en"  # no Chinese glyphs here: English rather than boxes
     codes = sorted({a["pollutant"] for a in alerts if a.get("pollutant")}) or [case.get("pollutant") or ""]
-    fig = Figure(figsize=(10, 3.2 * len(codes)), dpi=100)
-    FigureCanvasAgg(fig)
-    for i, code in enumerate(codes, start=1):
-        ax = fig.add_subplot(len(codes), 1, i)
-        _plot_pollutant(ax, df, [a for a in alerts if a.get("pollutant", "") == code], code, case)
-    fig.tight_layout()
+    with rc_context({"font.family": [font, "DejaVu Sans"] if font else ["DejaVu Sans"], "timezone": BEIJING,
+                     "axes.unicode_minus": False}):
+        fig = Figure(figsize=(10, 3.2 * len(codes)), dpi=100)
+        FigureCanvasAgg(fig)
+        for i, code in enumerate(codes, start=1):
+            ax = fig.add_subplot(len(codes), 1, i)
+            _plot_pollutant(ax, df, [a for a in alerts if a.get("pollutant", "") == code], code, case, language,
+                            (names or {}).get(case["enterprise_id"], case["enterprise_id"]))
+        fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": f"envwatch {tool_version()}"})
     return buf.getvalue()
@@ -182,22 +221,36 @@ def _series(df: pd.DataFrame, code: str) -> tuple[pd.DataFrame, str]:
     return pd.DataFrame(columns=["time", "mn", "value"]), ""
 
 
-def _plot_pollutant(ax: Any, df: pd.DataFrame, alerts: list[dict[str, Any]], code: str, case: dict[str, Any]) -> None:
+def _plot_pollutant(ax: Any, df: pd.DataFrame, alerts: list[dict[str, Any]], code: str, case: dict[str, Any],
+                    language: str = "zh-CN", enterprise: str = "") -> None:
+    from matplotlib.dates import DateFormatter
+
+    from notify.notices import PROBLEM_LABELS, pollutant_label
+
+    w = CHART_WORDS[language]
     data, label = _series(df, code)
+    interval, _, col = label.partition(" ")
+    series = f"{w.get(interval, interval)}{'（' + w['o2'] + '）' if col.startswith('zs') and language == 'zh-CN' else ''}"
     for mn, rows in data.groupby("mn"):
-        ax.plot(rows["time"], rows["value"].astype(float), lw=0.8, label=f"{mn} {label}")
+        ax.plot(rows["time"], rows["value"].astype(float), lw=0.8, label=f"{mn} {series}")
     for a in alerts:
         start, end = (pd.Timestamp(a[k]) for k in ("window_start", "window_end"))
         ax.axvspan(start, end, color="tab:red", alpha=0.12)
         if a.get("value") is not None:
-            ax.hlines(a["value"], start, end, colors="tab:red", lw=2, label=f"{a['kind']} {a['value']}")
-    limits = {a["limit"] for a in alerts if a.get("limit") is not None and "exceedance" in a["kind"]}
-    for lim in sorted(limits):
-        ax.axhline(lim, color="black", ls="--", lw=1, label=f"limit {lim} {alerts[0].get('unit', '')}")
+            kind = PROBLEM_LABELS[language].get(a["kind"], a["kind"])
+            ax.hlines(a["value"], start, end, colors="tab:red", lw=2, label=f"{kind} {a['value']}")
+    limits = {(a["limit"], (a.get("evidence") or {}).get("standard") or "") for a in alerts
+              if a.get("limit") is not None and "exceedance" in a["kind"]}
+    for lim, standard in sorted(limits):
+        std = f"（{standard}）" if standard and language == "zh-CN" else (f" ({standard})" if standard else "")
+        ax.axhline(lim, color="black", ls="--", lw=1, label=f"{w['limit']} {lim} {alerts[0].get('unit', '')}{std}")
     if data.empty:
-        ax.text(0.5, 0.5, "no readings stored for these windows", transform=ax.transAxes, ha="center")
+        ax.text(0.5, 0.5, w["none"], transform=ax.transAxes, ha="center")
     ax.set_ylabel(alerts[0].get("unit", "") if alerts else "")
-    ax.set_title(f"case {case['id']}: {case['enterprise_id']}/{case['outlet_id']} {code} (UTC)", fontsize=9)
+    ax.set_xlabel(w["time"], fontsize=8)
+    ax.xaxis.set_major_formatter(DateFormatter("%m-%d %H:%M", tz=BEIJING))
+    ax.set_title(f"{w['case']} {case['id']}: {enterprise} / {case['outlet_id']} / {pollutant_label(code, language)}",
+                 fontsize=9)
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         uniq = dict(zip(labels, handles))
@@ -212,10 +265,11 @@ def _history(c: _Case) -> dict[str, Any]:
     return {"case_id": c.case["id"], "genesis": events.GENESIS, "events": rows}
 
 
-def _files(c: _Case, df: pd.DataFrame) -> dict[str, bytes]:
+def _files(c: _Case, df: pd.DataFrame, language: str = "zh-CN", names: dict[str, str] | None = None) -> dict[str, bytes]:
     case = {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in c.case.items()}
     ans = [{k: (_iso(v) if isinstance(v, datetime) else v) for k, v in a.items()} for a in c.answers]
-    return {"readings.csv": _readings_csv(df), "payloads.jsonl": b"", "chart.png": _chart(df, c.alerts, c.case),
+    return {"readings.csv": _readings_csv(df, language), "payloads.jsonl": b"",
+            "chart.png": _chart(df, c.alerts, c.case, language, names),
             "alerts.json": _json(c.alerts), "case.json": _json(case), "answers.json": _json(ans),
             "history.json": _json(_history(c))}
 
@@ -258,7 +312,7 @@ def build(engine_or_conn: Engine | Connection, settings: Settings, case_id: str,
     finally:
         if own:
             influx.close()
-    files = _files(c, df)
+    files = _files(c, df, settings.notify.language, {e.id: e.name for e in settings.registry.enterprises})
     manifest = _json(_manifest(c, files, created, settings, windows, len(df)))
     digest = sha256(manifest)
     files |= {MANIFEST: manifest, MANIFEST_DIGEST: f"{digest}  {MANIFEST}\n".encode()}
@@ -287,29 +341,92 @@ def _write(out_dir: Path, name: str, files: dict[str, bytes]) -> Path:
 
 # -- verifying ------------------------------------------------------------------------------------
 
-def _read(path: Path) -> dict[str, bytes]:
-    """A package's files by name, from its folder or its .zip."""
+def _read(path: Path) -> tuple[dict[str, bytes], list[str]]:
+    """A package's files by name, from its folder or its .zip, and what makes its layout not a package's."""
     if path.is_dir():
-        return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()}
+        return _read_folder(path)
     with zipfile.ZipFile(path) as z:
-        return {Path(n).name: z.read(n) for n in z.namelist() if not n.endswith("/")}
+        return _read_zip(z)
+
+
+def _read_folder(path: Path) -> tuple[dict[str, bytes], list[str]]:
+    files, problems = {}, []
+    for p in sorted(path.iterdir()):
+        if p.is_symlink() or not p.is_file():
+            problems.append(f"{p.name} is a {'link' if p.is_symlink() else 'folder'}: a package holds plain files only")
+        else:
+            files[p.name] = p.read_bytes()
+    return files, problems
+
+
+def _read_zip(z: zipfile.ZipFile) -> tuple[dict[str, bytes], list[str]]:
+    """The entries of a package zip: one folder (or none) holding plain files, each name once.
+
+    Anything else is a problem, since unzip tools differ on which duplicate they extract and would
+    put a subfolder's copy where a reader might take it for the package's own file."""
+    problems: list[str] = []
+    names = [i.filename for i in z.infolist()]
+    counts = Counter(names)
+    problems += [f"zip entry {n!r} appears {k} times" for n, k in sorted(counts.items()) if k > 1]
+    files_ = [n for n in names if not n.endswith("/")]
+    top = files_[0].rpartition("/")[0] if files_ else ""
+    prefix = f"{top}/" if top else ""
+    entries: dict[str, zipfile.ZipInfo] = {}
+    for info in z.infolist():
+        n = info.filename
+        if n.endswith("/"):
+            if n != prefix:
+                problems.append(f"zip entry {n!r}: a package has no subfolders")
+            continue
+        base = n[len(prefix):] if n.startswith(prefix) else None
+        if base is None or not base or "/" in base or "\\" in base or base in (".", ".."):
+            problems.append(f"zip entry {n!r} is outside the package folder {top!r} or in a subfolder")
+        elif counts[n] == 1:
+            entries[base] = info
+    # Read nothing larger than the manifest says (a crafted entry may inflate to gigabytes).
+    sizes = _listed_sizes(z, entries.get(MANIFEST))
+    files: dict[str, bytes] = {}
+    for base, info in entries.items():
+        most = sizes.get(base, MAX_UNLISTED_BYTES)
+        if info.file_size > most:
+            problems.append(f"zip entry {info.filename!r} holds {info.file_size} bytes, more than the {most} "
+                            "the manifest allows: not read")
+            files[base] = b""
+        else:
+            files[base] = z.read(info)
+    return files, problems
+
+
+def _listed_sizes(z: zipfile.ZipFile, manifest: zipfile.ZipInfo | None) -> dict[str, int]:
+    """File sizes the zip's own manifest lists ({} when it has none that can be read)."""
+    if manifest is None or manifest.file_size > MAX_UNLISTED_BYTES:
+        return {}
+    try:
+        listed = json.loads(z.read(manifest)).get("files") or {}
+        return {str(name): int(meta["bytes"]) for name, meta in listed.items()
+                if isinstance(meta, dict) and isinstance(meta.get("bytes"), int)}
+    except (ValueError, TypeError, AttributeError):
+        return {}
 
 
 def verify(path: str | Path, expected_digest: str | None = None) -> VerifyResult:
-    """Check a package (folder or .zip): file hashes, manifest hash, event chain, optional pinned digest."""
+    """Check a package (folder or .zip): its entries are exactly the manifest's (no duplicates, no
+    subfolders, nothing extra or missing), file hashes, manifest hash, event chain, optional pinned digest."""
     path = Path(path)
     try:
-        files = _read(path)
+        files, layout = _read(path)
     except (OSError, zipfile.BadZipFile) as exc:
         return VerifyResult(False, [f"cannot read {path}: {exc}"])
     if MANIFEST not in files:
-        return VerifyResult(False, [f"{MANIFEST} missing"])
+        return VerifyResult(False, layout + [f"{MANIFEST} missing"])
     digest = sha256(files[MANIFEST])
-    problems = _check_manifest_digest(files, digest, expected_digest)
+    problems = layout + _check_manifest_digest(files, digest, expected_digest)
     try:
         manifest = json.loads(files[MANIFEST])
     except ValueError as exc:
         return VerifyResult(False, problems + [f"{MANIFEST} is not JSON: {exc}"], manifest_digest=digest)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+        return VerifyResult(False, problems + [f"{MANIFEST} is not an envwatch manifest"], manifest_digest=digest)
     problems += _check_files(files, manifest)
     problems += _check_history(files, manifest)
     return VerifyResult(not problems, problems, manifest.get("case_id"), digest)

@@ -23,15 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, insert, select
 
 from config.schema import Enterprise, Officer, Outlet, Settings
 from config.tables import pollutants
 from notify import views
-from notify.tables import case_alerts, case_events, notices, tickets
+from notify.tables import case_alerts, case_events, notice_numbers, notices, tickets
 
 KINDS = ("rectification_notice", "reminder", "reopened", "closed", "ticket")
 ENTERPRISE_KINDS = KINDS[:4]
+TEMPLATE_ONLY = ("rectification_bundle",)  # one notice listing several cases of one enterprise
 LANGUAGES = ("zh-CN", "en")
 CHINA_TZ = timezone(timedelta(hours=8))
 MAX_FINDINGS = 20  # findings listed in a notice (most recent first); the payload says how many in all
@@ -46,6 +47,7 @@ PROBLEM_LABELS: dict[str, dict[str, str]] = {
         "flag_abuse": "数据标记异常（疑似滥用标记）",
         "multivariate_anomaly": "多项监测数据之间的关系与历史不符（疑似数据异常）",
         "hotspot": "走航/无人机监测发现污染热点",
+        "data_revision": "已上报的监测数据被重新上报为不同数值（疑似篡改历史数据）",
     },
     "en": {
         "exceedance": "hourly mean above the permit limit", "daily_exceedance": "daily mean above the permit limit",
@@ -55,6 +57,7 @@ PROBLEM_LABELS: dict[str, dict[str, str]] = {
         "flag_abuse": "abnormal data flags (suspected abuse of flags)",
         "multivariate_anomaly": "readings that no longer relate to each other as they used to (suspected data anomaly)",
         "hotspot": "pollution hotspot found by mobile monitoring",
+        "data_revision": "readings already reported were sent again with different values (suspected rewriting of records)",
     },
 }
 
@@ -75,10 +78,51 @@ def answer_http_path(case_id: str) -> str:
 
 
 def local_time(t: datetime | None) -> str:
-    """A time as people in China read it: 'YYYY-MM-DD HH:MM (UTC+08:00)'."""
+    """A time as people in China read it, Beijing time: 'YYYY-MM-DD HH:MM'. The texts say once,
+    at the top, that their times are Beijing time (北京时间)."""
     if t is None:
         return ""
-    return as_utc(t).astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M") + " (UTC+08:00)"
+    return as_utc(t).astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M")
+
+
+EVENT_WORDS: dict[str, dict[str, str]] = {
+    "zh-CN": {"opened": "立案", "alert_attached": "新增监测发现", "notified": "发出整改通知", "notice_decided": "决定发送通知",
+              "notice_delivered": "通知送达企业", "acknowledged": "企业确认收到", "contested": "企业申辩（附自证材料）",
+              "rectification_reported": "企业报告整改完成", "verified": "整改经核实，结案", "reopened": "问题复发，案件重开",
+              "escalated": "移交执法", "dismissed": "撤销", "assigned": "指定承办人", "enforcement_closed": "执法办结",
+              "ticket_opened": "开具执法工单", "ticket_routed": "工单改派", "evidence_locked": "证据包封存",
+              "ticket_accepted": "执法人员受理", "ticket_findings_recorded": "记录现场检查情况", "ticket_closed": "工单办结",
+              "answer_received": "收到企业答复（未改变案件状态）", "self_reported": "认定企业主动报告",
+              "pollution_assessed": "评估污染后果", "recommendation": "提出处理建议", "note": "备注",
+              "center_acknowledged": "监控中心已阅"},
+    "en": {"opened": "case opened", "alert_attached": "further finding", "notified": "rectification notice issued",
+           "notice_decided": "notice decided", "notice_delivered": "notice delivered to the enterprise",
+           "acknowledged": "acknowledged by the enterprise", "contested": "contested with evidence",
+           "rectification_reported": "rectification reported", "verified": "rectification verified, closed",
+           "reopened": "recurred, case reopened", "escalated": "handed to enforcement", "dismissed": "dismissed",
+           "assigned": "assignee named", "enforcement_closed": "enforcement closed", "ticket_opened": "ticket opened",
+           "ticket_routed": "ticket routed", "evidence_locked": "evidence package locked",
+           "ticket_accepted": "ticket accepted", "ticket_findings_recorded": "on-site findings recorded",
+           "ticket_closed": "ticket closed", "answer_received": "answer received (case unchanged)",
+           "self_reported": "marked self-reported", "pollution_assessed": "pollution assessed",
+           "recommendation": "recommendation made", "note": "note", "center_acknowledged": "read by the center"},
+}
+
+
+def actor_words(actor: str, language: str, settings: Settings | None = None) -> str:
+    """Who did it, as a reader names them: an officer's or enterprise's name; the rules as such."""
+    kind, _, who = actor.partition(":")
+    zh = language == "zh-CN"
+    if actor == "system" or not who:
+        return "系统（自动规则）" if zh and actor == "system" else ("system (automatic rule)" if actor == "system" else actor)
+    if settings is not None:
+        if kind == "officer":
+            who = next((o.name for o in settings.notify.officers if o.id == who), who)
+        elif kind == "enterprise":
+            who = next((e.name for e in settings.registry.enterprises if e.id == who), who)
+    label = {"center": ("监控中心", "center"), "officer": ("执法人员", "officer"),
+             "enterprise": ("企业", "enterprise")}.get(kind, (kind, kind))
+    return f"{label[0 if zh else 1]} {who}"
 
 
 def as_utc(t: datetime) -> datetime:
@@ -113,7 +157,7 @@ def _num(v: Any) -> str:
 
 def render(kind: str, language: str, context: Mapping[str, Any]) -> tuple[str, str]:
     """(subject, body) of a notice kind in a language, from notify/templates/{language}/{kind}.txt."""
-    if kind not in KINDS:
+    if kind not in KINDS and kind not in TEMPLATE_ONLY:
         raise ValueError(f"unknown notice kind {kind!r}; known: {', '.join(KINDS)}")
     if language not in LANGUAGES:
         raise ValueError(f"no templates for language {language!r}; available: {', '.join(LANGUAGES)}")
@@ -167,9 +211,9 @@ def _finding(alert: Mapping[str, Any], language: str) -> dict[str, Any]:
 
 
 def _local_range(start: datetime, end: datetime) -> str:
-    """'2025-03-01 09:00 – 10:00 (UTC+08:00)'; the end's date only when it differs."""
+    """'2025-03-01 09:00 – 10:00' (Beijing time); the end's date only when it differs."""
     a, b = local_time(start), local_time(end)
-    return f"{a[:16]} – {b[11:] if a[:10] == b[:10] else b}"
+    return f"{a} – {b[11:] if a[:10] == b[:10] else b}"
 
 
 def _limit(outlet: Outlet | None, problem: str, pollutant: str, alerts: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -195,15 +239,23 @@ def _pollutant_name(code: str, language: str) -> str:
     return f"{p.zh if language == 'zh-CN' else p.en} ({code})"
 
 
+def pollutant_label(code: str, language: str) -> str:
+    """A pollutant's name without its code (charts, short labels)."""
+    p = pollutants().get(code)
+    return code if p is None else (p.zh if language == "zh-CN" else p.en)
+
+
 def _ticket(conn: Connection, case_id: str, event: Mapping[str, Any]) -> dict[str, Any]:
     row = conn.execute(select(tickets).where(tickets.c.case_id == case_id)).first()
     t = _mapping(row) if row is not None else {}
     data = event.get("data") or {}
-    keys = ("id", "priority", "reason", "officer", "evidence_path", "evidence_digest")
+    keys = ("id", "priority", "reason", "officer", "evidence_path", "evidence_digest", "evidence_id")
     out = {k: t.get(k) for k in keys}
     out.update({k: data[k] for k in keys if data.get(k) is not None})
     if data.get("ticket_id"):
         out["id"] = data["ticket_id"]
+    if out.get("evidence_path") and not out.get("evidence_id"):
+        out["evidence_id"] = Path(out["evidence_path"]).name
     return out
 
 
@@ -225,9 +277,10 @@ def _case_facts(settings: Settings, case: Mapping[str, Any], language: str) -> d
 
 
 def build_context(conn: Connection, settings: Settings, case: Mapping[str, Any], event: Mapping[str, Any],
-                  kind: str, language: str) -> dict[str, Any]:
+                  kind: str, language: str, number: str = "") -> dict[str, Any]:
     """Everything a template may say about a case, in the given language."""
-    outlet = _outlet(_enterprise(settings, case["enterprise_id"]), case["outlet_id"])
+    ent = _enterprise(settings, case["enterprise_id"])
+    outlet = _outlet(ent, case["outlet_id"])
     alerts = _alerts(conn, case["id"])
     data = dict(event.get("data") or {})
     return {
@@ -241,15 +294,33 @@ def build_context(conn: Connection, settings: Settings, case: Mapping[str, Any],
         "answer": {"mqtt_topic": answer_topic(settings, case["enterprise_id"]),
                    "http_path": answer_http_path(case["id"]), "case_id": case["id"]},
         "ticket": _ticket(conn, case["id"], event) if kind == "ticket" else None,
-        "history": _history(conn, case["id"]) if kind == "ticket" else [],
+        "history": _history(conn, settings, case["id"], language) if kind == "ticket" else [],
+        "formal": formal(settings, case["problem"], ent.industry if ent else "", language, number,
+                         event.get("recorded_at") or event.get("at")),
     }
 
 
-def _history(conn: Connection, case_id: str) -> list[dict[str, Any]]:
-    """The case's events, oldest first, as an officer reads them in a ticket."""
+def formal(settings: Settings, problem: str, industry: str, language: str, number: str,
+           issued: datetime | None) -> dict[str, Any]:
+    """The formal parts of a 通知: issuer, document number, date, legal basis, contact (configured)."""
+    f = settings.notify.formal
+    zh = language == "zh-CN"
+    basis = f.legal_basis if zh else f.legal_basis_en
+    day = as_utc(issued or datetime.now(timezone.utc)).astimezone(CHINA_TZ)
+    return {"authority": f.authority if zh else f.authority_en, "number": number,
+            "date": f"{day.year}年{day.month}月{day.day}日" if zh else day.strftime("%d %B %Y"),
+            "legal_basis": basis.get(problem) or basis.get(industry) or basis.get("default", ""),
+            "contact": f.contact if zh else (f.contact_en or f.contact)}
+
+
+def _history(conn: Connection, settings: Settings, case_id: str, language: str) -> list[dict[str, Any]]:
+    """The case's events, oldest first, in words, with who did them, as an officer reads them."""
     rows = conn.execute(select(case_events.c.seq, case_events.c.at, case_events.c.actor, case_events.c.type)
                         .where(case_events.c.case_id == case_id).order_by(case_events.c.seq)).all()
-    return [{"seq": r.seq, "at_local": local_time(r.at), "actor": r.actor, "type": r.type} for r in rows]
+    words = EVENT_WORDS[language]
+    return [{"seq": r.seq, "at_local": local_time(r.at), "actor": actor_words(r.actor, language, settings),
+             "type": words.get(r.type, r.type)} for r in rows
+            if r.type != "notice_decided"]  # the decisions to notify are the outbox's business
 
 
 def _payload(nid: str, ctx: Mapping[str, Any]) -> dict[str, Any]:
@@ -259,16 +330,10 @@ def _payload(nid: str, ctx: Mapping[str, Any]) -> dict[str, Any]:
            "findings": ctx["findings"], "findings_total": ctx["findings_total"], "limit": ctx["limit"],
            "deadline": ctx["deadline"], "emergency": ctx["emergency"], "language": ctx["language"],
            "answer": {"mqtt_topic": ctx["answer"]["mqtt_topic"], "http_path": ctx["answer"]["http_path"]},
-           "event_seq": ctx["event"]["seq"]}
+           "event_seq": ctx["event"]["seq"], "formal": ctx["formal"]}
     if ctx["ticket"] is not None:
         out["ticket"] = ctx["ticket"]
     return out
-
-
-def _payload_for(audience: str, nid: str, ctx: Mapping[str, Any]) -> dict[str, Any]:
-    # What leaves the center for an enterprise is its allow-listed view (notify.views), whatever the context holds.
-    payload = _payload(nid, ctx)
-    return views.enterprise_payload(payload) if audience == "enterprise" else payload
 
 
 # -- recipients and the outbox -------------------------------------------------------------------
@@ -290,8 +355,11 @@ def _recipients(settings: Settings, case: Mapping[str, Any], event: Mapping[str,
 
 
 def _officers(settings: Settings, case: Mapping[str, Any], event: Mapping[str, Any]) -> list[Officer]:
-    """The officer the event or case names; with none named, every configured officer (the pool)."""
-    wanted = (event.get("data") or {}).get("officer") or case.get("assignee")
+    """The officer the ticket is routed to (the event names it); with none, every configured officer.
+
+    Never the case's assignee: that is center staff, not the ticket's addressee.
+    """
+    wanted = (event.get("data") or {}).get("officer")
     officers = settings.notify.officers
     if wanted:
         named = [o for o in officers if o.id == wanted]
@@ -314,35 +382,100 @@ def _insert_ignoring_duplicates(conn: Connection, rows: list[dict[str, Any]]) ->
     conn.execute(insert(notices).values(rows).on_conflict_do_nothing())
 
 
+def doc_number(conn: Connection, settings: Settings, decision: str, issued: datetime) -> str:
+    """The document number of a formal notice, e.g. 环监通〔2026〕第0001号: one per decision (the same
+    over every channel and on a re-run), a sequence per year (Beijing time) that the store keeps
+    unique (two writers racing on one number collide on uq_notice_number and retry)."""
+    row = conn.execute(select(notice_numbers.c.year, notice_numbers.c.seq)
+                       .where(notice_numbers.c.decision == decision)).first()
+    if row is None:
+        year = as_utc(issued).astimezone(CHINA_TZ).year
+        last = conn.execute(select(func.max(notice_numbers.c.seq)).where(notice_numbers.c.year == year)).scalar()
+        row = (year, (last or 0) + 1)
+        conn.execute(insert(notice_numbers).values(decision=decision, year=year, seq=row[1], issued_at=as_utc(issued)))
+    return f"{settings.notify.formal.number_prefix}〔{row[0]}〕第{row[1]:04d}号"
+
+
 def enqueue(conn: Connection, settings: Settings, case_row: Any, event_row: Any, kind: str,
-            now: datetime | None = None) -> list[str]:
+            now: datetime | None = None, also: list[tuple[Any, Any]] | None = None) -> list[str]:
     """Decide to send `kind` for this case event: one outbox row per recipient channel.
 
     Runs in the caller's transaction (commit is the caller's). Returns the notice ids of the
     decision, including ones an earlier run already inserted. The rows are due at once: their
     next_attempt_at is the earlier of the event time and the wall clock, so both live operation
-    and a dispatcher replaying event time pick them up.
+    and a dispatcher replaying event time pick them up. Enterprise notices get a document number.
+    `also`: further (case, event) of the same enterprise and pass, listed in the same notice.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown notice kind {kind!r}; known: {', '.join(KINDS)}")
     case, event = _mapping(case_row), _mapping(event_row)
     recorded = as_utc(now or datetime.now(timezone.utc))
     due = min(recorded, as_utc(event["at"])) if event.get("at") else recorded
+    number = ""
+    if kind in ENTERPRISE_KINDS:
+        number = doc_number(conn, settings, f"{case['id']}:{event['seq']}:{kind}", recorded)
+    others = [(_mapping(c), _mapping(e)) for c, e in (also or [])]
+    template = "rectification_bundle" if others else kind
     rows, contexts = [], {}
     for audience, recipient, channel, lang in _recipients(settings, case, event, kind):
         decision = f"{case['id']}:{event['seq']}:{kind}:{channel}" + (f":{recipient}" if audience == "officer" else "")
         if lang not in contexts:
-            contexts[lang] = build_context(conn, settings, case, event, kind, lang)
-        subject, body = render(kind, lang, contexts[lang])
+            ctx = build_context(conn, settings, case, event, kind, lang, number)
+            if others:
+                ctx["cases"] = [ctx] + [build_context(conn, settings, c, e, kind, lang, number) for c, e in others]
+            contexts[lang] = ctx
+        subject, body = render(template, lang, contexts[lang])
         nid = notice_id(decision)
+        # What leaves the center for an enterprise is its allow-listed view (notify.views), whatever the context holds.
+        payload = _payload(nid, contexts[lang])
+        if others:
+            payload["cases"] = [{"case_id": c["case"]["id"], "event_seq": c["event"]["seq"], "outlet_id": c["case"]["outlet_id"],
+                                 "problem": c["case"]["problem"], "deadline": c["deadline"], "findings": c["findings"]}
+                                for c in contexts[lang]["cases"]]
         rows.append({"id": nid, "decision": decision, "case_id": case["id"], "kind": kind, "audience": audience,
                      "recipient": recipient, "channel": channel, "language": lang, "subject": subject, "body": body,
-                     "payload": _payload_for(audience, nid, contexts[lang]), "created_at": recorded, "status": "pending",
+                     "payload": views.enterprise_payload(payload) if audience == "enterprise" else payload,
+                     "created_at": recorded, "status": "pending",
                      "attempts": 0, "next_attempt_at": due})
     if rows:
         _insert_ignoring_duplicates(conn, rows)
     return [r["id"] for r in rows]
 
 
-__all__ = ["KINDS", "LANGUAGES", "answer_http_path", "answer_topic", "as_utc", "build_context", "enqueue",
+def enqueue_pass(conn: Connection, settings: Settings, deferred: list[dict[str, Any]], sent: datetime) -> list[str]:
+    """The enterprise notices decided in one detection pass: one notice per enterprise and kind,
+    listing every case it concerns (the first case's decision keys the outbox rows). Each case's
+    deadlines start now, at `sent` (never before its decision), until delivery is confirmed."""
+    from notify.cases import load_case, start_clock
+
+    for d in deferred:
+        start_clock(conn, settings, d["case_id"], max(as_utc(sent), as_utc(d["at"])), d["seq"])
+
+    by_ent: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for d in deferred:
+        by_ent.setdefault((d["enterprise_id"], d["kind"]), []).append(d)
+    ids: list[str] = []
+    for (_ent, kind), items in sorted(by_ent.items()):
+        pairs = []
+        for d in sorted(items, key=lambda d: d["case_id"]):
+            ev = conn.execute(select(case_events).where(case_events.c.case_id == d["case_id"],
+                                                        case_events.c.seq == d["seq"])).mappings().one()
+            pairs.append((load_case(conn, d["case_id"]), ev))
+        (case, event), rest = pairs[0], pairs[1:]
+        ids += enqueue(conn, settings, case, event, kind, also=rest)
+    return ids
+
+
+def delivered_cases(row: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """(case id, event seq) whose deadlines this delivered notice starts: every case it lists."""
+    if row.get("audience") != "enterprise" or row.get("kind") not in ("rectification_notice", "reopened"):
+        return []
+    payload = row.get("payload") or {}
+    listed = payload.get("cases")
+    if listed:
+        return [(c["case_id"], int(c["event_seq"])) for c in listed]
+    return [(row["case_id"], int(payload.get("event_seq", row["decision"].split(":")[1])))]
+
+
+__all__ = ["KINDS", "delivered_cases", "doc_number", "enqueue_pass", "formal", "actor_words", "pollutant_label", "LANGUAGES", "answer_http_path", "answer_topic", "as_utc", "build_context", "enqueue",
            "enterprise_language", "local_time", "notice_id", "render"]

@@ -132,8 +132,26 @@ class Dispatcher:
             return self._record_failure(row, attempts, now, f"{type(exc).__name__}: {exc}", True)
         if self.after_send is not None:
             self.after_send(row)
-        self._update(row["id"], status="delivered", delivered_at=now, attempts=attempts, last_error=None)
+        self._record_delivery(row, now, attempts)
         return "delivered"
+
+    def _record_delivery(self, row: Mapping[str, Any], now: datetime, attempts: int) -> None:
+        """Mark the row delivered and, in the same transaction, start the deadlines of the cases
+        whose notice it is (notify.cases.confirm_delivery): the enterprise was told now."""
+        from notify.cases import ConcurrentUpdate, confirm_delivery
+        from notify.notices import delivered_cases
+
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(update(notices).where(notices.c.id == row["id"]).values(
+                        status="delivered", delivered_at=now, attempts=attempts, last_error=None))
+                    for case_id, seq in delivered_cases(row):
+                        confirm_delivery(conn, self.settings, case_id, seq, now, row["id"], row["channel"])
+                return
+            except ConcurrentUpdate:  # the case moved meanwhile (an answer): record again
+                if attempt == 2:
+                    raise
 
     def _record_failure(self, row: Mapping[str, Any], attempts: int, now: datetime, error: str,
                         retryable: bool) -> str:

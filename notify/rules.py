@@ -5,7 +5,10 @@
 
 `case` is the case row (mapping), `history` its events before `event`, `ctx` the facts from outside
 the case (positive list, grade, emergency in force, other cases of the same problem, settings).
-Everything is judged on event time, so a backfill replaying alerts in order decides as live did.
+Findings are judged on event time, so a backfill replaying alerts in order reaches the same cases
+as live did. Obligations are not: a case's ack_due_at and deadline_at run from when the enterprise
+was told (the notice's confirmed delivery, notify/cases.py sets them), so `on_tick` compares the
+clock with delivery-based deadlines and a catch-up never finds anybody overdue before being told.
 
 An "occurrence" of a problem is a case opening or a reopening (a recurrence while a reported
 rectification is being verified); hourly alerts that join an open case are the same occurrence.
@@ -33,6 +36,7 @@ P1, P2, P3 = "P1", "P2", "P3"
 class Notify:
     kind: str  # rectification_notice | reminder | reopened | closed | ticket
     at: datetime | None = None  # None: at the triggering event's time
+    detail: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -191,24 +195,57 @@ def _overdue(case: Mapping[str, Any], history: Sequence[Mapping[str, Any]], now:
              ctx: Context) -> list[Decision]:
     out: list[Decision] = []
     ack_due, deadline = case.get("ack_due_at"), case.get("deadline_at")
-    if case["state"] != "acknowledged" and ack_due is not None and now > ack_due:
-        # Positive list: remote handling first, a reminder instead of enforcement for a first
-        # minor problem; whether it is fixed in time is judged at the rectification deadline.
-        if ctx.positive_listed and is_minor(case, ctx) and is_first(case, history, ctx):
-            if not _reminded_since_notice(history):
-                out.append(Notify("reminder", at=ack_due))
+    lead = ctx.settings.reminders
+    if case["state"] != "acknowledged" and ack_due is not None:
+        if now > ack_due:
+            # Positive list: remote handling first, a reminder instead of enforcement for a first
+            # minor problem; whether it is fixed in time is judged at the rectification deadline.
+            if ctx.positive_listed and is_minor(case, ctx) and is_first(case, history, ctx):
+                if not _reminded_since_notice(history):
+                    out.append(Notify("reminder", at=ack_due))
+            else:
+                return [Escalate("overdue", P3, at=ack_due, detail={"missing": "acknowledgement", "due_at": ack_due})]
         else:
-            return [Escalate("overdue", P3, at=ack_due, detail={"missing": "acknowledgement", "due_at": ack_due})]
-    if deadline is not None and now > deadline:
-        out.append(Escalate("overdue", P2, at=deadline, detail={"missing": "rectification", "due_at": deadline}))
+            out += _reminder(history, now, ack_due, lead.acknowledge_before_hours, "acknowledgement")
+    if deadline is not None:
+        if now > deadline:
+            out.append(Escalate("overdue", P2, at=deadline, detail={"missing": "rectification", "due_at": deadline}))
+        else:
+            out += _reminder(history, now, deadline, lead.rectification_before_hours, "rectification")
     return out
 
 
-def _reminded_since_notice(history: Sequence[Mapping[str, Any]]) -> bool:
+def _reminder(history: Sequence[Mapping[str, Any]], now: datetime, due: datetime, hours: float,
+              what: str) -> list[Decision]:
+    """A reminder `hours` before `due`, once per deadline; none once the deadline has passed (a late
+    tick escalates instead of reminding of something already missed)."""
+    at = due - timedelta(hours=hours)
+    if hours <= 0 or now < at:
+        return []
+    if _reminded_since_notice(history, what):
+        return []
+    return [Notify("reminder", at=at, detail={"due": what, "due_at": due})]
+
+
+def reminders_due_by(case: Mapping[str, Any], ctx_settings: NotifySettings) -> list[datetime]:
+    """When this case's reminders fall due (for the store's query of what is due)."""
+    lead = ctx_settings.reminders
+    out = []
+    if case.get("ack_due_at") is not None and lead.acknowledge_before_hours > 0:
+        out.append(case["ack_due_at"] - timedelta(hours=lead.acknowledge_before_hours))
+    if case.get("deadline_at") is not None and lead.rectification_before_hours > 0:
+        out.append(case["deadline_at"] - timedelta(hours=lead.rectification_before_hours))
+    return out
+
+
+def _reminded_since_notice(history: Sequence[Mapping[str, Any]], due: str | None = None) -> bool:
+    """A reminder (about `due`: acknowledgement | rectification; None: the overdue one) since the
+    notice that started the current deadlines."""
     for e in reversed(history):
-        if e["type"] == "notice_decided" and e["data"].get("kind") == "reminder":
+        if e["type"] == "notice_decided" and e["data"].get("kind") == "reminder" and e["data"].get("due") == due:
             return True
-        if e["type"] in OCCURRENCE_EVENTS:
+        if e["type"] in OCCURRENCE_EVENTS or (e["type"] == "notice_decided"
+                                             and e["data"].get("kind") in ("rectification_notice", "reopened")):
             return False
     return False
 

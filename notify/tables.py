@@ -6,12 +6,34 @@ then add a migration. Times are stored as timezone-aware UTC.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from typing import Any
+
 from sqlalchemy import (JSON, Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData,
-                        String, Table, Text, UniqueConstraint, text)
+                        String, Table, Text, TypeDecorator, UniqueConstraint, text)
 
 metadata = MetaData()
 
-UTC_TIME = DateTime(timezone=True)
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """TIMESTAMP WITH TIME ZONE that always reads back aware UTC.
+
+    SQLite keeps no zone and hands back naive datetimes (written in UTC); PostgreSQL hands back the
+    session's zone. Every row read from these tables therefore carries +00:00, so whatever the API
+    or a screen serializes says which clock it is on. (detect.store.UTCDateTime stores naive UTC in
+    a plain DATETIME column; the case store keeps TIMESTAMP WITH TIME ZONE, hence a type of its own.)
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+UTC_TIME = UTCDateTime()
 
 # States a case can be in; CLOSED_STATES end it, so a new alert of the same problem opens a new case.
 CASE_STATES = ("open", "notified", "acknowledged", "rectification_reported", "verified", "reopened",
@@ -39,6 +61,12 @@ cases = Table(
     Column("recommendation", String(32)),  # e.g. no_penalty (轻罚/免罚 list)
     Column("dismiss_reason", Text),
     Column("version", Integer, nullable=False, server_default=text("1")),
+    # Obligations run on delivery time (see notify/cases.py): when the notice that starts the
+    # deadlines was handed to the outbox, when its delivery was confirmed, and which decision it was.
+    Column("notice_sent_at", UTC_TIME),
+    Column("notified_at", UTC_TIME),  # confirmed delivery (or sent, where delivery cannot be confirmed)
+    Column("clock_seq", Integer),  # seq of the notice_decided event whose delivery starts the clock
+    Column("group_id", String(32)),  # a grouped item (one cause, many findings): held until confirmed
 )
 # At most one open case per (enterprise, outlet, problem): the database enforces it, so two
 # instances racing on the same alert cannot both open a case.
@@ -122,6 +150,8 @@ tickets = Table(
     Column("outcome", String(64)),
     Column("evidence_path", Text),
     Column("evidence_digest", String(64)),
+    Column("routed_to", String(64)),  # the officer the routing rule (or an operator's override) chose
+    Column("notice_seq", Integer),  # seq of the ticket's notice_decided event (sent after evidence is locked)
 )
 
 emergencies = Table(
@@ -145,3 +175,61 @@ positive_list = Table(
     Column("changed_by", String(128), nullable=False),
     Column("note", Text, nullable=False, server_default=""),
 )
+
+# One cause, many findings (e.g. a city-wide data gap): their cases are held in one group until a
+# person confirms (notices go out) or dismisses them (closed with the reason).
+case_groups = Table(
+    "case_groups", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(64), nullable=False),
+    Column("window_start", UTC_TIME, nullable=False),
+    Column("window_end", UTC_TIME, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | confirmed | dismissed
+    Column("enterprises", Integer, nullable=False),
+    Column("stations", Integer, nullable=False),
+    Column("created_at", UTC_TIME, nullable=False),
+    Column("decided_at", UTC_TIME),
+    Column("decided_by", String(128)),
+    Column("reason", Text),
+)
+
+# Document numbers of formal notices (〔2026〕第0001号): one per notice decision, a sequence per year.
+notice_numbers = Table(
+    "notice_numbers", metadata,
+    Column("decision", String(160), primary_key=True),  # {case_id}:{event seq}:{kind} (same over channels)
+    Column("year", Integer, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("issued_at", UTC_TIME, nullable=False),
+    UniqueConstraint("year", "seq", name="uq_notice_number"),
+)
+
+# Filings ahead (停产/检修/标定报备): an enterprise announces a planned shutdown, maintenance or
+# calibration of one outlet; the center approves or rejects it. An approved period suppresses the
+# findings it explains (notify/filings.py), like a silence in Alertmanager: who, when, why, until.
+FILING_KINDS = ("shutdown", "maintenance", "calibration")
+filings = Table(
+    "filings", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("enterprise_id", String(64), nullable=False),
+    Column("outlet_id", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # shutdown | maintenance | calibration
+    Column("start", UTC_TIME, nullable=False),
+    Column("end", UTC_TIME, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("attachment", JSON),  # {name, sha256, size, path}: path made by the server
+    Column("filed_at", UTC_TIME, nullable=False),
+    Column("filed_by", String(128), nullable=False),
+    Column("after_the_fact", Boolean, nullable=False),  # its period started before it was filed
+    Column("status", String(16), nullable=False),  # pending | approved | rejected
+    Column("decided_at", UTC_TIME),
+    Column("decided_by", String(128)),
+    Column("decision_note", Text, nullable=False, server_default=""),
+)
+Index("ix_filings_outlet", filings.c.enterprise_id, filings.c.outlet_id, filings.c.status)
+
+# One row per alert an approved filing explains: the alert stays stored (and visible), opens no case.
+alert_suppressions = Table(
+    "alert_suppressions", metadata,
+    Column("alert_id", String(32), primary_key=True),
+    Column("filing_id", String(32), ForeignKey("filings.id"), nullable=False),
+    Column("suppressed_at", UTC_TIME, nullable=False),)

@@ -5,6 +5,12 @@
 (The status is "findings", not "findings_recorded" as tables.py's comment says: tickets.status is
 VARCHAR(16) and PostgreSQL refuses the 17-character word; SQLite would silently accept it.)
 
+The ticket is addressed to an officer from notify.officers, chosen by notify.ticket_routing (district,
+enterprise or industry); an operator may route it to another officer (`route`), never to anyone
+else. The case's assignee (center staff) is a separate thing and never the ticket's addressee.
+The ticket notice goes out after the evidence package is locked, and carries its id and digest
+(`send_ticket_notice`).
+
 Each officer action is also an event in the case's history. Closing the ticket closes the case:
 outcome `no_violation` dismisses it, any other outcome (rectified, penalized, ...) closes it verified.
 """
@@ -22,10 +28,11 @@ from typing import Any
 from sqlalchemy import Engine, Connection, insert, select, update
 
 from config.schema import Settings
-from notify.cases import SYSTEM, TransitionError, close_enforcement
+from config.schema import Officer
+from notify.cases import SYSTEM, TransitionError, close_enforcement, decide_notice
 from notify.events import append_event
-from notify.store import utc, with_utc_times
-from notify.tables import tickets
+from notify.store import as_utc, utc, with_utc_times
+from notify.tables import case_events, tickets
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +72,93 @@ def ticket_of_case(conn: Connection, case_id: str) -> dict[str, Any] | None:
     return _row(m) if m else None
 
 
-def open_ticket(conn: Connection, case: Mapping[str, Any], reason: str, priority: str, now: datetime) -> dict[str, Any]:
-    """Open the case's enforcement ticket (one per case; opening again returns the existing one)."""
+def route_officer(settings: Settings, enterprise_id: str) -> Officer | None:
+    """The officer the routing rule picks for an enterprise's ticket: the first (in list order) whose
+    districts / enterprises / industries cover it; else notify.default_officer; else the first."""
+    n = settings.notify
+    ent = next((e for e in settings.registry.enterprises if e.id == enterprise_id), None)
+    key = {"district": ent.district if ent else "", "enterprise": enterprise_id,
+           "industry": ent.industry if ent else ""}[n.ticket_routing]
+    covers = {"district": lambda o: o.districts, "enterprise": lambda o: o.enterprises,
+              "industry": lambda o: o.industries}[n.ticket_routing]
+    if key:
+        hit = next((o for o in n.officers if key in covers(o)), None)
+        if hit is not None:
+            return hit
+    fallback = next((o for o in n.officers if o.id == n.default_officer), None)
+    return fallback or (n.officers[0] if n.officers else None)
+
+
+def officer_named(settings: Settings, officer_id: str) -> Officer:
+    """A configured officer by id; TicketError for anyone else (center staff, an enterprise, a typo)."""
+    hit = next((o for o in settings.notify.officers if o.id == officer_id), None)
+    if hit is None:
+        known = ", ".join(o.id for o in settings.notify.officers) or "none configured"
+        raise TicketError(f"{officer_id!r} is not an officer (notify.officers: {known})")
+    return hit
+
+
+def open_ticket(conn: Connection, settings: Settings, case: Mapping[str, Any], reason: str, priority: str,
+                now: datetime, actor: str = SYSTEM) -> dict[str, Any]:
+    """Open the case's enforcement ticket for the routed officer (one per case; opening again
+    returns the existing one). Its notice follows once the evidence is locked."""
     if priority not in PRIORITIES:
         raise TicketError(f"priority {priority!r}: use one of {', '.join(PRIORITIES)}")
     existing = ticket_of_case(conn, case["id"])
     if existing is not None:
         return existing
     tid = ticket_id_for(case["id"])
+    officer = route_officer(settings, case["enterprise_id"])
+    oid = officer.id if officer else None
     conn.execute(insert(tickets).values(id=tid, case_id=case["id"], priority=priority, reason=reason,
-                                        status="open", opened_at=utc(now), officer=case.get("assignee")))
-    append_event(conn, case["id"], now, SYSTEM, "ticket_opened", {"ticket_id": tid, "reason": reason,
-                                                                   "priority": priority})
+                                        status="open", opened_at=utc(now), officer=oid, routed_to=oid))
+    append_event(conn, case["id"], now, actor, "ticket_opened", {
+        "ticket_id": tid, "reason": reason, "priority": priority, "officer": oid,
+        "routing": settings.notify.ticket_routing})
     return load_ticket(conn, tid)
+
+
+def route(conn: Connection, settings: Settings, ticket_id: str, officer_id: str, at: datetime,
+          actor: str) -> dict[str, Any]:
+    """An operator sends the ticket to another officer (only before it is accepted; only an officer)."""
+    officer_named(settings, officer_id)
+    t = load_ticket(conn, ticket_id)
+    if t["status"] != "open":
+        raise TicketError(f"ticket {ticket_id} is {t['status']}: only an open ticket can be routed")
+    res = conn.execute(update(tickets).where(tickets.c.id == ticket_id, tickets.c.status == "open")
+                       .values(officer=officer_id))
+    if res.rowcount != 1:
+        raise TicketError(f"ticket {ticket_id} changed while it was routed")
+    append_event(conn, t["case_id"], at, actor, "ticket_routed",
+                 {"ticket_id": ticket_id, "officer": officer_id, "previous": t["officer"]})
+    if t["notice_seq"] is not None:  # already told the first officer: tell the new one too
+        send_ticket_notice(conn, settings, ticket_id, actor, again=True)
+    return load_ticket(conn, ticket_id)
+
+
+def send_ticket_notice(conn: Connection, settings: Settings, ticket_id: str, actor: str | None = None,
+                       again: bool = False) -> dict[str, Any] | None:
+    """Decide the ticket notice to its officer, with the evidence package's id and digest if locked.
+    Once per ticket (`again` after a re-routing); None when it was already decided."""
+    t = load_ticket(conn, ticket_id)
+    if t["notice_seq"] is not None and not again:
+        return None
+    if actor is None:  # whoever escalated caused the notice
+        actor = conn.execute(select(case_events.c.actor).where(
+            case_events.c.case_id == t["case_id"], case_events.c.type == "ticket_opened")).scalar() or SYSTEM
+    data = {"ticket_id": t["id"], "reason": t["reason"], "priority": t["priority"], "officer": t["officer"],
+            "evidence_id": Path(t["evidence_path"]).name if t["evidence_path"] else None,
+            "evidence_digest": t["evidence_digest"]}
+    ev = decide_notice(conn, settings, t["case_id"], t["opened_at"], "ticket", data, actor=actor)
+    conn.execute(update(tickets).where(tickets.c.id == ticket_id).values(notice_seq=ev["seq"]))
+    return ev
+
+
+def ticket_opened_recorded_at(conn: Connection, ticket: Mapping[str, Any]) -> datetime | None:
+    """Wall-clock time the ticket was opened (how long its notice has waited for evidence)."""
+    t = conn.execute(select(case_events.c.recorded_at).where(
+        case_events.c.case_id == ticket["case_id"], case_events.c.type == "ticket_opened")).scalar()
+    return as_utc(t)
 
 
 def attach_evidence(engine: Engine, settings: Settings, ticket_id: str, at: datetime,
@@ -107,7 +188,9 @@ def attach_evidence(engine: Engine, settings: Settings, ticket_id: str, at: date
                             .values(evidence_path=str(path), evidence_digest=digest)).rowcount
         if done:
             append_event(conn, t["case_id"], at, SYSTEM, "evidence_locked",
-                         {"ticket_id": ticket_id, "path": str(path), "digest": digest})
+                         {"ticket_id": ticket_id, "evidence_id": path.name, "path": str(path), "digest": digest})
+            # Evidence first: the officer's notice is rendered only now, with the package in it.
+            send_ticket_notice(conn, settings, ticket_id)
     return bool(done)
 
 
@@ -118,7 +201,7 @@ def _act(conn: Connection, ticket_id: str, action: str, officer: str, at: dateti
     if t["status"] not in allowed:
         raise TicketError(f"ticket {ticket_id}: cannot {action} a ticket that is {t['status']} "
                           f"(allowed from: {', '.join(allowed)})")
-    if action != "accept" and t["officer"] and t["officer"] != officer:
+    if t["officer"] and t["officer"] != officer:
         raise TicketError(f"ticket {ticket_id} is handled by officer {t['officer']}, not {officer}")
     res = conn.execute(update(tickets).where(tickets.c.id == ticket_id, tickets.c.status == t["status"])
                        .values(status=target, **values))

@@ -62,7 +62,9 @@ ENTERPRISE_NOTICE_FIELDS = (
     "created_at", "status", "attempts", "delivered_at")  # not last_error: it names the center's mail relay
 ENTERPRISE_PAYLOAD_FIELDS = (
     "notice_id", "case_id", "enterprise_id", "outlet_id", "kind", "problem", "pollutant", "severity", "findings",
-    "findings_total", "limit", "deadline", "emergency", "language", "answer", "event_seq")
+    "findings_total", "limit", "deadline", "emergency", "language", "answer", "event_seq", "formal", "cases")
+# One case of a notice that lists several (an enterprise's findings of one detection pass).
+ENTERPRISE_PAYLOAD_CASE_FIELDS = ("case_id", "event_seq", "outlet_id", "problem", "deadline", "findings")
 ENTERPRISE_FINDING_FIELDS = (
     "alert_id", "kind", "severity", "problem_label", "station_mn", "pollutant", "window_start", "window_end",
     "window_local", "value", "limit", "unit", "factor", "basis", "standard", "valid_minutes")
@@ -107,11 +109,18 @@ def enterprise_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _findings(items: Any) -> list[dict[str, Any]]:
+    return [pick(f, ENTERPRISE_FINDING_FIELDS) for f in items or [] if isinstance(f, Mapping)]
+
+
 def enterprise_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
     """A notice payload as it may leave the center for the enterprise (MQTT, webhook, e-mail, the API)."""
     out = pick(payload, ENTERPRISE_PAYLOAD_FIELDS)
     if "findings" in out:
-        out["findings"] = [pick(f, ENTERPRISE_FINDING_FIELDS) for f in out["findings"] or []]
+        out["findings"] = _findings(out["findings"])
+    if "cases" in out:
+        out["cases"] = [{**pick(c, ENTERPRISE_PAYLOAD_CASE_FIELDS), "findings": _findings(c.get("findings"))}
+                        for c in out["cases"] or [] if isinstance(c, Mapping)]
     if isinstance(out.get("answer"), Mapping):
         out["answer"] = pick(out["answer"], ("mqtt_topic", "http_path"))
     return out

@@ -14,19 +14,21 @@ outside any lock, and retried on every tick until they exist.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable, Mapping
-from datetime import datetime
-from pathlib import Path
+from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from config import ids
 from config.schema import Settings
 from detect.base import Alert
-from notify import cases, context, rules, tickets
+from notify import attachments as attachment_files
+from notify import cases, context, filings, rules, tickets
+from notify import groups as groups_mod
+from notify import notices as notices_mod
 from notify.events import events_of
 from notify.store import as_utc, reading, utc
 from notify.tables import answers, case_alerts, notices
@@ -59,18 +61,42 @@ def _retrying(engine: Engine, work: Callable[[Connection], T]) -> T:
 
 def process_alerts(engine: Engine, settings: Settings, alerts: Iterable[Alert], now: datetime,
                    evidence: bool = True) -> list[dict[str, Any]]:
-    """Open or join cases for `alerts` (event-time order), then settle everything due by `now`."""
-    out = [_retrying(engine, lambda conn, a=a: cases.ingest_alerts(conn, settings, [a], now)[0])
-           for a in cases.sort_alerts(alerts)]
+    """Open or join cases for `alerts` (event-time order), then settle everything due by `now`.
+
+    Findings sharing a cause are held in a group (notify.groups); an enterprise with several new
+    findings in this pass gets one notice listing them (sent after the last alert is in).
+    """
+    alerts = filings.admit(engine, alerts, now)  # those an approved filing explains open no case
+    ordered = cases.sort_alerts(alerts)
+    groups = _retrying(engine, lambda conn: groups_mod.assign_groups(conn, settings, ordered, now))
+    deferred: list[dict[str, Any]] = []
+
+    def one(conn: Connection, a: Alert) -> dict[str, Any]:
+        mine: list[dict[str, Any]] = []  # this attempt's notices only (a retried attempt starts afresh)
+        out = cases.ingest_alerts(conn, settings, [a], now, groups, mine)[0]
+        deferred.extend(mine)
+        return out
+
+    out = [_retrying(engine, lambda conn, a=a: one(conn, a)) for a in ordered]
+    if deferred:
+        _retrying(engine, lambda conn: notices_mod.enqueue_pass(conn, settings, deferred, now))
     tick(engine, settings, now, evidence=evidence)
     return out
 
 
 def tick(engine: Engine, settings: Settings, now: datetime, evidence: bool = True) -> list[dict[str, Any]]:
-    """Overdue answers and rectifications, verification windows; then any evidence still missing."""
-    done = _retrying(engine, lambda conn: cases.tick(conn, settings, now))
+    """Reminders, overdue answers and rectifications, verification windows; then the evidence still
+    missing, and the ticket notices (each once its evidence is locked; with evidence=False at once)."""
+    def settle(conn: Connection) -> list[dict[str, Any]]:
+        unqueued = cases.unqueued_notices(conn)
+        if unqueued:
+            notices_mod.enqueue_pass(conn, settings, unqueued, now)
+        return cases.tick(conn, settings, now)
+
+    done = _retrying(engine, settle)
     if evidence:
         build_missing_evidence(engine, settings, now)
+    send_ticket_notices(engine, settings, now, wait=evidence)
     return done
 
 
@@ -84,20 +110,50 @@ def build_missing_evidence(engine: Engine, settings: Settings, now: datetime) ->
     return built
 
 
+def send_ticket_notices(engine: Engine, settings: Settings, now: datetime, wait: bool = True) -> int:
+    """Ticket notices not yet sent: a ticket whose evidence could not be built for
+    notify.evidence_wait_s (wall clock) goes without it, so no officer is left untold; with
+    wait=False (no evidence builder) at once."""
+    with engine.connect() as conn:
+        rows = [dict(m) for m in conn.execute(select(tickets_t).where(tickets_t.c.notice_seq.is_(None))).mappings()]
+    sent = 0
+    for t in rows:
+        def work(conn: Connection, t: dict[str, Any] = t) -> bool:
+            if wait:
+                opened = tickets.ticket_opened_recorded_at(conn, t)
+                wall = max(utc(now), datetime.now(timezone.utc))
+                if opened is not None and (wall - opened).total_seconds() < settings.notify.evidence_wait_s:
+                    return False
+            return tickets.send_ticket_notice(conn, settings, t["id"]) is not None
+        sent += _retrying(engine, work)
+    return sent
+
+
 # -- answers from enterprises ---------------------------------------------------------------------
 
 def answer(engine: Engine, settings: Settings, enterprise_id: str, case_id: str, type: str, text: str,
            attachments: Iterable[Any], answer_id: str, at: datetime) -> dict[str, Any]:
     """Take an enterprise's answer (idempotent by answer_id) and move the case accordingly.
 
-    An answer the case's state does not allow (e.g. the case is already with enforcement) is kept
-    and recorded in the history as `answer_received` with accepted=False; the result says why.
+    `attachments` are objects with .name and .content (stored by this call), or mappings
+    {name, sha256, size, path} of files already stored (kept as given). An answer the case's state does not allow
+    (e.g. the case is already with enforcement) is kept and recorded in the history as
+    `answer_received` with accepted=False; the result says why. Ids are checked against their
+    patterns (config/ids.py) and the limits of notify.answers before anything else; attachment
+    files are written only once the answer is known to be new and the enterprise's own case.
     """
     if type not in ANSWER_ACTIONS:
         raise AnswerError(f"answer type {type!r}: use one of {', '.join(ANSWER_ACTIONS)}")
     if not answer_id or len(answer_id) > MAX_ANSWER_ID:
         raise AnswerError(f"answer id must be 1..{MAX_ANSWER_ID} characters, got {len(answer_id or '')}")
-    files = _store_attachments(settings, case_id, answer_id, attachments)
+    items = list(attachments)
+    try:
+        ids.check("answer", answer_id, "answer_id")
+        ids.check("case", case_id, "case_id")
+        attachment_files.check_answer(text, [_size(a) for a in items], settings.notify.answers)
+        pending = [a if isinstance(a, Mapping) else attachment_files.pending_of(a.name, a.content) for a in items]
+    except ValueError as exc:  # InvalidId, LimitExceeded, an unusable file name
+        raise AnswerError(str(exc)) from exc
 
     def work(conn: Connection) -> dict[str, Any]:
         prior = conn.execute(select(answers).where(answers.c.id == answer_id)).mappings().first()
@@ -106,12 +162,24 @@ def answer(engine: Engine, settings: Settings, enterprise_id: str, case_id: str,
                 raise AnswerError(f"answer id {answer_id!r} is already used by another enterprise")
             return {"answer_id": answer_id, "status": "duplicate", "case_id": prior["case_id"]}
         case = _case_of(conn, case_id, enterprise_id)
+        # Validated and authorized: only now does anything reach the disk (content-addressed, so a
+        # retry after a write conflict rewrites nothing).
+        files = [_stored(a) if isinstance(a, Mapping) else attachment_files.store(settings, [a])[0] for a in pending]
         cases.tick(conn, settings, at)  # settle what fell due before the answer
         conn.execute(insert(answers).values(id=answer_id, case_id=case_id, enterprise_id=enterprise_id, type=type,
                                             text=text, attachments=files, received_at=utc(at)))
         return _apply_answer(conn, settings, case, type, text, files, answer_id, at)
 
     return _retrying(engine, work)
+
+
+def _size(item: Any) -> int:
+    return int(item.get("size") or 0) if isinstance(item, Mapping) else len(item.content)
+
+
+def _stored(item: Mapping[str, Any]) -> dict[str, Any]:
+    """An attachment the caller stored itself (its metadata, e.g. a replay): kept as given."""
+    return {k: item.get(k) for k in ("name", "sha256", "size", "path")}
 
 
 def _case_of(conn: Connection, case_id: str, enterprise_id: str) -> dict[str, Any]:
@@ -143,24 +211,6 @@ def _apply_answer(conn: Connection, settings: Settings, case: Mapping[str, Any],
     return {"answer_id": answer_id, "status": "accepted", "accepted": True, "case_id": case["id"], "state": after["state"]}
 
 
-def _store_attachments(settings: Settings, case_id: str, answer_id: str, items: Iterable[Any]) -> list[dict[str, Any]]:
-    """Attachments as [{name, sha256, size, path}]; raw content (objects with .content) is written
-    under state_dir/attachments/{case}/{answer}/ first, named by hash so a re-delivery rewrites it identically."""
-    out = []
-    for item in items:
-        if isinstance(item, Mapping):
-            out.append({k: item.get(k) for k in ("name", "sha256", "size", "path")})
-            continue
-        data: bytes = item.content
-        digest = hashlib.sha256(data).hexdigest()
-        d = Path(settings.ingest.state_dir) / "attachments" / case_id / answer_id
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / f"{digest[:16]}-{Path(item.name).name}"
-        path.write_bytes(data)
-        out.append({"name": Path(item.name).name, "sha256": digest, "size": len(data), "path": str(path)})
-    return out
-
-
 # -- the center's and the officers' actions -------------------------------------------------------
 
 def act(engine: Engine, settings: Settings, case_id: str, action: str, at: datetime, actor: str,
@@ -177,7 +227,12 @@ def act(engine: Engine, settings: Settings, case_id: str, action: str, at: datet
             return cases.verify(conn, case_id, at, actor)
         if action == "escalate":
             cases.apply_decisions(conn, settings, case_id, [rules.Escalate("manual", kw.get("priority", "P2"),
-                                                                           detail={"by": actor})], at)
+                                                                           detail={"by": actor})], at, actor=actor)
+        elif action == "route":
+            t = tickets.ticket_of_case(conn, case_id)
+            if t is None:
+                raise cases.TransitionError(f"case {case_id} has no ticket to route; escalate it first")
+            tickets.route(conn, settings, t["id"], kw["officer"], at, actor)
         elif action == "self_reported":
             cases.mark_self_reported(conn, case_id, at, actor)
         elif action == "assess_pollution":
@@ -201,6 +256,57 @@ def officer_action(engine: Engine, settings: Settings, ticket_id: str, action: s
             return tickets.close(conn, ticket_id, officer, kw["outcome"], at)
         raise tickets.TicketError(f"unknown ticket action {action!r}")
 
+    return _retrying(engine, work)
+
+
+def route_ticket(engine: Engine, settings: Settings, ticket_id: str, officer: str, at: datetime,
+                 actor: str) -> dict[str, Any]:
+    """An operator sends a ticket to another configured officer (TicketError for a non-officer)."""
+    return _retrying(engine, lambda conn: tickets.route(conn, settings, ticket_id, officer, at, actor))
+
+
+# -- grouped findings -----------------------------------------------------------------------------
+
+def list_groups(engine: Engine, status: str | None = None) -> list[dict[str, Any]]:
+    with reading(engine).connect() as conn:
+        return groups_mod.list_groups(conn, status)
+
+
+def get_group(engine: Engine, group_id: str) -> dict[str, Any] | None:
+    with reading(engine).connect() as conn:
+        try:
+            return groups_mod.get_group(conn, group_id)
+        except groups_mod.GroupError:
+            return None
+
+
+def confirm_group(engine: Engine, settings: Settings, group_id: str, at: datetime, actor: str) -> dict[str, Any]:
+    """A person confirms the grouped findings: each enterprise gets one notice listing its cases,
+    with deadlines from then (from delivery, once confirmed)."""
+    def work(conn: Connection) -> dict[str, Any]:
+        g = groups_mod.decide(conn, group_id, "confirmed", at, actor, None)
+        deferred: list[dict[str, Any]] = []
+        for cid in g["case_ids"]:
+            if cases.load_case(conn, cid)["state"] == "open":
+                cases.apply_decisions(conn, settings, cid, [rules.Notify("rectification_notice")], at,
+                                      actor=actor, deferred=deferred)
+        notices_mod.enqueue_pass(conn, settings, deferred, at)
+        return g
+    return _retrying(engine, work)
+
+
+def dismiss_group(engine: Engine, settings: Settings, group_id: str, at: datetime, actor: str,
+                  reason: str) -> dict[str, Any]:
+    """A person dismisses the grouped findings (e.g. a network artefact): every case closes with the reason."""
+    if not reason or not reason.strip():
+        raise groups_mod.GroupError(f"dismissing group {group_id} needs a reason")
+
+    def work(conn: Connection) -> dict[str, Any]:
+        g = groups_mod.decide(conn, group_id, "dismissed", at, actor, reason)
+        for cid in g["case_ids"]:
+            if cases.load_case(conn, cid)["state"] in cases.ACTIVE:
+                cases.dismiss(conn, cid, at, actor, f"group {group_id}: {reason}")
+        return g
     return _retrying(engine, work)
 
 
@@ -241,10 +347,21 @@ def get_case(engine: Engine, case_id: str) -> dict[str, Any] | None:
         out["alerts"] = cases.alerts_of(conn, case_id)
         out["notices"] = [dict(r) for r in conn.execute(select(notices).where(notices.c.case_id == case_id)
                                                         .order_by(notices.c.created_at, notices.c.id)).mappings()]
+        out["notices"] += _listed_in(conn, out)
         out["answers"] = [{**r, "received_at": as_utc(r["received_at"])} for r in conn.execute(
             select(answers).where(answers.c.case_id == case_id).order_by(answers.c.received_at)).mappings()]
         out["ticket"] = tickets.ticket_of_case(conn, case_id)
         return out
+
+
+def _listed_in(conn: Connection, case: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Notices keyed to another case of the same enterprise that list this case too (one notice
+    per enterprise and pass, notices.enqueue_pass)."""
+    rows = conn.execute(select(notices).where(
+        notices.c.audience == "enterprise", notices.c.recipient == case["enterprise_id"],
+        notices.c.kind.in_(("rectification_notice", "reopened")), notices.c.case_id != case["id"],
+        notices.c.created_at >= case["opened_at"]).order_by(notices.c.created_at, notices.c.id)).mappings()
+    return [dict(r) for r in rows if any(c.get("case_id") == case["id"] for c in (r["payload"] or {}).get("cases", []))]
 
 
 def list_tickets(engine: Engine, status: str | None = None, officer: str | None = None,

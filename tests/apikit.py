@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -55,7 +57,8 @@ def users() -> list[dict[str, Any]]:
 
 
 def center_overrides(**extra: Any) -> dict[str, Any]:
-    return {"center": {"users": users(), **extra}, "notify": {"officers": [{"id": "OFF1", "name": "Li"}]}}
+    return {"center": {"users": users(), **extra}, "notify": {"officers": [{"id": "OFF1", "name": "Li"},
+                                                                             {"id": "OFF2", "name": "Zhao"}]}}
 
 
 def auth(who: str) -> dict[str, str]:
@@ -146,6 +149,27 @@ def service_argv(config: Any) -> list[str]:
     if exe_path and subprocess.run([exe_path, "run", "--help"], capture_output=True).returncode == 0:
         return [exe_path, "run", "--config", str(config)]
     return [sys.executable, "-m", "center.service", "--config", str(config)]
+
+
+@contextmanager
+def running_service(config: Any, tmp_path: Any, prefix: str, port: int) -> Iterator[dict[str, Any]]:
+    """`envwatch run --config config` as a subprocess, ready; yields proc, url, prefix, log; killed after."""
+    import os
+    import subprocess
+
+    log = open(tmp_path / "service.log", "wb")
+    proc = subprocess.Popen(service_argv(config), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **SERVICE_ENV})
+    info = {"proc": proc, "url": f"http://127.0.0.1:{port}", "prefix": prefix, "log": tmp_path / "service.log"}
+    try:
+        wait_for(lambda: proc.poll() is None and httpx.get(f"{info['url']}/readyz", timeout=5).status_code == 200,
+                 "the service to be ready", timeout=60)
+        yield info
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
 
 
 def wait_for(cond: Any, what: str, timeout: float = 60.0, every: float = 0.2) -> Any:

@@ -28,6 +28,7 @@ def world(settings_factory: Callable[..., Any], tmp_path: Path) -> Iterator[dict
     now = datetime.now(timezone.utc)
     for key in ("a", "b"):  # each case escalated: a ticket each
         workflow.act(engine, settings, cases[key], "escalate", now, "center:test", priority="P2")
+    workflow.tick(engine, settings, now, evidence=False)  # ticket notices follow the escalation (no evidence here)
     tickets = {t["enterprise_id"]: t["id"] for t in workflow.list_tickets(engine)}
     served = serve(create_app(settings, engine))
     yield {"srv": served, "cases": cases, "tickets": tickets, "engine": engine}
@@ -136,6 +137,9 @@ def test_officer_sees_tickets_only(world: dict[str, Any]) -> None:
 
 def test_officer_does_not_see_tickets_another_officer_accepted(world: dict[str, Any]) -> None:
     tid = world["tickets"]["EB"]
+    # Both tickets are routed to OFF1 (the first officer: no district matches); the operator sends
+    # B's to OFF2, who accepts it (issue 10: officers act only on tickets addressed to them).
+    workflow.route_ticket(world["engine"], _settings(world), tid, "OFF2", datetime.now(timezone.utc), "center:test")
     workflow.officer_action(world["engine"], _settings(world), tid, "accept", "OFF2",
                             datetime.now(timezone.utc))
     with world["srv"].client("off") as c:

@@ -162,6 +162,7 @@ def page(browser: Any, board: BoardService) -> Iterator[Any]:
 def open_board(page: Any, board: BoardService, hash_: str = "#/board") -> None:
     page.goto(f"{board.url}/?token={TOKEN}{hash_}")
     page.wait_for_selector('#live[data-state="on"]')
+    page.wait_for_selector('body[data-ready="yes"]', state="attached")
 
 
 def count(page: Any, key: str) -> str:

@@ -121,3 +121,21 @@ def test_append_survives_kill_9(tmp_path: Path) -> None:
     with DiskBuffer(path, 1 << 20) as buf:
         assert buf.depth == 50
         assert buf.peek(100)[1] == [f"m v={i}i {i}" for i in range(50)]
+
+
+def test_write_ahead_log_stays_bounded(tmp_path: Path) -> None:
+    """40 MB through the buffer (append, then remove as the writer does): the -wal file is
+    checkpointed and truncated near WAL_MAX_BYTES instead of growing with the traffic."""
+    from ingest.buffer import WAL_MAX_BYTES
+
+    path = tmp_path / "b.sqlite"
+    wal = Path(f"{path}-wal")
+    biggest = 0
+    with DiskBuffer(path, max_bytes=1 << 30) as buf:
+        for i in range(200):
+            buf.append(lines(f"chunk{i:04d}" + "x" * 4000, 50))  # ~200 kB per chunk
+            ids, _ = buf.peek(50)
+            buf.remove(ids)
+            biggest = max(biggest, wal.stat().st_size)
+        assert buf.depth == 0
+    assert biggest <= 2 * WAL_MAX_BYTES, biggest

@@ -298,6 +298,9 @@ def test_ticket_lifecycle_closes_the_case(store_engine: Engine, settings) -> Non
     cid = _case_in(store_engine, settings, "escalated")
     t = workflow.get_case(store_engine, cid)["ticket"]
     assert t["status"] == "open" and t["reason"] == "manual" and t["priority"] == "P2" and t["evidence_path"] is None
+    # Evidence first (issue 10): the ticket notice waits for the package; without a builder it goes at the tick.
+    assert decided(store_engine, cid)[-1] == "rectification_notice"
+    workflow.tick(store_engine, settings, T0 + 5 * H, evidence=False)
     assert decided(store_engine, cid)[-1] == "ticket"
     with pytest.raises(tickets.TicketError, match="cannot record_findings a ticket that is open"):
         workflow.officer_action(store_engine, settings, t["id"], "record_findings", "zhao", T0 + D, findings="x")
@@ -396,7 +399,7 @@ def test_cli_lists_and_shows_cases_and_tickets(store_engine: Engine, settings) -
     assert cli.print_case(store_engine, out, cid)
     assert cli.print_tickets(store_engine, out) == 1
     text_zh = out.export_text()
-    assert cid in text_zh and "已移交执法" in text_zh and "待受理" in text_zh and "notice_decided" in text_zh
+    assert cid in text_zh and "已移交执法" in text_zh and "待受理" in text_zh and "决定发送通知" in text_zh  # events in words
     en = Console(record=True, width=250)
     cli.print_cases(store_engine, en, lang="en")
     tid = workflow.get_case(store_engine, cid)["ticket"]["id"]
@@ -451,7 +454,7 @@ def test_ticket_gets_its_evidence_package_once_influxdb_answers(tmp_path: Path, 
     url = f"sqlite:///{tmp_path / 'ev.sqlite'}"
     migrate(url)
     engine = make_engine(url)
-    down = make_settings(tmp_path / "state")
+    down = make_settings(tmp_path / "state", officers=[{"id": "zhao", "name": "执法一队 赵"}])
     down = down.model_copy(update={"influxdb": influx_settings.model_copy(update={"url": f"http://127.0.0.1:{free_port()}"})})
     cid = workflow.process_alerts(engine, down, [alert(T0, value=90.0)], T0 + H)[0]["case_id"]
     t = workflow.get_case(engine, cid)["ticket"]
@@ -461,7 +464,13 @@ def test_ticket_gets_its_evidence_package_once_influxdb_answers(tmp_path: Path, 
     t = workflow.get_case(engine, cid)["ticket"]
     assert t["evidence_path"] and len(t["evidence_digest"]) == 64
     assert evidence.verify(t["evidence_path"], expected_digest=t["evidence_digest"]).ok
-    assert event_types(engine, cid)[-1] == "evidence_locked"
+    # Evidence first (issue 10): the package is locked, then the officer's notice is decided, with it.
+    assert event_types(engine, cid)[-2:] == ["evidence_locked", "notice_decided"]
+    (ticket_notice,) = [n for n in workflow.get_case(engine, cid)["notices"] if n["kind"] == "ticket"]
+    package = Path(t["evidence_path"]).name
+    assert t["evidence_digest"] in ticket_notice["body"] and package in ticket_notice["body"]
+    assert ticket_notice["payload"]["ticket"]["evidence_id"] == package
+    assert ticket_notice["payload"]["ticket"]["evidence_digest"] == t["evidence_digest"]
     workflow.tick(engine, up, T0 + 3 * H)
     assert workflow.get_case(engine, cid)["ticket"]["evidence_path"] == t["evidence_path"]  # built once
     engine.dispose()

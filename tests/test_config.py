@@ -154,3 +154,22 @@ def test_env_overrides_the_influx_token(tmp_path: Path, monkeypatch: pytest.Monk
     s = load(cfg)
     assert s.influxdb.token is not None and s.influxdb.token.get_secret_value() == "from-env"
     assert "from-env" not in repr(s)  # a secret never shows in logs
+
+
+def test_field_registry_generator_takes_mns_only_from_framed_packets(tmp_path: Path) -> None:
+    """Issue 15.6: an MN seen only in packets failing the length or CRC check is not registered."""
+    from ingest import hj212
+
+    def seg(mn: str) -> str:
+        return f"QN=20160824000000000;ST=31;CN=2051;PW=123456;MN={mn};Flag=4;CP=&&DataTime=20160824000000;01-Avg=1&&"
+
+    good = hj212.encode(seg("GOOD0001"))
+    long_ = hj212.encode(seg("LONG0001")).replace(b"##0", b"##1", 1)  # declared length wrong
+    bad_crc = hj212.encode(seg("CRCX0001"))[:-6] + b"0000\r\n"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.h212").write_bytes(good + long_ + bad_crc)
+    out = tmp_path / "field.yaml"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "make_field_registry.py"), str(tmp_path / "data"), str(out)],
+                   check=True, capture_output=True)
+    s = load(out, env={})
+    assert [st.mn for st in _stations(s)] == ["GOOD0001"]

@@ -300,7 +300,8 @@ def test_dead_letter_cli_reads_the_ingest_store(settings_factory: Callable[..., 
     cfg.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     envwatch = Path(sys.executable).with_name("envwatch")
     out = subprocess.run([str(envwatch), "deadletters", "list", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=60, env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"})
+                         capture_output=True, text=True, timeout=60, env={"COLUMNS": "250", "PATH": "/usr/bin:/bin",
+                              "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
     assert out.returncode == 0, out.stderr
     assert "bad_length" in out.stdout and "##garbage" in out.stdout
 
@@ -318,3 +319,192 @@ def test_pipeline_decrypts_hj212_2025_with_the_registry_key(settings_factory: Ca
         Message(station_topic(settings, mn), payload, 1, 1, datetime.now(timezone.utc)), batch)
     assert batch.dead == [] and len(batch.lines) == 1
     assert f"mn={mn}" in batch.lines[0] and "avg=3.5" in batch.lines[0]
+
+
+def split_part(mn: str, qn: str, pnum: int, pno: int, values: dict[str, dict[str, float | str]]) -> bytes:
+    return hj212.encode(hj212.build_segment(mn=mn, cn="2061", st="31", qn=qn, pnum=pnum, pno=pno,
+                                            data_time=T0, values=values))
+
+
+def test_split_part_with_inconsistent_pnum_is_dead_lettered_not_swallowed(
+        settings_factory: Callable[..., Settings], mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
+    """Issue 15.3: parts PNUM 2, 5, 2 of one MN/QN/CN: the two consistent ones are reassembled,
+    the PNUM=5;PNO=4 part is a dead letter with the reason, byte-exact (it used to vanish)."""
+    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1})
+    qn = "20260101000000009"
+    first = split_part(MN_GAS, qn, 2, 1, {"a21026": {"avg": 1.0}})
+    odd = split_part(MN_GAS, qn, 5, 4, {"a34013": {"avg": 4.0}})
+    last = split_part(MN_GAS, qn, 2, 2, {"a21002": {"avg": 2.0}})
+    topic = station_topic(settings, MN_GAS)
+    pub = mqtt_client_factory()
+    with Ingest(settings, split_timeout_s=30) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, [(topic, first), (topic, odd), (topic, last)])
+        wait_until("all three parts acked", drained(ing, 3))
+    assert count_points(settings, "station_hour") == 2
+    [d] = dead_letters(settings)
+    assert (d.reason, d.raw) == (Reason.BAD_FIELD, odd)
+    assert "PNUM=5;PNO=4 disagrees with PNUM=2" in d.detail
+
+
+def test_incomplete_split_parts_do_not_hold_other_stations(
+        settings_factory: Callable[..., Settings], mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
+    """Issue 15.4: 1,500 parts that never complete (more than receive_maximum), then 500 ordinary
+    packets of another station: the ordinary ones land at once, not after the split timeout;
+    every part ends as a dead letter (the bound per station dead-letters the oldest early, the
+    rest expire), none is lost."""
+    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1, "receive_maximum": 1000,
+                                                  "split_parts_per_station": 50})
+    parts = [(station_topic(settings, MN_GAS), split_part(MN_GAS, f"2026010100{i:07d}", 2, 1, {"a21026": {"avg": 1.0}}))
+             for i in range(1500)]
+    ordinary = [(station_topic(settings, MN_WATER), minute_packet(MN_WATER, i, gas=False)) for i in range(500)]
+    pub = mqtt_client_factory()
+    with Ingest(settings, split_timeout_s=120) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, parts + ordinary)
+        started = time.monotonic()
+        wait_until("the ordinary packets written", lambda: count_points(settings, "station_minute") == 1000, timeout=30)
+        assert time.monotonic() - started < 30  # far below the 120 s split timeout
+        wait_until("all acked but the 50 parts held", lambda: ing.counters()["acked"] == 2000 - 50)
+        c = ing.counters()
+    assert c["dead_letters"] == {"incomplete_split": 1450}
+    letters = dead_letters(settings)
+    assert {d.raw for d in letters} == {p for _, p in parts[:1450]}
+    assert all("split_parts_per_station" in d.detail for d in letters)
+
+
+def test_held_parts_are_bounded_in_all_and_expire_on_their_own(settings_factory: Callable[..., Settings]) -> None:
+    """Without a broker: parts of many stations held past a quarter of receive_maximum push out
+    the oldest group; the rest expire after the timeout; each part is a dead letter once."""
+    from ingest.consumer import Batch, Message, Pipeline
+    from config.lookup import Lookup
+
+    settings = settings_factory(REGISTRY, ingest={"receive_maximum": 8, "accept_unknown_stations": True})
+    pipe = Pipeline(settings, Lookup(settings.registry), split_timeout_s=60)
+    batch = Batch()
+    mns = [f"MN{i:02d}" for i in range(4)]
+    for i, mn in enumerate(mns):
+        payload = split_part(mn, f"q{i}", 3, 1, {"a21026": {"avg": 1.0}})
+        pipe.feed(Message(station_topic(settings, mn), payload, i, 1, datetime.now(timezone.utc)), batch)
+    assert pipe.held == 2 and len(batch.dead) == 2  # a quarter of 8
+    assert "a quarter of ingest.receive_maximum" in batch.dead[0].detail
+    pipe.expire(batch, now=time.monotonic() + 61)
+    assert pipe.held == 0 and len(batch.dead) == 4 and len(batch.done) == 4
+
+
+def test_events_take_their_time_from_the_packet(settings_factory: Callable[..., Settings],
+                                                mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
+    """Issue 15.5: a backlog of alarms published at once lands as one point per AlarmTime (not
+    collapsed onto the arrival second); a heartbeat with a QN takes the QN's time; only a packet
+    without any time is stamped on arrival, and says so in time_source."""
+    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1})
+    topic = station_topic(settings, MN_GAS)
+
+    def alarm(i: int) -> bytes:
+        t = hj212.format_data_time(T0 + timedelta(minutes=i))
+        return hj212.encode(f"QN=20990101000000000;ST=31;CN=2072;PW=1;MN={MN_GAS};Flag=5;"
+                            f"CP=&&AlarmTime={t};a21026-Ala=16.00,AlarmType=1&&")
+
+    qn_time = T0 + timedelta(hours=2, seconds=7)
+    with_qn = hj212.encode(f"QN={hj212.format_data_time(qn_time)}123;ST=31;CN=8013;PW=1;MN={MN_GAS};Flag=4;"
+                           f"CP=&&HeartbeatTime=120&&")
+    bare = hj212.encode(f"ST=31;CN=8013;PW=1;MN={MN_GAS};Flag=4;CP=&&HeartbeatTime=120&&")
+    bad_alarm = hj212.encode(f"ST=31;CN=2072;PW=1;MN={MN_GAS};Flag=4;CP=&&AlarmTime=2016-08-24;a21026-Ala=1&&")
+    pub = mqtt_client_factory()
+    with Ingest(settings) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, [(topic, alarm(i)) for i in range(30)] + [(topic, with_qn), (topic, bare), (topic, bad_alarm)])
+        wait_until("all acked and written", drained(ing, 33))
+    with Influx(settings.influxdb) as influx:
+        [s] = influx.query('SELECT seen, time_source, "a21026_ala" FROM station_event WHERE kind = \'alarm\'')
+        rows = s.values
+        assert [r[0] for r in rows] == [int((T0 + timedelta(minutes=i)).timestamp()) for i in range(30)]
+        assert {r[2] for r in rows} == {"alarm_time"} and {r[3] for r in rows} == {16.0}
+        [h] = influx.query("SELECT seen, time_source FROM station_event WHERE kind = 'heartbeat'")
+    by_source = {r[2]: r[0] for r in h.values}
+    assert by_source["qn"] == int(qn_time.timestamp())
+    assert abs(by_source["arrival"] - time.time()) < 120
+    [d] = dead_letters(settings)
+    assert d.raw == bad_alarm and "AlarmTime" in d.detail
+
+
+def test_implausible_values_are_kept_flagged_and_never_a_valid_minute(
+        settings_factory: Callable[..., Settings], mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
+    """Issue 15.6: 1.7e308 and 5e9 mg/m3 SO2 are stored (as avg_implausible, zs_avg_implausible,
+    named in `implausible`), but the hourly valid mean counts only the plausible minute."""
+    from detect.base import Window
+    from detect.source import ReadingSource
+
+    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1})
+    hour = T0.replace(minute=0) - timedelta(hours=1)
+
+    def minute(i: int, avg: float, zs: float) -> bytes:
+        return hj212.encode(hj212.build_segment(mn=MN_GAS, cn="2051", st="31", flag=4, data_time=hour + timedelta(minutes=i),
+                                                values={"a21026": {"avg": avg, "zs_avg": zs, "flag": "N"}}))
+
+    topic = station_topic(settings, MN_GAS)
+    pub = mqtt_client_factory()
+    with Ingest(settings) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, [(topic, minute(0, 10.0, 12.0)), (topic, minute(1, 1.7e308, 5e9))])
+        wait_until("both written", drained(ing, 2))
+    with Influx(settings.influxdb) as influx:
+        [s] = influx.query("SELECT avg, zs_avg, avg_implausible, zs_avg_implausible, implausible, flag "
+                           "FROM station_minute")
+        rows = [dict(zip(s.columns, v)) for v in s.values]
+        assert rows[0]["avg"] == 10.0 and rows[0]["implausible"] is None
+        assert rows[1]["avg"] is None and rows[1]["avg_implausible"] == 1.7e308
+        assert rows[1]["zs_avg_implausible"] == 5e9 and rows[1]["implausible"] == "avg,zs_avg"
+        window = Window(hour.astimezone(timezone.utc), (hour + timedelta(hours=1)).astimezone(timezone.utc))
+        agg = ReadingSource(influx).hourly_valid_means(window, pollutants=["a21026"])
+        minutes = ReadingSource(influx).minutes(window, pollutants=["a21026"])
+    assert agg["count"].tolist() == [1] and agg["mean"].tolist() == [12.0]
+    assert minutes["zs_avg"].notna().sum() == 1  # the minute path reads no value for it either
+
+
+def test_codes_outside_registry_and_table_share_one_catch_all_series(
+        settings_factory: Callable[..., Settings], mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
+    """Issue 15.6: one 9,999-byte packet of ~900 invented codes used to make ~900 series; now
+    they are one `_other` series per station and interval, their values kept as text."""
+    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1})
+    head = f"QN=20260101000000000;ST=31;CN=2051;PW=1;MN={MN_GAS};Flag=4;CP=&&DataTime={hj212.format_data_time(T0)}"
+    items, i = [], 0
+    while len(head) + sum(len(x) + 1 for x in items) < 9900:
+        items.append(f"x{i:04d}-Avg=1")
+        i += 1
+    seg = head + ";a21026-Avg=3.5;" + ";".join(items) + "&&"
+    topic = station_topic(settings, MN_GAS)
+    pub = mqtt_client_factory()
+    with Ingest(settings) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, [(topic, hj212.encode(seg))])
+        wait_until("written", drained(ing, 1))
+    with Influx(settings.influxdb) as influx:
+        series = influx.query("SHOW SERIES FROM station_minute")
+        [other] = influx.query("SELECT other FROM station_minute WHERE pollutant = '_other'")
+    assert sum(len(s.values) for s in series) == 2  # a21026 and _other
+    text = other.values[0][1]
+    assert text.split(",")[:2] == ["x0000-Avg=1.0", "x0001-Avg=1.0"] and len(text.split(",")) == len(items)
+    assert count_points(settings, "station_minute") == 1  # a21026's avg
+
+
+def test_tag_values_are_escaped_exactly_as_line_protocol_defines(
+        settings_factory: Callable[..., Settings], mqtt_client_factory: Callable[..., mqtt.Client]) -> None:
+    """Issue 15.6: an MN with backslashes is stored as sent (it used to be doubled); one ending
+    in a backslash cannot be stored at all and is dead-lettered raw, not as line protocol."""
+    settings = settings_factory(REGISTRY, ingest={"batch_interval_s": 0.1, "accept_unknown_stations": True})
+    mns = ["AB\\CD", "A B,C=D\\\\E", "AB\\"]
+    packets = [(station_topic(settings, mn), json.dumps({"mn": mn, "cn": "2051", "data_time": T0.isoformat(),
+                                                         "values": {"a21026": {"avg": 1.0}}}).encode())
+               for mn in mns]
+    pub = mqtt_client_factory()
+    with Ingest(settings) as ing:
+        assert ing.wait_subscribed()
+        publish_all(pub, packets)
+        wait_until("all acked", drained(ing, 3))
+    with Influx(settings.influxdb) as influx:
+        [tags] = influx.query('SHOW TAG VALUES FROM station_minute WITH KEY = "mn"')
+    assert sorted(v[1] for v in tags.values) == sorted(mns[:2])
+    [d] = dead_letters(settings)
+    assert (d.reason, d.raw, d.topic) == (Reason.BAD_FIELD, packets[2][1], packets[2][0])
+    assert "backslash" in d.detail

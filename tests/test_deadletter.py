@@ -6,6 +6,7 @@ import io
 import multiprocessing
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -117,3 +118,62 @@ def test_cli_list_unknown_reason_is_an_error(tmp_path: Path, capsys: pytest.Capt
         cli_list(_settings(tmp_path), reason="crc", console=_console()[0])
     assert exc.value.code == 2
     assert "crc_mismatch" in capsys.readouterr().err
+
+
+def test_oversized_payload_keeps_a_bounded_prefix_with_size_and_sha256(tmp_path: Path) -> None:
+    import hashlib
+
+    big = bytes(range(256)) * 4096  # 1 MiB
+    small = b"##9999" + b"x" * 1000
+    with DeadLetters(tmp_path / "dl.sqlite", max_raw_bytes=64 * 1024) as dl:
+        dl.add_many([DeadLetter("t", Reason.TOO_LARGE, "big", big), DeadLetter("t", Reason.BAD_LENGTH, "s", small)])
+        kept_small, kept_big = dl.list()
+    assert kept_big.raw == big[:64 * 1024] and kept_big.truncated
+    assert kept_big.size == len(big) and kept_big.sha256 == hashlib.sha256(big).hexdigest()
+    assert kept_small.raw == small and not kept_small.truncated and kept_small.size == len(small)
+    assert (tmp_path / "dl.sqlite").stat().st_size < 1 << 20
+    out = io.StringIO()
+    console = Console(file=out, width=400)
+    settings = Settings(ingest=IngestSettings(state_dir=str(tmp_path)))
+    (tmp_path / "dl.sqlite").rename(deadletter_path(tmp_path))
+    cli_list(settings, console=console)
+    assert f"first 65536 of {len(big)} bytes" in out.getvalue()
+
+
+def test_a_file_of_an_older_version_gets_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "dl.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript("CREATE TABLE dead_letter (id INTEGER PRIMARY KEY AUTOINCREMENT, received_at TEXT NOT NULL,"
+                         " topic TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL, raw BLOB NOT NULL);"
+                         "INSERT INTO dead_letter (received_at, topic, reason, detail, raw) VALUES"
+                         " ('2026-01-01T00:00:00.000+00:00', 't', 'bad_field', 'old', x'00');")
+    db.close()
+    with DeadLetters(path) as dl:
+        dl.add(DeadLetter("t", Reason.BAD_FIELD, "new", b"\x01"))
+        new, old = dl.list()
+    assert (old.raw, old.size, old.truncated) == (b"\x00", None, False)
+    assert (new.raw, new.size) == (b"\x01", 1)
+
+
+def test_the_ingest_bounds_a_50_mb_payload(settings_factory: Any, mqtt_client_factory: Any) -> None:
+    """Issue 9.5: a 50 MB MQTT payload through the real broker and ingest: one too_large dead
+    letter of 64 KiB with the payload's size and SHA-256, not 50 MB of SQLite."""
+    import hashlib
+
+    from ingest.consumer import Ingest
+    from tests.test_consumer import REGISTRY, MN_GAS, station_topic, wait_until
+
+    settings = settings_factory(REGISTRY)
+    payload = b"##" + b"9" * (50 * 1024 * 1024)
+    pub = mqtt_client_factory()
+    with Ingest(settings) as ing:
+        assert ing.wait_subscribed()
+        pub.publish(station_topic(settings, MN_GAS), payload, qos=1).wait_for_publish(30)
+        wait_until("the payload dead-lettered", lambda: ing.counters()["acked"] == 1, timeout=60)
+    with DeadLetters(deadletter_path(settings.ingest.state_dir)) as dl:
+        [d] = dl.list()
+    assert d.reason == Reason.TOO_LARGE and len(d.raw) == 64 * 1024 and d.raw == payload[:64 * 1024]
+    assert d.size == len(payload) and d.sha256 == hashlib.sha256(payload).hexdigest()
+    assert deadletter_path(settings.ingest.state_dir).stat().st_size < 2 << 20

@@ -9,7 +9,7 @@ from config.schema import InfluxSettings
 from detect.exceedance import Exceedance
 from detect.runner import Runner
 from ingest.influx import Influx
-from ingest.written import marker_lines, touched_hours
+from ingest.late import marker_lines, touched_hours
 from tests.detect_helpers import lookup, minute_lines, registry, utc, write
 
 H0 = utc(2024, 3, 1, 2)

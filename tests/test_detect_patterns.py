@@ -274,3 +274,36 @@ def test_parameters_narrow_per_outlet(one_station: Callable[..., Any]) -> None:
     alerts = run(ZeroWhileOperating(overrides=strict), source, lookup, T0, at(4))
     assert [(a.station_mn, a.pollutant) for a in alerts] == [("MN2", "a21002")]
     assert ZeroWhileOperating(overrides=strict).at("E1", "O1", "a21002").min_minutes == 45
+
+
+def test_one_fault_one_alert_a_stuck_channel_is_constant_values_not_also_zs_inconsistent(
+        one_station: Callable[..., Any]) -> None:
+    """The held-out case: measured and corrected value stuck together while O2 moves (18 extra alerts)."""
+    plant = Plant("MN1", "E1", "O1", T0, 8 * 60)
+    plant.zs["a21026"] = plant.corrected()["a21026"]
+    s = plant.span(at(1), at(7))
+    plant.values["a21026"][s] = 28.0
+    plant.zs["a21026"][s] = 37.0  # frozen too, so Zs no longer follows the moving O2
+    o2_stuck = Plant("MN2", "E2", "O1", T0, 8 * 60, seed=2)
+    o2_stuck.values["a19001"][o2_stuck.span(at(1), at(7))] = 9.0  # the O2 analyser froze
+    o2_stuck.zs["a21002"] = o2_stuck.corrected()["a21002"] * (1 + 0.3 * np.sin(np.arange(8 * 60)))
+    source, lookup = one_station(plant, o2_stuck)
+    constant = run(ConstantValue(), source, lookup, T0, at(8))
+    assert sorted((a.station_mn, a.pollutant) for a in constant) == [("MN1", "a21026"), ("MN2", "a19001")]
+    o2 = run(O2Anomaly(), source, lookup, T0, at(8))
+    # Outside the stuck hours MN2's Zs really disagrees with its (moving) O2: still reported there.
+    assert [(a.station_mn, a.window_start) for a in o2 if a.station_mn == "MN1"] == []
+    assert {a.window_start for a in o2 if a.station_mn == "MN2"} == {at(0), at(7)}
+
+
+def test_one_fault_one_alert_a_zeroed_channel_is_zero_while_operatings(one_station: Callable[..., Any]) -> None:
+    plant = Plant("MN1", "E1", "O1", T0, 8 * 60)
+    plant.zs["a21026"] = plant.corrected()["a21026"]
+    s = plant.span(at(2), at(6))
+    plant.values["a21026"][s] = 0.0
+    plant.zs["a21026"][s] = 0.0
+    source, lookup = one_station(plant)
+    found = [a for det in (ConstantValue(), ZeroWhileOperating(), NegativeValue(), O2Anomaly())
+             for a in run(det, source, lookup, T0, at(8))]
+    assert sorted({(a.kind, a.pollutant) for a in found}) == [("zero_while_operating", "a21026")]
+    assert len(found) == 4  # one per zeroed hour, from one kind

@@ -58,7 +58,10 @@ def test_package_holds_the_readings_and_verifies(package: tuple[Path, str]) -> N
     readings = pd.read_csv(path / "readings.csv")
     # The alert hour +- 1 h, minute by minute, both pollutants of the outlet, flags included; no E2.
     assert len(readings) == 2 * 180 and set(readings["enterprise"]) == {"E1"}
-    assert readings["time"].min() == "2025-03-01T00:00:00Z" and readings["time"].max() == "2025-03-01T02:59:00Z"
+    # Beijing time first (issue 10), UTC beside it; pollutant names beside the codes.
+    assert readings["time"].min() == "2025-03-01T08:00:00+08:00" and readings["time"].max() == "2025-03-01T10:59:00+08:00"
+    assert readings["time_utc"].min() == "2025-03-01T00:00:00Z" and readings["time_utc"].max() == "2025-03-01T02:59:00Z"
+    assert set(readings["pollutant_name"]) == {"二氧化硫", "氧气含量"}
     so2 = readings[readings["pollutant"] == "a21026"]
     assert (so2["zs_avg"] == 61.0).sum() == 60 and "M" in set(so2["flag"])
     assert (path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

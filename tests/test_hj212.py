@@ -396,3 +396,56 @@ def test_unsplit_readings_without_datatime_are_still_rejected() -> None:
     with pytest.raises(Rejected) as info:
         hj212.decode(hj212.encode(seg))
     assert info.value.reason is Reason.BAD_FIELD
+
+
+_NUM_HEAD = "QN=20260101000000000;ST=31;CN=2051;PW=1;MN=M1;Flag=4;CP=&&DataTime=20260101000000;a21026-Avg="
+
+
+@pytest.mark.parametrize("text", ["1_000", " 7", "7 ", "７", "\u0667", "1\u0660", "inf", "-inf", "nan",
+                                  "Infinity", "1e400", "1..2", "0x10", "1,5", ""])
+def test_numbers_follow_hj212_syntax_only(text: str) -> None:
+    """Issue 15.6: Python's float() syntax (underscores, spaces, full-width and Arabic-Indic
+    digits, inf, nan) is not HJ 212's; neither are overflowing exponents."""
+    with pytest.raises(Rejected) as err:
+        decode(encode(_NUM_HEAD + text + "&&"))
+    assert err.value.reason is Reason.BAD_FIELD
+
+
+@pytest.mark.parametrize(("text", "value"), [("12", 12.0), ("-3.5", -3.5), ("+2", 2.0), (".5", 0.5), ("5.", 5.0),
+                                             ("1e3", 1000.0), ("1.5E-02", 0.015), ("0", 0.0)])
+def test_hj212_numbers_are_accepted(text: str, value: float) -> None:
+    assert decode(encode(_NUM_HEAD + text + "&&")).values["a21026"]["avg"] == value
+
+
+def test_unknown_suffix_keeps_a_non_hj212_number_as_text() -> None:
+    p = decode(encode(_NUM_HEAD + "1;a21026-Foo=1_000,a21026-Bar=2.5&&"))
+    assert p.values["a21026"]["foo"] == "1_000" and p.values["a21026"]["bar"] == 2.5
+
+
+def test_split_part_with_another_pnum_is_refused_not_kept() -> None:
+    r = Reassembler()
+    seg = "QN=1;ST=31;CN=2061;PW=1;MN=M1;Flag=6;PNUM={n};PNO={i};CP=&&DataTime=20260101000000;a21026-Avg=1&&"
+    assert r.add(decode(encode(seg.format(n=2, i=1)))) is None
+    with pytest.raises(Rejected, match="PNUM=5;PNO=4 disagrees with PNUM=2"):
+        r.add(decode(encode(seg.format(n=5, i=4))))
+    merged = r.add(decode(encode(seg.format(n=2, i=2))))
+    assert merged is not None and len(r) == 0
+
+
+@pytest.mark.parametrize(("cp", "qn", "cn", "source"), [
+    ("AlarmTime=20260101080000;a21026-Ala=1", None, "2072", "alarm_time"),
+    ("RestartTime=20260101080000", "20250101000000000", "2081", "restart_time"),
+    ("HeartbeatTime=120", "20260101080000000", "8013", "qn"),
+    ("HeartbeatTime=120", "20260101080000000", "9011", "arrival"),  # an answer's QN is the request's
+    ("HeartbeatTime=120", "not-a-time", "8013", "arrival"),
+    ("HeartbeatTime=120", None, "8013", "arrival"),
+])
+def test_event_time_from_the_packet(cp: str, qn: str | None, cn: str, source: str) -> None:
+    head = f"QN={qn};" if qn else ""
+    p = decode(encode(f"{head}ST=31;CN={cn};PW=1;MN=M1;Flag=4;CP=&&{cp}&&"))
+    when, got = hj212.event_time(p)
+    assert got == source
+    if source != "arrival":
+        assert when == datetime(2026, 1, 1, 8, 0, tzinfo=CHINA_TZ)
+    else:
+        assert when is None

@@ -30,7 +30,8 @@ from tests.apikit import T0, ServedApp, center_overrides, registry, seed_case, s
 NAMES = ("envwatch_ingest_messages_total", "envwatch_ingest_readings_written_total",
          "envwatch_ingest_dead_letters_total", "envwatch_ingest_buffer_depth",
          "envwatch_detect_job_duration_seconds_count", "envwatch_detect_job_lag_seconds", "envwatch_alerts",
-         "envwatch_cases", "envwatch_notices", "envwatch_delivery_failures", "envwatch_leader")
+         "envwatch_cases", "envwatch_notices", "envwatch_delivery_failures", "envwatch_leader",
+         "envwatch_ingest_disk_paused", "envwatch_ingest_disk_errors_total")
 
 
 def _registry_with_dead_webhook() -> dict[str, Any]:
@@ -101,6 +102,7 @@ def test_metrics_move_with_ingest_detection_and_the_store(running: dict[str, Any
     for reason, n in reasons.items():
         assert sample(after, "envwatch_ingest_dead_letters_total", reason=reason) == n
     assert sample(after, "envwatch_ingest_buffer_depth") == 0
+    assert sample(after, "envwatch_ingest_disk_paused") == 0
     assert sample(after, "envwatch_detect_job_duration_seconds_count", job="detect:exceedance") == 1
     assert (sample(after, "envwatch_detect_job_lag_seconds", job="detect:exceedance") or 0) > 0
     assert sample(after, "envwatch_alerts", kind="exceedance", status="open") == 1
@@ -116,7 +118,7 @@ def test_healthz_and_readyz_report_each_dependency(running: dict[str, Any], infl
         ready = c.get("/readyz")
         assert ready.status_code == 200
         assert {k: v["ok"] for k, v in ready.json()["checks"].items()} == {"broker": True, "influxdb": True,
-                                                                           "store": True}
+                                                                           "store": True, "ingest": True}
         influxd.stop()
         try:
             down = c.get("/readyz")
@@ -130,3 +132,50 @@ def test_healthz_and_readyz_report_each_dependency(running: dict[str, Any], infl
     assert checks["broker"]["ok"] and checks["store"]["ok"]
     assert live.status_code == 200  # liveness does not depend on InfluxDB
     assert back.status_code == 200
+
+
+def test_readyz_and_metrics_show_an_ingest_paused_by_a_full_disk(
+        settings_factory: Callable[..., Any], tmp_path: Path, mqtt_client_factory: Callable[..., Any]) -> None:
+    """Issue 15.2: the ingest's state_dir on a tmpfs that fills: /readyz answers 503 naming the
+    ingest, envwatch_ingest_disk_paused is 1; both clear by themselves once space returns."""
+    import os
+    import subprocess
+
+    from tests.test_ingest_faults import fill
+
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    try:
+        settings = settings_factory(_registry_with_dead_webhook(), **center_overrides(),
+                                    ingest={"state_dir": str(mnt), "batch_interval_s": 0.1})
+        engine = make_engine(f"sqlite:///{tmp_path / 'store.sqlite'}")
+        prepare_store(engine)
+        with Ingest(settings) as ingest:
+            assert ingest.wait_subscribed(10)
+            srv = serve(create_app(settings, engine, ingest=ingest))
+            try:
+                fill(mnt / "filler")
+                pub = mqtt_client_factory()
+                topic = f"{settings.broker.topic_prefix}/up/station/MN-A-01"
+                pub.publish(topic, station_packet("MN-A-01", T0, 20.0), qos=1).wait_for_publish(5)
+                wait_for(lambda: ingest.counters()["disk_paused"] == 1, "the ingest paused", timeout=20)
+                with srv.client("op") as c:  # the checks' details are for operators
+                    ready = c.get("/readyz")
+                    text = c.get("/metrics").text
+                assert ready.status_code == 503
+                assert ready.json()["checks"]["ingest"]["ok"] is False
+                assert "full" in ready.json()["checks"]["ingest"]["detail"]
+                assert sample(text, "envwatch_ingest_disk_paused") == 1
+                assert (sample(text, "envwatch_ingest_disk_errors_total") or 0) >= 1
+                (mnt / "filler").unlink()
+                wait_for(lambda: ingest.counters()["readings_written"] >= 1, "the reading written", timeout=20)
+                with srv.client("op") as c:
+                    assert c.get("/readyz").json()["checks"]["ingest"]["ok"] is True
+                    assert sample(c.get("/metrics").text, "envwatch_ingest_disk_paused") == 0
+            finally:
+                srv.stop()
+        engine.dispose()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

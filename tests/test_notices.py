@@ -89,10 +89,10 @@ def _context(settings: Settings, emergency: bool, kind: str, language: str, **ca
 
 @pytest.mark.parametrize("language,facts", [
     ("zh-CN", ["整改通知", "二氧化硫", "监测值 61.2 mg/m3", "35 mg/m3", "GB 13223-2011", "MN0001",
-               "2025-03-01 09:00 – 10:00 (UTC+08:00)", "请于 2025-03-02 10:00 (UTC+08:00) 前完成整改",
-               "2025-03-01 14:00 (UTC+08:00)", "案件编号：C1", "/api/cases/C1/answers", "基准氧含量 6%"]),
+               "2025-03-01 09:00 – 10:00", "请于 2025-03-02 10:00 前完成整改",
+               "2025-03-01 14:00", "案件编号：C1", "/api/cases/C1/answers", "基准氧含量 6%"]),
     ("en", ["Rectification notice", "SO2", "measured 61.2 mg/m3", "Limit: 35 mg/m3", "GB 13223-2011", "MN0001",
-            "2025-03-01 09:00 – 10:00 (UTC+08:00)", "rectify by 2025-03-02 10:00 (UTC+08:00)",
+            "2025-03-01 09:00 – 10:00", "rectify by 2025-03-02 10:00",
             "Case id: C1", "/api/cases/C1/answers", "6% reference O2"]),
 ])
 def test_rectification_notice_states_the_facts(settings_factory: Callable[..., Settings], language: str,
@@ -104,6 +104,9 @@ def test_rectification_notice_states_the_facts(settings_factory: Callable[..., S
         assert fact in subject + body, fact
     assert f"{settings.broker.topic_prefix}/enterprise/E1/answer" in body
     assert EMERGENCY_ZH not in body and EMERGENCY_EN not in body
+    # Beijing time, said once (issue 10), not "(UTC+08:00)" after every time.
+    assert (body.count("北京时间") if language == "zh-CN" else body.count("Beijing time")) == 1
+    assert "(UTC+08:00)" not in body.replace("Beijing time, UTC+08:00", "")
 
 
 @pytest.mark.parametrize("kind", ["rectification_notice", "reminder", "reopened", "closed", "ticket"])
@@ -116,7 +119,7 @@ def test_every_kind_renders_and_says_emergency_only_when_flagged(settings_factor
         assert "C1" in subject and "C1" in body
         assert "61.2" in body and "35" in body and "GB 13223-2011" in body
         if kind != "closed":
-            assert "2025-03-02 10:00 (UTC+08:00)" in body
+            assert "2025-03-02 10:00" in body
         assert (marker in body) is emergency, (kind, emergency)
 
 
@@ -127,7 +130,7 @@ def test_closed_notice_says_why(settings_factory: Callable[..., Settings]) -> No
     ctx = _context(settings, False, "closed", "en", state="verified", recommendation="no_penalty",
                    verify_until=T0 + timedelta(hours=72))
     body = render("closed", "en", ctx)[1]
-    assert "no administrative penalty" in body and "2025-03-04 10:00 (UTC+08:00)" in body
+    assert "no administrative penalty" in body and "2025-03-04 10:00" in body
 
 
 def test_every_detector_kind_has_a_label_in_every_language() -> None:
@@ -243,7 +246,8 @@ def test_ticket_goes_to_the_named_officer_or_the_pool(settings_factory: Callable
         ("C1:3:ticket:mqtt:o2", "officer")]
     body = rows[0]["body"]
     assert "同一问题重复发生" in body and "P2" in body and EMERGENCY_ZH in body
-    assert "1. 2025-03-01 10:00 (UTC+08:00) system：opened" in body
+    # Events in words, with who did them (issue 10): the rules are named as such, not a bare "system".
+    assert "1. 2025-03-01 10:00 立案（系统（自动规则））" in body and "system：opened" not in body
     assert rows[0]["payload"]["ticket"]["priority"] == "P2"
 
 

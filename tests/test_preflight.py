@@ -61,19 +61,33 @@ def test_sqlite_store_under_a_file_is_reported(settings_factory: Factory, tmp_pa
 
 def test_broker_credentials_are_checked_with_mqtt_connect(settings_factory: Factory, tmp_path: Path) -> None:
     port = free_port()
-    good = settings_factory(broker={"port": port, "username": "envwatch", "password": "right"})
+    good = settings_factory(broker={"port": port, "client_id": "envwatch", "password": "right"})
     write_acl(good, tmp_path / "acl", bind="127.0.0.1", warn=lambda _w: None)
     svc = start_mosquitto(tmp_path / "broker", free_port(), extra_conf=(tmp_path / "acl" / CONF_FILE).read_text())
     try:
         ok = _retry_until_listening(lambda: check_broker(good.broker))
-        assert ok.ok and "connected as envwatch" in ok.detail
-        wrong = settings_factory(broker={"port": port, "username": "envwatch", "password": "wrong"})
+        # The check's own account (one per connection), and the broker's version.
+        assert ok.ok and "connected as envwatch-check" in ok.detail and "(mosquitto version 2." in ok.detail
+        assert "WARNING" not in ok.detail
+        wrong = settings_factory(broker={"port": port, "client_id": "envwatch", "password": "wrong"})
         bad = check_broker(wrong.broker)
         assert not bad.ok
         assert bad.detail.startswith(f"MQTT broker at 127.0.0.1:{port} refused the MQTT connection (")
         assert "broker.username / broker.password" in bad.detail
     finally:
         svc.stop()
+
+
+def test_shared_subscription_on_mosquitto_is_warned_about(settings_factory: Factory,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Mosquitto does not keep shared subscriptions across a restart: configuring one is warned about."""
+    shared = settings_factory(broker={"shared_group": "envwatch-ingest"})
+    with caplog.at_level("WARNING", logger="envwatch.preflight"):
+        p = check_broker(shared.broker)
+    assert p.ok and "WARNING: broker.shared_group is set, and mosquitto version 2.0" in p.detail
+    assert any("does not keep shared subscriptions" in r.getMessage() for r in caplog.records)
+    plain = check_broker(settings_factory().broker)
+    assert plain.ok and "mosquitto version" in plain.detail and "WARNING" not in plain.detail
 
 
 def _retry_until_listening(check: Callable[[], object]) -> object:

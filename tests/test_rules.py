@@ -372,7 +372,7 @@ def _history(engine: Engine) -> dict[str, Any]:
             "tickets": [_norm(t) for t in tks], "notices": list(ntc)}
 
 
-def test_backfill_reaches_the_same_decisions_as_live(store_engine: Engine, tmp_path: Path) -> None:
+def test_backfill_reaches_the_same_cases_as_live(store_engine: Engine, tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "state")
     end = T0 + 21 * D
     # Live: each alert processed as its window closes (+ the detector's settle delay), a tick every hour.
@@ -402,10 +402,30 @@ def test_backfill_reaches_the_same_decisions_as_live(store_engine: Engine, tmp_p
         _answer(back, settings, at, x)
     workflow.process_alerts(back, settings, batch, end, evidence=False)
     a, b = _history(live), _history(back)
-    back.dispose()
     assert a["cases"] and a["tickets"]
     assert {e[2] for e in a["events"]} >= {"escalated", "reopened", "verified", "notice_decided", "alert_attached"}
-    assert a == b
+    # Findings run on event time: the same cases, the same alerts in them, the same escalations for
+    # what the data showed (severe, emergency, repeat, recurrence), at the same event times.
+    assert _findings(a) == _findings(b)
+    # Obligations run on delivery time (issue 10): the backfill, processing weeks-old alerts in one
+    # batch, tells the enterprises only now, so nobody is overdue before their period from then.
+    for case in all_cases(back):
+        for esc in escalations(back, case["id"]):
+            if esc["reason"] == "overdue":
+                assert esc["at"] >= as_utc(case["notice_sent_at"]) + H * settings.notify.acknowledge_hours
+    back.dispose()
+
+
+EVENT_TIME_REASONS = ("severe", "emergency", "repeat", "recurrence", "falsification")
+
+
+def _findings(h: dict[str, Any]) -> dict[str, Any]:
+    """What a backfill must decide exactly as live did: the cases and the event-time escalations."""
+    keep = ("id", "enterprise_id", "outlet_id", "problem", "opened_at", "severity", "emergency")
+    return {"cases": [{k: c[k] for k in keep} for c in h["cases"]],
+            "alerts": sorted((e[0], e[5]["alert_id"]) for e in h["events"] if e[2] in ("opened", "alert_attached")),
+            "escalations": sorted((e[0], e[3], e[5]["reason"]) for e in h["events"]
+                                  if e[2] == "escalated" and e[5]["reason"] in EVENT_TIME_REASONS)}
 
 
 # -- the rules as pure functions --------------------------------------------------------------------
@@ -440,7 +460,9 @@ def test_on_alert_for_an_escalated_case_decides_nothing() -> None:
 def test_on_tick_is_stamped_with_due_times() -> None:
     case = {"state": "notified", "severity": "minor", "problem": "exceedance", "opened_at": T0,
             "ack_due_at": T0 + 4 * H, "deadline_at": T0 + 24 * H, "verify_until": None}
-    assert rules.on_tick(case, [], T0 + 4 * H, CTX) == []
+    assert rules.on_tick(case, [], T0 + 3 * H - S, CTX) == []
+    # An hour before the acknowledgement falls due: a reminder (notify.reminders), stamped then.
+    assert rules.on_tick(case, [], T0 + 4 * H, CTX) == [rules.Notify("reminder", at=T0 + 3 * H)]
     assert rules.on_tick(case, [], T0 + 30 * H, CTX) == [rules.Escalate("overdue", "P3", at=T0 + 4 * H)]
     listed = rules.Context(settings=NotifySettings(), positive_listed=True)
     assert rules.on_tick(case, [{"type": "opened", "at": T0, "data": {}}], T0 + 30 * H, listed) == [

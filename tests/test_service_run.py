@@ -20,7 +20,8 @@ import pytest
 
 from center.devservices import Service, free_port
 from config.schema import InfluxSettings
-from tests.apikit import SERVICE_ENV, T0, auth, service_argv, service_config, station_packet, wait_for
+from tests.apikit import (SERVICE_ENV, T0, auth, running_service, service_argv, service_config, station_packet,
+                          wait_for)
 
 
 @pytest.fixture
@@ -28,19 +29,8 @@ def service(mosquitto: Service, influx_settings: InfluxSettings, tmp_path: Path)
     port, prefix = free_port(), f"envwatch_{uuid.uuid4().hex[:10]}"
     cfg = service_config(tmp_path / "envwatch.yaml", mqtt=(mosquitto.host, mosquitto.port), influx=influx_settings,
                          state_dir=tmp_path / "state", port=port, prefix=prefix)
-    log = open(tmp_path / "service.log", "wb")
-    proc = subprocess.Popen(service_argv(cfg), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **SERVICE_ENV})
-    info = {"proc": proc, "url": f"http://127.0.0.1:{port}", "prefix": prefix, "log": tmp_path / "service.log"}
-    try:
-        wait_for(lambda: proc.poll() is None and httpx.get(f"{info['url']}/readyz", timeout=5).status_code == 200,
-                 "the service to be ready", timeout=60)
+    with running_service(cfg, tmp_path, prefix, port) as info:
         yield info
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        log.close()
 
 
 def test_packets_in_alert_and_case_out_then_sigterm_stops_cleanly(service: dict[str, Any],
@@ -56,7 +46,9 @@ def test_packets_in_alert_and_case_out_then_sigterm_stops_cleanly(service: dict[
                           "an exceedance alert", timeout=60)
         case = wait_for(lambda: next((x for x in c.get("/api/cases").json() if x["problem"] == "exceedance"), None),
                         "a case for the alert", timeout=60)
-        detail = c.get(f"/api/cases/{case['id']}").json()
+        # The pass's notices are queued once its last alert is in (one notice per enterprise and pass).
+        detail = wait_for(lambda: (d := c.get(f"/api/cases/{case['id']}").json())["notices"] and d,
+                          "the case's notices", timeout=30)
     assert [(a["enterprise_id"], a["outlet_id"], a["pollutant"], a["window_start"]) for a in alerts] == [
         ("EA", "O1", "a21026", T0.strftime("%Y-%m-%dT%H:%M:%SZ"))]
     assert 80 < alerts[0]["value"] < 81 and alerts[0]["limit"] == 35

@@ -2,123 +2,11 @@
 // Data: the JSON API (center/API.md) with `Authorization: Bearer`, live updates from
 // GET /api/stream (EventSource cannot send headers, so the token goes as ?access_token=).
 'use strict';
+// Shared with the portal and the desk: common.js (helpers, API, language) and chart.js (the readings chart).
 
-const KINDS = ['exceedance', 'daily_exceedance', 'insufficient_valid_data', 'offline', 'constant_value',
-  'zero_while_operating', 'negative_value', 'o2_anomaly', 'flag_abuse', 'multivariate_anomaly', 'hotspot'];
-const STATES = ['open', 'notified', 'acknowledged', 'rectification_reported', 'reopened', 'escalated',
-  'verified', 'dismissed'];
-const ACTIVE = ['open', 'notified', 'acknowledged', 'rectification_reported', 'reopened'];
-const SEVERITIES = ['critical', 'major', 'minor', 'info'];
-const TZ = 'Asia/Shanghai'; // the bureau's clock, whatever the browser's
-const LS = { token: 'envwatch.token', lang: 'envwatch.lang' };
-
-const S = {
-  token: null, me: null, lang: 'zh-CN', dict: {}, pollutants: {},
-  enterprises: new Map(), cases: new Map(), alerts: new Map(), fresh: new Set(),
-  es: null, caseId: null, readings: null, summaryTimer: null,
-};
-
-// -- small helpers ---------------------------------------------------------------------------------
-
-const $ = (sel) => document.querySelector(sel);
-
-// Build DOM nodes; text always goes in as text, so data from the store can never become markup.
-function h(tag, attrs, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === null || v === undefined || v === false) continue;
-    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
-    else if (k === 'class') el.className = v;
-    else el.setAttribute(k, v === true ? '' : v);
-  }
-  for (const c of children.flat()) {
-    if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : String(c));
-  }
-  return el;
-}
-
-function t(key, fallback) { return S.dict[key] ?? fallback ?? key; }
-const label = (prefix, v) => (v ? t(`${prefix}.${v}`, v) : '');
-const entName = (id) => (S.enterprises.get(id)?.name || id);
-
-function pollutantName(code) {
-  const p = S.pollutants[code];
-  if (!p) return code || '';
-  return S.lang === 'en' ? p.en : p.zh;
-}
-
-function fmtTime(iso, withDate = true) {
-  if (!iso) return '';
-  const opts = { timeZone: TZ, hour: '2-digit', minute: '2-digit', hour12: false };
-  if (withDate) Object.assign(opts, { month: '2-digit', day: '2-digit' });
-  return new Intl.DateTimeFormat(S.lang === 'en' ? 'en-GB' : 'zh-CN', opts).format(new Date(iso));
-}
-
-// "YYYY-MM-DDTHH:MM" in China time, as the API reads times without an offset.
-function chinaLocal(date) {
-  const d = new Date(date.getTime() + 8 * 3600e3);
-  return d.toISOString().slice(0, 16);
-}
-
-function fmtNum(v) {
-  if (v === null || v === undefined) return '–';
-  return Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2);
-}
-
-function toast(text, bad) {
-  const el = $('#toast');
-  el.textContent = text;
-  el.className = bad ? 'toast bad' : 'toast';
-  el.hidden = false;
-  clearTimeout(toast.timer);
-  toast.timer = setTimeout(() => { el.hidden = true; }, 4000);
-}
-
-// -- API -------------------------------------------------------------------------------------------
-
-class ApiError extends Error {
-  constructor(status, detail) { super(detail); this.status = status; }
-}
-
-async function api(path, opts = {}) {
-  const headers = { Authorization: `Bearer ${S.token}` };
-  if (opts.body !== undefined) headers['Content-Type'] = 'application/json';
-  const r = await fetch(path, {
-    method: opts.method || 'GET', headers,
-    body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
-  });
-  if (!r.ok) {
-    let detail = r.statusText;
-    try { detail = (await r.json()).detail ?? detail; } catch (e) { /* not JSON */ }
-    throw new ApiError(r.status, typeof detail === 'string' ? detail : JSON.stringify(detail));
-  }
-  return r.status === 204 ? null : r.json();
-}
-
-function query(params) {
-  const q = new URLSearchParams();
-  for (const [k, v] of Object.entries(params)) if (v !== '' && v !== null && v !== undefined) q.set(k, v);
-  const s = q.toString();
-  return s ? `?${s}` : '';
-}
-
-// -- language --------------------------------------------------------------------------------------
-
-async function setLang(lang) {
-  const r = await fetch(`/static/i18n/${lang}.json`);
-  S.dict = await r.json();
-  S.lang = lang;
-  document.documentElement.lang = lang;
-  document.title = t('title');
-  for (const el of document.querySelectorAll('[data-i18n]')) el.textContent = t(el.dataset.i18n);
-}
-
-async function switchLang() {
-  const lang = S.lang === 'zh-CN' ? 'en' : 'zh-CN';
-  localStorage.setItem(LS.lang, lang); // remembered across visits
-  await setLang(lang);
-  if (S.me) renderAll();
-}
+Object.assign(S, { // common.js holds the shared part
+  cases: new Map(), alerts: new Map(), warnings: new Map(), fresh: new Set(), es: null, caseId: null, readings: null, summaryTimer: null,
+});
 
 // -- sign-in ---------------------------------------------------------------------------------------
 
@@ -134,7 +22,11 @@ async function signIn(token) {
   S.token = token;
   try {
     const me = await api('/api/me');
-    if (me.role !== 'operator') throw new ApiError(403, 'not an operator');
+    if (me.role !== 'operator') { // one sign-in for everyone: enterprises and officers have their own screens
+      localStorage.setItem(LS.token, token);
+      location.assign(HOME[me.role]);
+      return;
+    }
     S.me = me;
   } catch (e) {
     localStorage.removeItem(LS.token);
@@ -151,8 +43,9 @@ async function signIn(token) {
   S.pollutants = pols;
   fillFilters();
   connectStream();
-  await Promise.all([loadSummary(), loadLists(), loadEmergency()]);
+  await Promise.all([loadSummary(), loadLists(), loadWarnings(), loadEmergency()]);
   route();
+  document.body.dataset.ready = 'yes'; // signed in, lists loaded, the route shown
 }
 
 // -- the live stream -------------------------------------------------------------------------------
@@ -176,6 +69,31 @@ function connectStream() {
   };
   es.addEventListener('alert', (m) => onAlert(JSON.parse(m.data)));
   es.addEventListener('case', (m) => onCase(JSON.parse(m.data)));
+  es.addEventListener('warning', (m) => onWarning(JSON.parse(m.data)));
+}
+
+// Early warnings (detect/warning.py): not violations, shown apart from alerts and cases.
+function onWarning({ warning: w }) {
+  S.warnings.set(w.id, w);
+  S.fresh.add(w.id);
+  renderWarnings();
+}
+
+function renderWarnings() {
+  const list = [...S.warnings.values()].sort(byNewest('updated_at')).slice(0, 50);
+  $('#warning-count').textContent = `(${list.filter((w) => w.status === 'active').length})`;
+  $('#warnings').replaceChildren(...(list.length ? list.map((w) => h('li', {
+    class: `alert warning warning-${w.level} ${w.status === 'active' ? '' : 'resolved'} ${S.fresh.has(w.id) ? 'fresh' : ''}`,
+    'data-warning-id': w.id,
+  },
+  h('span', { class: 'time' }, fmtTime(w.window_start)),
+  h('span', { class: `sev warning-badge warning-${w.level}` }, t(`warning.${w.level}`)),
+  h('b', {}, t(`warning.${w.kind}`)),
+  h('span', { class: 'who' }, entName(w.enterprise_id), ` · ${w.outlet_id}`),
+  h('span', {}, pollutantName(w.pollutant)),
+  h('span', { class: 'num' }, `${fmtNum(w.value)} / ${fmtNum(w.limit)} ${w.unit || ''}`),
+  h('span', { class: 'muted' }, t(`warning.${w.status}`)),
+  )) : [h('li', { class: 'muted' }, t('warnings.empty'))]));
 }
 
 function onAlert({ alert }) {
@@ -286,13 +204,17 @@ async function loadLists() {
   renderAlerts();
 }
 
-const byNewest = (key) => (a, b) => (a[key] < b[key] ? 1 : a[key] > b[key] ? -1 : 0);
+async function loadWarnings() {
+  const warnings = await api(`/api/warnings${query({ limit: 50 })}`).catch(() => []);
+  S.warnings = new Map(warnings.map((w) => [w.id, w]));
+  renderWarnings();
+}
 
 function renderAlerts() {
   const list = [...S.alerts.values()].sort(byNewest('window_end')).slice(0, 100);
   $('#alert-count').textContent = `(${list.length})`;
   $('#alerts').replaceChildren(...(list.length ? list.map((a) => h('li', {
-    class: `alert level-${a.severity} ${a.status === 'resolved' ? 'resolved' : ''} ${S.fresh.has(a.id) ? 'fresh' : ''}`,
+    class: `alert level-${a.severity} ${a.status === 'resolved' ? 'resolved' : ''} ${a.suppressed_by ? 'suppressed' : ''} ${S.fresh.has(a.id) ? 'fresh' : ''}`,
     'data-alert-id': a.id,
     onclick: a.case_id ? () => { location.hash = `#/case/${a.case_id}`; } : null,
   },
@@ -302,6 +224,8 @@ function renderAlerts() {
   h('span', { class: 'who' }, entName(a.enterprise_id), a.outlet_id ? ` · ${a.outlet_id}` : ''),
   a.pollutant ? h('span', {}, pollutantName(a.pollutant)) : null,
   a.value !== null && a.value !== undefined ? h('span', { class: 'num' }, `${fmtNum(a.value)}${a.limit ? ` / ${fmtNum(a.limit)}` : ''} ${a.unit || ''}`) : null,
+  a.suppressed_by ? h('a', { class: 'badge suppressed', href: '#/filings', 'data-filing-id': a.suppressed_by,
+    title: a.suppressed_by }, t('alert.suppressed')) : null,
   )) : [h('li', { class: 'muted' }, t('alerts.empty'))]));
 }
 
@@ -353,33 +277,13 @@ function renderCase() {
   );
   renderActions(c, ent);
   renderChart();
-  $('#case-history').replaceChildren(...c.events.map((e) => h('li', { 'data-event': e.type },
-    h('span', { class: 'time' }, fmtTime(e.at)), ' ', h('b', {}, label('event', e.type)), ' ',
-    h('span', { class: 'muted' }, e.actor), ' ', eventDetail(e.data))));
-  $('#case-notices').replaceChildren(...(c.notices.length ? c.notices.map((n) => h('li', {},
-    h('details', {}, h('summary', {}, fmtTime(n.created_at), ' ', label('notice_kind', n.kind), ': ', n.subject, ' → ', n.recipient, ' (', n.channel, ', ',
-      label('notice', n.status), ')'), h('pre', {}, n.body)))) : [h('li', { class: 'muted' }, t('case.none'))]));
-  $('#case-answers').replaceChildren(...(c.answers.length ? c.answers.map((a) => h('li', {},
-    fmtTime(a.received_at), ' ', h('b', {}, label('answer', a.type)), ' ', a.text,
-    a.attachments.length ? h('span', { class: 'muted' }, ' 📎 ', a.attachments.map((x) => x.name).join(', ')) : null))
-    : [h('li', { class: 'muted' }, t('case.none'))]));
+  $('#case-history').replaceChildren(...historyItems(c.events));
+  $('#case-notices').replaceChildren(...noticeItems(c.notices));
+  $('#case-answers').replaceChildren(...answerItems(c.answers));
   const tk = c.ticket;
   $('#case-ticket').replaceChildren(tk ? h('p', {}, `${tk.priority} · ${label('ticket', tk.status)} · ${label('reason', tk.reason)}`,
     tk.officer ? ` · ${tk.officer}` : '', tk.findings ? h('br') : null, tk.findings || '', tk.outcome ? ` → ${tk.outcome}` : '')
     : h('p', { class: 'muted' }, t('case.none')));
-}
-
-function eventDetail(d) {
-  const parts = [];
-  if (d.from && d.to && d.from !== d.to) parts.push(`${label('state', d.from)} → ${label('state', d.to)}`);
-  if (d.kind && !d.alert_id) parts.push(label('notice_kind', d.kind));
-  if (d.reason && S.dict[`reason.${d.reason}`]) parts.push(label('reason', d.reason));
-  if (d.alert_id) parts.push(`${pollutantName(d.pollutant)} ${fmtNum(d.value)}${d.limit ? ` / ${fmtNum(d.limit)}` : ''} ${d.unit || ''}`);
-  if (d.reason && !S.dict[`reason.${d.reason}`]) parts.push(String(d.reason)); // a person's words
-  for (const k of ['assignee', 'priority', 'text', 'recommendation', 'outcome', 'emergency_level']) {
-    if (d[k] && typeof d[k] !== 'object') parts.push(String(d[k]));
-  }
-  return parts.length ? h('span', {}, parts.join(' · ')) : '';
 }
 
 function renderActions(c, ent) {
@@ -439,88 +343,8 @@ async function togglePositive(ent) {
   }
 }
 
-// -- the readings chart (SVG) ----------------------------------------------------------------------
-
 function renderChart() {
-  const r = S.readings;
-  const sel = $('#chart-pollutant');
-  const codes = [...new Set(r.series.map((s) => s.pollutant))];
-  const want = sel.dataset.caseId === S.case.id && codes.includes(sel.value) ? sel.value
-    : (codes.includes(S.case.pollutant) ? S.case.pollutant : (r.windows[0]?.pollutant && codes.includes(r.windows[0].pollutant) ? r.windows[0].pollutant : codes[0]));
-  sel.replaceChildren(...codes.map((c) => h('option', { value: c }, pollutantName(c))));
-  sel.value = want || '';
-  sel.dataset.caseId = S.case.id;
-  sel.hidden = codes.length === 0;
-  // The limit applies to the O2-corrected value (zs_avg) where there is one, else to avg: plot
-  // only that field, so the line drawn is the one compared with the limit.
-  const mine = r.series.filter((x) => x.pollutant === want && x.points.length);
-  const series = mine.filter((x) => x.field === 'zs_avg'
-    || !mine.some((y) => y.field === 'zs_avg' && y.measurement === x.measurement && y.mn === x.mn));
-  const lim = r.limits[want] || {};
-  const lines = series.map((s) => ({
-    cls: s.measurement === 'station_hour' ? 'hour' : 'minute',
-    label: `${t(s.measurement === 'station_hour' ? 'case.chart.hour' : 'case.chart.minute')} ${s.field === 'zs_avg' ? t('case.chart.zs') : ''} (${s.mn})`,
-    points: s.points.map(([tm, v]) => [Date.parse(tm), v]),
-  }));
-  const hlines = [];
-  if (lim.hourly) hlines.push({ y: lim.hourly, label: `${t('case.chart.limit')} ${lim.hourly} ${lim.unit || ''} (${lim.standard || ''})` });
-  if (lim.daily && lim.daily !== lim.hourly) hlines.push({ y: lim.daily, label: `${t('case.chart.limit')} (24h) ${lim.daily}`, cls: 'daily' });
-  const bands = r.windows.map((w) => ({ x0: Date.parse(w.start), x1: Date.parse(w.end), label: label('kind', w.kind) }));
-  $('#chart').replaceChildren(lines.length ? lineChart(lines, hlines, bands) : h('p', { class: 'muted' }, t('case.chart.empty')));
-}
-
-const SVGNS = 'http://www.w3.org/2000/svg';
-function s(tag, attrs, ...children) {
-  const el = document.createElementNS(SVGNS, tag);
-  for (const [k, v] of Object.entries(attrs || {})) if (v !== null && v !== undefined) el.setAttribute(k, v);
-  for (const c of children.flat()) if (c !== null && c !== undefined) el.append(c instanceof Node ? c : String(c));
-  return el;
-}
-
-function niceTicks(lo, hi, n) {
-  const span = hi - lo || 1;
-  const step0 = span / n;
-  const mag = 10 ** Math.floor(Math.log10(step0));
-  const step = [1, 2, 5, 10].map((m) => m * mag).find((st) => st >= step0);
-  const out = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) out.push(+v.toFixed(10));
-  return out;
-}
-
-function lineChart(lines, hlines, bands) {
-  const W = 960; const H = 300; const L = 56; const R = 16; const T = 28; const B = 30;
-  const xs = lines.flatMap((l) => l.points.map((p) => p[0])).concat(bands.flatMap((b) => [b.x0, b.x1]));
-  const ys = lines.flatMap((l) => l.points.map((p) => p[1])).concat(hlines.map((l) => l.y));
-  const x0 = Math.min(...xs); const x1 = Math.max(...xs);
-  const y0 = Math.min(0, ...ys); const y1 = Math.max(...ys) * 1.1 || 1;
-  const X = (v) => L + ((v - x0) / (x1 - x0 || 1)) * (W - L - R);
-  const Y = (v) => T + (1 - (v - y0) / (y1 - y0 || 1)) * (H - T - B);
-  const g = [];
-  for (const v of niceTicks(y0, y1, 5)) {
-    g.push(s('line', { x1: L, x2: W - R, y1: Y(v), y2: Y(v), class: 'grid' }), s('text', { x: L - 6, y: Y(v) + 4, class: 'tick', 'text-anchor': 'end' }, fmtNum(v)));
-  }
-  const hour = 3600e3;
-  const stepH = Math.max(1, Math.ceil((x1 - x0) / hour / 10));
-  for (let v = Math.ceil(x0 / hour) * hour; v <= x1; v += stepH * hour) {
-    g.push(s('line', { x1: X(v), x2: X(v), y1: T, y2: H - B, class: 'grid' }),
-      s('text', { x: X(v), y: H - B + 16, class: 'tick', 'text-anchor': 'middle' }, fmtTime(new Date(v).toISOString(), false)));
-  }
-  for (const b of bands) {
-    g.push(s('rect', { x: X(b.x0), y: T, width: Math.max(2, X(b.x1) - X(b.x0)), height: H - T - B, class: 'band' },
-      s('title', {}, `${t('case.chart.window')}: ${b.label}`)));
-  }
-  for (const l of lines) {
-    // An hourly mean holds for its whole hour (stamped with the hour's start): draw it as a step.
-    const pts = l.cls === 'hour' ? l.points.flatMap(([x, y]) => [[x, y], [Math.min(x + hour, x1), y]]) : l.points;
-    const d = pts.map((p, i) => `${i ? 'L' : 'M'}${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join('');
-    g.push(s('path', { d, class: `series ${l.cls}` }, s('title', {}, l.label)));
-  }
-  for (const l of hlines) {
-    g.push(s('line', { x1: L, x2: W - R, y1: Y(l.y), y2: Y(l.y), class: `limit ${l.cls || ''}` }),
-      s('text', { x: W - R - 4, y: Y(l.y) - 5, class: 'limit-label', 'text-anchor': 'end' }, l.label));
-  }
-  const legend = lines.map((l, i) => s('text', { x: L + i * 300, y: 16, class: `legend ${l.cls}` }, `— ${l.label}`));
-  return s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart-svg', role: 'img' }, g, legend);
+  readingsChart(S.readings, { sel: $('#chart-pollutant'), target: $('#chart'), key: S.case.id, pollutant: S.case.pollutant });
 }
 
 // -- map view (SVG, no tiles) ----------------------------------------------------------------------
@@ -642,38 +466,50 @@ async function declareEmergency() {
   }
 }
 
-// -- the dialog ------------------------------------------------------------------------------------
+// -- filings ahead (停产/检修/标定报备) -----------------------------------------------------------------
 
-// Ask for a few values in the shared <dialog>; resolves to {name: value} or null when cancelled.
-function ask(title, fields) {
-  const dlg = $('#dialog');
-  $('#dialog-title').textContent = title;
-  $('#dialog-error').hidden = true;
-  $('#dialog-fields').replaceChildren(...fields.map((f) => {
-    let input;
-    if (f.options) input = h('select', { name: f.name }, f.options.map(([v, text]) => h('option', { value: v }, text)));
-    else if (f.textarea) input = h('textarea', { name: f.name, rows: 3, required: f.required });
-    else input = h('input', { name: f.name, type: f.type || 'text', required: f.required });
-    input.value = f.value ?? '';
-    return h('label', {}, h('span', {}, t(f.label)), input);
-  }));
-  dlg.showModal();
-  return new Promise((resolve) => {
-    dlg.addEventListener('close', () => {
-      if (dlg.returnValue !== 'ok') { resolve(null); return; }
-      const form = $('#dialog-form');
-      resolve(Object.fromEntries(fields.map((f) => [f.name, form.elements[f.name].value.trim()])));
-    }, { once: true });
-  });
+async function loadFilings() {
+  try {
+    S.filings = await api('/api/filings');
+  } catch (e) {
+    toast(`${t('act.failed')}: ${e.message}`, true);
+    return;
+  }
+  renderFilings();
+}
+
+// Like a silence in Alertmanager: who filed it and when, the period, why, who decided, what it suppressed.
+function renderFilings() {
+  const list = S.filings || [];
+  $('#filings').replaceChildren(...(list.length ? list.map((f) => h('tr', { 'data-filing-id': f.id, 'data-phase': f.phase },
+    h('td', {}, fmtTime(f.filed_at), h('br'), h('span', { class: 'muted' }, f.filed_by)),
+    h('td', {}, f.enterprise_name || entName(f.enterprise_id)), h('td', {}, f.outlet_id),
+    h('td', {}, label('filing.kind', f.kind)),
+    h('td', {}, `${fmtTime(f.start)} – ${fmtTime(f.end)}`,
+      f.after_the_fact ? h('span', { class: 'badge late', 'data-after-the-fact': '' }, t('filing.after')) : null),
+    h('td', {}, f.reason, f.attachment ? h('span', { class: 'muted' }, ` (${t('filing.attachment')}: ${f.attachment.name})`) : null),
+    h('td', {}, h('span', { class: `phase phase-${f.phase}` }, label('filing.phase', f.phase))),
+    h('td', { class: 'num' }, f.suppressed_alerts),
+    h('td', {}, f.decided_by ? `${f.decided_by} ${fmtTime(f.decided_at)}` : '', f.decision_note ? h('br') : null, f.decision_note || ''),
+    h('td', {}, f.status === 'pending' ? [
+      h('button', { 'data-action': 'approve', onclick: () => decideFiling(f, 'approve') }, t('act.approve')),
+      h('button', { 'data-action': 'reject', onclick: () => decideFiling(f, 'reject') }, t('act.reject'))] : null),
+  )) : [h('tr', {}, h('td', { colspan: 10, class: 'muted' }, t('filings.empty')))]));
+}
+
+async function decideFiling(f, decision) {
+  const v = await ask(t(`act.${decision}`), [{ name: 'note', label: 'form.decision_note', textarea: true, required: decision === 'reject' }]);
+  if (!v) return;
+  try {
+    await api(`/api/filings/${encodeURIComponent(f.id)}/decision`, { method: 'POST', body: { decision, note: v.note } });
+    toast(t('act.done'));
+    loadFilings();
+  } catch (e) {
+    toast(`${t('act.failed')}: ${e.message}`, true);
+  }
 }
 
 // -- views and routing -----------------------------------------------------------------------------
-
-function showView(name) {
-  for (const v of document.querySelectorAll('.view')) v.hidden = v.id !== `view-${name}`;
-  for (const a of document.querySelectorAll('[data-tab]')) a.classList.toggle('on', a.dataset.tab === name || (name === 'case' && a.dataset.tab === 'board'));
-  document.body.dataset.view = name;
-}
 
 function route() {
   if (!S.me) return;
@@ -681,11 +517,14 @@ function route() {
   S.caseId = null;
   if (view === 'case' && id) {
     S.caseId = decodeURIComponent(id);
-    showView('case');
+    showView('case', 'board');
     loadCase(S.caseId);
   } else if (view === 'map') {
     showView('map');
     loadMap();
+  } else if (view === 'filings') {
+    showView('filings');
+    loadFilings();
   } else if (view === 'enterprises') {
     showView('enterprises');
     renderEnterprises();
@@ -703,12 +542,13 @@ function renderAll() {
   if (S.caseId && S.case) renderCase();
   if (document.body.dataset.view === 'map') renderMap();
   if (document.body.dataset.view === 'enterprises') renderEnterprises();
+  if (document.body.dataset.view === 'filings') renderFilings();
   loadEmergency();
 }
 
 async function main() {
   await setLang(localStorage.getItem(LS.lang) || 'zh-CN');
-  $('#btn-lang').addEventListener('click', switchLang);
+  $('#btn-lang').addEventListener('click', () => switchLang(renderAll));
   $('#btn-logout').addEventListener('click', () => { localStorage.removeItem(LS.token); showLogin(false); });
   $('#btn-emergency').addEventListener('click', declareEmergency);
   $('#filters').addEventListener('change', loadLists);

@@ -17,13 +17,19 @@ class Pollutant:
     unit: str
     zh: str
     en: str
+    plausible: tuple[float, float] | None = None  # [low, high] in `unit`: outside is not a measurement
+
+
+def _pollutant(row: dict) -> "Pollutant":
+    rng = row.pop("plausible", None)
+    return Pollutant(**row, plausible=(float(rng[0]), float(rng[1])) if rng else None)
 
 
 @cache
 def pollutants() -> dict[str, Pollutant]:
     """All known pollutants by 2017 code."""
     text = resources.files(__package__).joinpath("pollutants.yaml").read_text(encoding="utf-8")
-    return {row["code"]: Pollutant(**row) for row in yaml.safe_load(text)}
+    return {row["code"]: _pollutant(row) for row in yaml.safe_load(text)}
 
 
 @cache
