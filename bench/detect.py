@@ -1,30 +1,39 @@
-"""Hourly exceedance job vs the bare InfluxDB aggregate over the same data, same run.
+"""Every detector kind vs the bare InfluxDB aggregate pass over the same data, same run.
 
-For each size (default 2,000 and 20,000 flue-gas outlets, one station each), one hour of
-minute data is written to its own database: SO2, NOx, dust with avg, zs_avg and flag N, plus
-O2 (avg, flag); 5 % of the outlets exceed their SO2 limit. Then, alternating, best of
---repeat after a warm-up:
-  - bare: SELECT mean(zs_avg), count(zs_avg) FROM station_minute WHERE <hour> GROUP BY mn, pollutant
-          through Influx.query (HTTP + JSON decode: what any client pays);
-  - valid: the job's own InfluxDB query alone, i.e. bare plus the HJ 75 validity condition
-          flag = 'N' (and GROUP BY time(1h)): what InfluxDB charges for validity;
-  - job:  Exceedance().detect(hour, ReadingSource(influx), lookup): that query, the hourly table,
-          limits, alerts.
-Printed: each time, the ratios job / bare and job / valid per size, and the growth 2k -> 20k.
+For each size (default 2,000 and 20,000 flue-gas outlets, one station each), --hours of minute
+data ending at a China midnight (16:00Z) are written to their own database, straight to influxd
+as line protocol in large batches: SO2, NOx, dust (avg, zs_avg, flag), O2 and flue-gas flow,
+values that move every minute. One outlet in 100 carries each fault: stuck SO2, zero NOx,
+negative dust, O2 pinned at 20.8 % with the fan running, maintenance flags on SO2, a Zs that
+does not match the O2 correction, an SO2 exceedance, a 30-minute silence in the last hour.
 
-    .venv/bin/python bench/detect.py [--url http://127.0.0.1:8086] [--sizes 2000,20000] [--repeat 2]
+Measured, best of --repeat after a warm-up, alternating so that drift hits all alike:
+  - bare:     SELECT mean(avg), min(avg), max(avg), count(avg) FROM station_minute WHERE <range>
+              GROUP BY time(1h), mn, pollutant  (one aggregate pass reading every point, HTTP + JSON)
+  - each kind: Detector.detect(window, ReadingSource, lookup), every kind with its defaults:
+      hourly run   the last hour, [15:00Z, 16:00Z): what a scheduler tick does (day kinds judge
+                   the China day that ends there: the worst tick of the day);
+      backfill     every window of the kind's period over the --hours (24 for a day's backfill).
+Printed per size: seconds per kind, all kinds together, and the ratio to the bare pass over the
+same range; then the growth of each from the first size to the last.
 
-Without --url it starts its own influxd (devtools.devservices) in a temporary directory.
+    .venv/bin/python -P bench/detect.py [--sizes 2000,20000] [--hours 24,3] [--repeat 1]
+        [--backfill-hours N] [--url http://127.0.0.1:8086 | --data-dir DIR] [--reuse] [--kinds K,...]
+
+--reuse keeps the databases (bench_detect_<size>_<hours>h) and, with --data-dir, influxd's data
+between runs: a later run skips loading what a previous one wrote completely.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,131 +41,183 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from config.lookup import Lookup  # noqa: E402
-from config.schema import InfluxSettings, Registry  # noqa: E402
-from detect.base import Window  # noqa: E402
-from detect.exceedance import Exceedance  # noqa: E402
+from config.schema import DetectSettings, InfluxSettings, Registry  # noqa: E402
+from detect.base import Detector, Window  # noqa: E402
+from detect.registry import build_detectors  # noqa: E402
+from detect.runner import windows  # noqa: E402
 from detect.source import ReadingSource  # noqa: E402
 from core.influx import Influx  # noqa: E402
 
-HOUR = Window(datetime(2024, 3, 1, 2, tzinfo=timezone.utc), datetime(2024, 3, 1, 3, tzinfo=timezone.utc))
+END = datetime(2024, 3, 1, 16, tzinfo=timezone.utc)  # a China midnight
 LIMITS = {"a21026": 35.0, "a21002": 50.0, "a34013": 10.0}
-BATCH = 20_000
+LINES_PER_BATCH = 50_000
+DATA_VERSION = 2  # bump when station_lines changes: --reuse then reloads
+FAULTS = ("stuck", "zero", "negative", "o2_pinned", "flags", "zs_off", "exceed", "silent")
 
 
 def mn_of(i: int) -> str:
     return f"BENCH{i:06d}"
 
 
+def fault_of(i: int) -> str | None:
+    k = i % 100
+    return FAULTS[k - 1] if 1 <= k <= len(FAULTS) else None
+
+
 def registry(n: int) -> Registry:
-    limits = {c: {"hourly": v, "standard": "ultra-low"} for c, v in LIMITS.items()}
+    limits = {c: {"hourly": v, "daily": v, "standard": "ultra-low"} for c, v in LIMITS.items()}
     return Registry.model_validate({"enterprises": [
         {"id": f"E{i:06d}", "name": f"E{i}", "outlets": [
             {"id": "stack", "medium": "gas", "reference_o2": 6.0, "limits": limits, "stations": [{"mn": mn_of(i)}]}]}
         for i in range(n)]})
 
 
-def lines_for(i: int, t0: int) -> list[str]:
-    """One hour of one station's minute readings as line protocol (what ingest writes)."""
+def station_lines(i: int, t0: int, hours: int) -> Iterator[str]:
+    """One station's minute readings as line protocol (what ingest writes); values move every minute."""
     head = f"station_minute,mn={mn_of(i)},enterprise=E{i:06d},outlet=stack,medium=gas"
-    so2 = 50.0 if i % 20 == 0 else 20.0  # 5 % exceed the SO2 limit of 35
-    out = []
-    for m in range(60):
+    fault = fault_of(i)
+    minutes = 60 * hours
+    for m in range(minutes):
         ts = t0 + 60 * m
-        j = (i + m) % 7 * 0.1
-        out.append(f"{head},pollutant=a21026,code=a21026 avg={so2 * 0.8 + j},zs_avg={so2 + j},flag=\"N\" {ts}")
-        out.append(f"{head},pollutant=a21002,code=a21002 avg={30 + j},zs_avg={38 + j},flag=\"N\" {ts}")
-        out.append(f"{head},pollutant=a34013,code=a34013 avg={3 + j},zs_avg={4 + j},flag=\"N\" {ts}")
-        out.append(f"{head},pollutant=a19001,code=a19001 avg={9 + j},flag=\"N\" {ts}")
-    return out
+        last_hours = m >= minutes - 120
+        if fault == "silent" and minutes - 40 <= m < minutes - 10:
+            continue
+        w = (i * 31 + m * 7) % 61 * 0.05  # 60 distinct values in any hour
+        so2 = 50.0 + w if fault == "exceed" else 20.0 + w
+        if fault == "stuck" and last_hours:
+            so2 = 21.5
+        # O2 drifts slowly (a 3-hour swing of +-0.8 %) with a little noise, like a real stack.
+        o2 = 20.8 if fault == "o2_pinned" and last_hours else 9.0 + 0.8 * math.sin(m / 30 + i) + (i + m * 11) % 7 * 0.01
+        f = 6.0 if fault == "zs_off" else 1.0
+        factor = (21 - 6.0) / (21 - o2) * f
+        nox = 0.0 if fault == "zero" and last_hours else 30.0 + w
+        dust = -2.0 if fault == "negative" and last_hours else 3.0 + w * 0.1
+        so2_flag = "M" if fault == "flags" and m % 60 < 40 else "N"
+        yield f'{head},pollutant=a21026,code=a21026 avg={so2:.3f},zs_avg={so2 * factor:.3f},flag="{so2_flag}" {ts}'
+        yield f'{head},pollutant=a21002,code=a21002 avg={nox:.3f},zs_avg={nox * factor:.3f},flag="N" {ts}'
+        yield f'{head},pollutant=a34013,code=a34013 avg={dust:.3f},zs_avg={dust * factor:.3f},flag="N" {ts}'
+        yield f'{head},pollutant=a19001,code=a19001 avg={o2:.3f},flag="N" {ts}'
+        yield f'{head},pollutant=a00000,code=a00000 avg={1000 + (i + m * 3) % 53:.1f},flag="N" {ts}'
 
 
-def load(influx: Influx, n: int) -> float:
-    """Write the hour for n stations in big batches, 4 writers in parallel; returns seconds taken."""
-    t0 = int(HOUR.start.timestamp())
+def load(influx: Influx, n: int, hours: int) -> float:
+    """Write the data for n stations in batches of ~LINES_PER_BATCH lines, 3 writers in parallel."""
+    t0 = int((END - timedelta(hours=hours)).timestamp())
     started = time.perf_counter()
-    per_batch = max(1, BATCH // 240)
+    per_batch = max(1, LINES_PER_BATCH // (5 * 60 * hours))
 
     def batch(k: int) -> None:
         lines: list[str] = []
         for i in range(k, min(n, k + per_batch)):
-            lines += lines_for(i, t0)
+            lines.extend(station_lines(i, t0, hours))
         influx.write(lines)
 
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(3) as pool:
         list(pool.map(batch, range(0, n, per_batch)))
+    influx.write([f"bench_done stations={n}i,version={DATA_VERSION}i {int(END.timestamp())}"])
     return time.perf_counter() - started
 
 
-def bare(influx: Influx) -> int:
-    q = (f"SELECT mean(zs_avg), count(zs_avg) FROM station_minute WHERE time >= '2024-03-01T02:00:00Z' "
-         f"AND time < '2024-03-01T03:00:00Z' GROUP BY mn, pollutant")
-    return len(influx.query(q))
+def loaded(influx: Influx, n: int) -> bool:
+    rows = [v for s in influx.query("SELECT last(stations), last(version) FROM bench_done") for v in s.values]
+    return bool(rows) and rows[0][1] == n and rows[0][2] == DATA_VERSION
 
 
-def valid(influx: Influx) -> int:
-    return len(ReadingSource(influx).hourly_valid_means(HOUR))
+def bare(source: ReadingSource, window: Window) -> int:
+    df = source.aggregate(window, "mean(avg) AS mean, min(avg) AS lo, max(avg) AS hi, count(avg) AS n",
+                          columns=["mean", "lo", "hi", "n"])
+    return len(df)
 
 
-def job(influx: Influx, lookup: Lookup) -> int:
-    return len(Exceedance().detect(HOUR, ReadingSource(influx), lookup))
+def run_kind(det: Detector, window: Window, source: ReadingSource, lookup: Lookup, backfill: bool) -> int:
+    wins = windows(window.start, window.end, det.period_s) if backfill else [window]
+    return sum(len(det.detect(w, source, lookup)) for w in wins)
 
 
-def best(fn: Any, repeat: int) -> tuple[float, Any]:
-    times, result = [], None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - started)
-    return min(times), result
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
 
 
-def measure(url: str, n: int, repeat: int) -> dict[str, float]:
-    influx = Influx(InfluxSettings(url=url, database=f"bench_detect_{n}_{int(time.time())}", timeout_s=600))
+def measure(url: str, n: int, hours: int, repeat: int, reuse: bool, kinds: list[str] | None,
+            backfill_hours: int | None = None) -> dict[str, dict[str, float]]:
+    influx = Influx(InfluxSettings(url=url, database=f"bench_detect_{n}_{hours}h", timeout_s=900))
     influx.ensure_database()
-    written = load(influx, n)
-    lookup = Lookup(registry(n))
-    bare(influx), valid(influx), job(influx, lookup)  # warm-up: caches, connections, imports
-    t = {"bare": float("inf"), "valid": float("inf"), "job": float("inf")}
-    series = alerts = 0
-    for _ in range(repeat):  # alternate, so drift (other load on the machine) affects all alike
-        tb, series = best(lambda: bare(influx), 1)
-        tv, _ = best(lambda: valid(influx), 1)
-        tj, alerts = best(lambda: job(influx, lookup), 1)
-        t = {"bare": min(t["bare"], tb), "valid": min(t["valid"], tv), "job": min(t["job"], tj)}
-    assert alerts == (n + 19) // 20, f"expected {(n + 19) // 20} SO2 exceedances, got {alerts}"
-    influx.query(f'DROP DATABASE "{influx.settings.database}"')
+    if reuse and loaded(influx, n):
+        print(f"{n:>6} outlets, {hours} h: reusing {influx.settings.database}", flush=True)
+    else:
+        influx.query(f'DROP DATABASE "{influx.settings.database}"')
+        influx.ensure_database()
+        took = load(influx, n, hours)
+        print(f"{n:>6} outlets, {hours} h: wrote {n * hours * 300:,} points in {took:.0f} s "
+              f"({n * hours * 300 / took:,.0f}/s)", flush=True)
+    source, lookup = ReadingSource(influx), Lookup(registry(n))
+    detectors = build_detectors(DetectSettings(), kinds)
+    back = min(hours, backfill_hours or hours)
+    runs = {"hourly": Window(END - timedelta(hours=1), END), "backfill": Window(END - timedelta(hours=back), END)}
+    out: dict[str, dict[str, float]] = {}
+    for run, window in runs.items():
+        bare(source, window)  # warm-up (caches, connections)
+        t: dict[str, float] = {}
+        alerts: dict[str, int] = {}
+        for _ in range(max(1, repeat)):
+            tb, series = timed(lambda: bare(source, window))
+            t["bare"] = min(t.get("bare", float("inf")), tb)
+            for det in detectors:
+                tk, alerts[det.kind] = timed(lambda: run_kind(det, window, source, lookup, run == "backfill"))
+                t[det.kind] = min(t.get(det.kind, float("inf")), tk)
+        t["all kinds"] = sum(v for k, v in t.items() if k != "bare")
+        out[run] = t
+        print(f"  {run:<8} {window.start:%H:%MZ}..{window.end:%H:%MZ}: bare {t['bare']:.2f} s ({series:,} series-hours); "
+              f"all kinds {t['all kinds']:.2f} s = {t['all kinds'] / t['bare']:.1f}x bare", flush=True)
+        for det in detectors:
+            print(f"    {det.kind:<26} {t[det.kind]:8.2f} s  {t[det.kind] / t['bare']:6.2f}x  {alerts[det.kind]:>6} alerts",
+                  flush=True)
+    if not reuse:
+        influx.query(f'DROP DATABASE "{influx.settings.database}"')
     influx.close()
-    print(f"{n:>6} outlets: wrote {n * 240:,} points in {written:.1f}s; bare {t['bare'] * 1000:.0f} ms ({series} series), "
-          f"valid-query {t['valid'] * 1000:.0f} ms, job {t['job'] * 1000:.0f} ms ({alerts} alerts); "
-          f"job/bare {t['job'] / t['bare']:.2f}, job/valid-query {t['job'] / t['valid']:.2f}", flush=True)
-    return t
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--url", help="InfluxDB 1.x URL (default: start a private influxd)")
+    ap.add_argument("--data-dir", type=Path, default=None, help="influxd state directory to keep (with --reuse)")
     ap.add_argument("--sizes", default="2000,20000")
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--hours", default="24,3", help="hours of data per size (the backfill range) [24,3]")
+    ap.add_argument("--backfill-hours", type=int, default=None, help="backfill the last N hours of the data [all]")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--reuse", action="store_true", help="keep the loaded data and reuse it when complete")
+    ap.add_argument("--kinds", default=None, help="comma-separated kinds [all]")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    hours = [int(h) for h in args.hours.split(",")]
+    hours += [hours[-1]] * (len(sizes) - len(hours))
+    kinds = args.kinds.split(",") if args.kinds else None
     svc = None
     if args.url is None:
         from devtools.devservices import free_port, start_influxd
 
-        svc = start_influxd(Path(tempfile.mkdtemp(prefix="bench-detect-")), free_port())
+        data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="bench-detect-"))
+        data_dir.mkdir(parents=True, exist_ok=True)
+        svc = start_influxd(data_dir, free_port())
         url = svc.url
     else:
         url = args.url
     try:
-        results = {n: measure(url, n, args.repeat) for n in sizes}
+        results = {n: measure(url, n, h, args.repeat, args.reuse, kinds, args.backfill_hours) for n, h in zip(sizes, hours)}
     finally:
         if svc is not None:
             svc.stop()
     if len(sizes) >= 2:
         a, b = sizes[0], sizes[-1]
-        for what in ("bare", "valid", "job"):
-            growth = results[b][what] / results[a][what]
-            print(f"growth {a} -> {b} ({b / a:.0f}x outlets): {what} {growth:.2f}x")
+        for run in ("hourly", "backfill"):
+            ra, rb = results[a][run], results[b][run]
+            span = f"({hours[0]} h -> {hours[-1]} h of data)" if run == "backfill" and hours[0] != hours[-1] else ""
+            print(f"growth {a} -> {b} ({b / a:.0f}x outlets), {run} {span}: bare {rb['bare'] / ra['bare']:.1f}x, "
+                  f"all kinds {rb['all kinds'] / ra['all kinds']:.1f}x; "
+                  + ", ".join(f"{k} {rb[k] / ra[k]:.1f}x" for k in ra if k not in ("bare", "all kinds")))
 
 
 if __name__ == "__main__":

@@ -289,6 +289,13 @@ class DetectSettings(_Model):
     settle_s: Annotated[int, Field(ge=0)] = 300
     # Windows this far back are re-evaluated on every run, so late data updates their alerts.
     reevaluate_s: Annotated[int, Field(ge=0)] = 6 * 3600
+    # A dask.distributed scheduler ("tcp://host:8786") to spread detector runs and model fits over
+    # (detect/parallel.py); unset: everything runs in this process.
+    cluster: str | None = None
+    # Re-evaluate only the windows late data touched, told by ingest's markers (ingest/late.py),
+    # instead of every recent window every reevaluate_every_s. For a service whose data all comes
+    # through envwatch's ingest (anything written around it is not seen as late data).
+    incremental: bool = False
 
 
 class Officer(_Model):

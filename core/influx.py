@@ -333,10 +333,13 @@ def rfc3339(t: datetime) -> str:
 _REGEX_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$\-/])")
 
 
-def tag_in(tag: str, values: Iterable[str]) -> str:
-    """`"tag" =~ /^(?:a|b)$/` matching exactly the given values (regex-escaped, `/` included)."""
+def tag_in(tag: str, values: Iterable[str], ignore_case: bool = False) -> str:
+    """`"tag" =~ /^(?:a|b)$/` matching exactly the given values (regex-escaped, `/` included).
+
+    Works on string fields too (e.g. flag); `ignore_case` prefixes the expression with (?i).
+    """
     alts = "|".join(_REGEX_SPECIAL.sub(r"\\\1", v) for v in sorted(set(values)))
-    return f"{ident(tag)} =~ /^(?:{alts})$/"
+    return f"{ident(tag)} =~ /{'(?i)' if ignore_case else ''}^(?:{alts})$/"
 
 
 def time_between(start: datetime, end: datetime) -> str:

@@ -54,10 +54,12 @@ from sklearn.preprocessing import RobustScaler
 from detect import frames as fr
 from detect.base import Alert, Detector, Window
 from detect.frames import fetch_minutes
+from detect.parallel import run_tasks, source_for
 from detect.params import ScopedAt
 
 if TYPE_CHECKING:
     from config.lookup import Lookup
+    from config.schema import InfluxSettings
     from detect.source import ReadingSource
 
 DAY = pd.Timedelta(days=1)
@@ -171,26 +173,34 @@ class MultivariateAnomaly(ScopedAt, Detector):
         # day whose mean is above its daily limit is daily_exceedance's finding (see _judge).
         first, last = fr.china_day_start(hours[0]), fr.china_day_start(hours[-1])
         days = fetch_minutes(source, first, fr.to_dt(last + DAY))
+        stations = [(mn, ent, out, rows, hours, _limits(lookup, ent, out)) for mn, ent, out, rows in fr.by_station(days)]
+        if source.cluster is None:
+            found = [self._station(source, *st) for st in stations]
+        else:  # per-station fits and scores on the cluster's workers (detect/parallel.py)
+            found = run_tasks(_station_task, [(self, source.influx.settings, *st) for st in stations], source.cluster)
+        return [a for alerts in found for a in alerts]
+
+    def _station(self, source: ReadingSource, mn: str, ent: str, out: str, rows: pd.DataFrame,
+                 hours: list[pd.Timestamp], limits: _Limits) -> list[Alert]:
+        """One station's alerts over the hours: its model (cached or fitted), then each hour judged."""
         alerts = []
-        for mn, ent, out, rows in fr.by_station(days):
-            d = self.at(ent, out)
-            x = d._clean(rows)
-            limits = _limits(lookup, ent, out)
-            over_day = {day: d.defer_to_patterns and _over_limit(x[(x.index >= day) & (x.index < day + DAY)],
-                                                                 limits.daily, limits.reference_o2)
-                        for day in {fr.china_day_start(h) for h in hours}}
-            for anchor, anchored in _group_by(hours, d._anchor).items():
-                model = d._model(source, mn, anchor)
-                for h in anchored:
-                    if over_day[fr.china_day_start(h)]:
-                        continue
-                    # Too little history before the refit point: a cold start on what precedes the hour.
-                    m = model if model is not None else d._model(source, mn, h, cold=True)
-                    if m is None:
-                        continue
-                    alert = d._judge(m, x, h, mn, ent, out, limits)
-                    if alert is not None:
-                        alerts.append(alert)
+        d = self.at(ent, out)
+        x = d._clean(rows)
+        over_day = {day: d.defer_to_patterns and _over_limit(x[(x.index >= day) & (x.index < day + DAY)],
+                                                             limits.daily, limits.reference_o2)
+                    for day in {fr.china_day_start(h) for h in hours}}
+        for anchor, anchored in _group_by(hours, d._anchor).items():
+            model = d._model(source, mn, anchor)
+            for h in anchored:
+                if over_day[fr.china_day_start(h)]:
+                    continue
+                # Too little history before the refit point: a cold start on what precedes the hour.
+                m = model if model is not None else d._model(source, mn, h, cold=True)
+                if m is None:
+                    continue
+                alert = d._judge(m, x, h, mn, ent, out, limits)
+                if alert is not None:
+                    alerts.append(alert)
         return alerts
 
     # -- data --------------------------------------------------------------------------------
@@ -367,3 +377,8 @@ def _group_by(hours: list[pd.Timestamp], key: Any) -> dict[pd.Timestamp, list[pd
     for h in hours:
         out.setdefault(key(h), []).append(h)
     return out
+
+
+def _station_task(detector: MultivariateAnomaly, influx: InfluxSettings, *station: Any) -> list[Alert]:
+    """MultivariateAnomaly._station on a cluster worker, with that worker's own InfluxDB client."""
+    return detector._station(source_for(influx), *station)

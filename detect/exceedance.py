@@ -18,6 +18,7 @@ else minor. Every parameter can be overridden per enterprise, outlet and polluta
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -112,11 +113,26 @@ class DailyExceedance(_HourlyBased):
         for day in china_days_ending_in(window.start, window.end):
             table = hourly_table(source, lookup, Window(to_dt(day), to_dt(day + DAY)), self.params_for,
                                  only=_codes(lookup, "daily"))
-            for (mn, pollutant), rows in table.groupby(["mn", "pollutant"], sort=True):
+            for rows in _groups(table, self._may_exceed(table, lookup)):
                 alert = self._judge_day(day, rows, lookup)
                 if alert is not None:
                     alerts.append(alert)
         return one_per_outlet(alerts)
+
+    @staticmethod
+    def _may_exceed(table: pd.DataFrame, lookup: Lookup) -> pd.Series:
+        """Per row: does its (station, pollutant) have an hourly mean above the daily limit? A
+        daily mean (plain or flow-weighted) of valid hours never exceeds their largest hourly mean,
+        so the other series cannot alert and are not judged one by one."""
+        if table.empty:
+            return pd.Series(dtype=bool)
+        first = table.groupby(["mn", "pollutant"], sort=False)[["enterprise", "outlet", "pollutant"]].transform("first")
+        limits = {k: lookup.outlets[k[:2]].limits[k[2]].daily
+                  for k in set(zip(first["enterprise"], first["outlet"], first["pollutant"]))}
+        daily = [limits[k] for k in zip(first["enterprise"], first["outlet"], first["pollutant"])]
+        daily = pd.Series([np.inf if d is None else d for d in daily], index=table.index, dtype=float)
+        top = table["mean"].astype(float).groupby([table["mn"], table["pollutant"]]).transform("max")
+        return ~(top <= daily)  # NaN (no mean) is judged too: the rule decides
 
     def _judge_day(self, day: pd.Timestamp, rows: pd.DataFrame, lookup: Lookup) -> Alert | None:
         first = next(rows.itertuples(index=False))
@@ -158,11 +174,28 @@ class InsufficientValidData(_HourlyBased):
                                           "min", ev))
         for day in china_days_ending_in(window.start, window.end):
             day_table = hourly_table(source, lookup, Window(to_dt(day), to_dt(day + DAY)), self.params_for)
-            for _, rows in day_table.groupby(["mn", "pollutant"], sort=True):
+            for rows in _groups(day_table, self._may_lack(day_table)):
                 alert = self._judge_day(day, rows)
                 if alert is not None:
                     alerts.append(alert)
         return one_per_outlet(alerts, worst="min")
+
+    def _may_lack(self, table: pd.DataFrame) -> pd.Series:
+        """Per row: could its (station, pollutant) day lack valid hours? The rule of _judge_day,
+        vectorised over every series at once, so only those that fail are judged one by one."""
+        if table.empty:
+            return pd.Series(dtype=bool)
+        first = table.groupby(["mn", "pollutant"], sort=False)[["enterprise", "outlet", "pollutant"]].transform("first")
+        keys = list(zip(first["enterprise"], first["outlet"], first["pollutant"]))
+        params = {k: self.params_for(*k) for k in set(keys)}
+        need = np.array([params[k]["min_valid_minutes"] for k in keys], dtype=float)
+        hours = pd.Series([params[k]["min_valid_hours"] for k in keys], index=table.index, dtype=float)
+        vm, sm = table["valid_minutes"].astype(float).to_numpy(), table["stopped_minutes"].astype(float).to_numpy()
+        valid = vm >= need
+        ok = pd.Series((valid | (vm + sm >= need)).astype(int), index=table.index)
+        n_ok = ok.groupby([table["mn"], table["pollutant"]]).transform("sum")
+        n_valid = pd.Series(valid.astype(int), index=table.index).groupby([table["mn"], table["pollutant"]]).transform("sum")
+        return ~((n_valid >= hours) | (n_ok >= hours))
 
     def _judge_day(self, day: pd.Timestamp, rows: pd.DataFrame) -> Alert | None:
         first = next(rows.itertuples(index=False))
@@ -176,6 +209,13 @@ class InsufficientValidData(_HourlyBased):
               "min_valid_hours": p["min_valid_hours"], "local_day": (day + pd.Timedelta(hours=8)).strftime("%Y-%m-%d"),
               "first_hour": iso(rows["time"].min())}
         return self._alert(first, day, day + DAY, "minor", float(n_valid), float(p["min_valid_hours"]), "h", ev)
+
+
+def _groups(table: pd.DataFrame, keep: pd.Series) -> Iterator[pd.DataFrame]:
+    """The (station, pollutant) groups of an hourly table whose rows `keep` marks, in sorted order."""
+    if table.empty:
+        return
+    yield from (rows for _, rows in table[keep].groupby(["mn", "pollutant"], sort=True))
 
 
 def valid_hours(rows: pd.DataFrame, p: dict[str, Any]) -> pd.DataFrame:

@@ -15,6 +15,10 @@ counts up to b). Consequences, all deliberate:
 - late data: the runner first evaluates hour H only at b + max(settle_s, grace_s), and
   re-evaluates recent hours; a backfill that fills the gap makes the alert disappear from the
   re-evaluation, and the runner then marks it resolved (alerts are never deleted).
+Screen (so that a run costs an aggregate pass, not a minute list per station): InfluxDB counts,
+per station and hour, the distinct minutes seen through one probe field per measurement (minute
+readings, real-time readings, events). An hour whose 60 minutes are all seen has no silence in
+it, so only the stations with some owned hour not fully seen are read minute by minute.
 Clock skew: readings are judged where their DataTime puts them. A logger whose clock runs hours
 behind looks silent now (offline alerts) while its readings land in past hours; that is a fault
 worth an alert, and the evidence shows when the station was last seen.
@@ -32,7 +36,10 @@ from config.lookup import Lookup
 from detect.base import Alert, Detector, Window
 from detect.frames import hours_ending_in, iso, to_dt
 from detect.params import Scoped
-from detect.source import ReadingSource
+from detect.source import EVENT, MINUTE, RTD, ReadingSource, ident
+
+# One field per measurement that nearly every point carries (a lower bound of the minutes seen).
+SCREEN_PROBES = {MINUTE: "avg", RTD: "rtd", EVENT: "seen"}
 
 MINUTE_S = 60
 HOUR_S = 3600
@@ -64,11 +71,15 @@ class Offline(Scoped, Detector):
         if not hours or not lookup.stations:
             return []
         span = Window(to_dt(hours[0]), to_dt(hours[-1]) + timedelta(hours=1))
-        seen = source.sightings(span)
-        before = source.last_seen(Window(span.start - timedelta(seconds=self.history_s), span.start))
+        mns = self._candidates(source, span, sorted(lookup.stations), hours)
+        if not mns:
+            return []
+        seen = source.sightings(span, mns=mns)
+        before = source.last_seen(Window(span.start - timedelta(seconds=self.history_s), span.start), mns=mns)
         by_mn = {mn: (g["time"].astype("int64") // 10**9).to_numpy() for mn, g in seen.groupby("mn")}
         alerts = []
-        for mn, ref in sorted(lookup.stations.items()):
+        for mn in mns:
+            ref = lookup.stations[mn]
             p = self.params_for(ref.enterprise.id, ref.outlet.id, "")
             prev = before.get(mn)
             prev_s = int(prev.timestamp()) if prev is not None else None
@@ -79,6 +90,18 @@ class Offline(Scoped, Detector):
                 if hit is not None:
                     alerts.append(self._alert(ref, h, hit, p))
         return alerts
+
+    @staticmethod
+    def _candidates(source: ReadingSource, span: Window, stations: list[str], hours: list[pd.Timestamp]) -> list[str]:
+        """Registered stations with an owned hour not seen in all of its 60 minutes (see module doc)."""
+        full: set[tuple[str, int]] = set()
+        for meas, field in SCREEN_PROBES.items():
+            agg = source.aggregate(span, "count(c) AS n", by=("mn",), meas=meas, columns=["n"],
+                                   inner=f"count({ident(field)}) AS c", inner_by=f"time(1m), {ident('mn')}")
+            agg = agg[agg["n"] >= HOUR_S // MINUTE_S]
+            full.update(zip(agg["mn"], agg["time"].astype("int64") // 10**9))
+        starts = [int(h.timestamp()) for h in hours]
+        return [mn for mn in stations if any((mn, a) not in full for a in starts)]
 
     def _alert(self, ref: Any, hour: pd.Timestamp, hit: dict[str, Any], p: dict[str, Any]) -> Alert:
         silent_min = hit["silent_s"] / 60

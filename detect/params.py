@@ -122,6 +122,11 @@ class Scoped:
         values = [o.get("params", {})[name] for o in self.overrides or () if name in o.get("params", {})]
         return max([getattr(self, name), *values])
 
+    def narrowest(self, name: str) -> Any:
+        """The smallest value a parameter takes in any scope (the loosest screen for a minimum)."""
+        values = [o.get("params", {})[name] for o in self.overrides or () if name in o.get("params", {})]
+        return min([getattr(self, name), *values])
+
     def set_params(self, **params: Any) -> Any:
         self.__dict__.pop("_scoped_cache", None)
         self.__dict__.pop("_at_cache", None)

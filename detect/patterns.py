@@ -1,6 +1,14 @@
 """Falsification and fault patterns on stations' minute data (DOMAIN.md, "Patterns that enforcement
 looks for"): constant value, zero or negative concentration while operating, O2 anomalies, flag abuse.
 
+Two steps, so that a run costs about one aggregate pass over the data, not a read of every minute:
+- screen: aggregates computed inside InfluxDB (per hour, station and pollutant: counts of zero or
+  negative values, count and number of distinct values, O2 range, Zs/C ratio range, marked flags)
+  give the stations where the pattern is *possible*. Each screen is a necessary condition of the
+  rule, with the loosest parameters of any scope (`widest` / `narrowest`), so it never drops an
+  alert: it only spares reading stations that cannot raise one.
+- judge: the rule itself, unchanged, on those stations' minutes (which the alert's evidence needs).
+
 Each detector owns the hours (or China days) whose END lies in its window, and reads what it needs
 before that (the stuck span, trailing flow). So any partition of time into windows - hourly runs,
 one backfill over a day, a re-run - raises the same alerts with the same ids.
@@ -22,13 +30,15 @@ from detect import frames as fr
 from detect.base import Alert, Detector, Window
 from detect.frames import fetch_minutes
 from detect.params import ScopedAt
-from detect.source import MINUTE, ident, series_frame, tag_in, time_range
+from detect.source import MINUTE, ident, literal, number, series_frame, tag_in, time_range
 
 if TYPE_CHECKING:
     from config.lookup import Lookup
     from detect.source import ReadingSource
 
 HOUR = fr.HOUR
+# Time resolution of o2_anomaly's Zs screen (see O2Anomaly._candidates).
+SCREEN_BUCKET = "5m"
 
 
 @cache
@@ -37,17 +47,32 @@ def unit_of(code: str) -> str:
     return p.unit if p is not None else ""
 
 
-def flow_percentiles(source: ReadingSource, start: pd.Timestamp, end: datetime, pct: int) -> dict[str, float]:
+def _consecutive(hours: pd.DataFrame, keys: list[str], need: int) -> set[str]:
+    """Stations (mn) with `need` consecutive hours in one group of `keys` (rows: keys + time)."""
+    if hours.empty:
+        return set()
+    h = hours.sort_values([*keys, "time"])
+    n = h["time"].astype("int64") // (3600 * 10**9)
+    new = n.diff().ne(1)
+    for k in keys:
+        new |= h[k].ne(h[k].shift())
+    run = new.cumsum()
+    length = run.map(run.value_counts())
+    return set(h["mn"][length >= max(int(need), 1)])
+
+
+def flow_percentiles(source: ReadingSource, start: pd.Timestamp, end: datetime, pct: int,
+                     mns: list[str] | None = None) -> dict[str, float]:
     """{mn: percentile of positive minute flow in [start, end)}, aggregated inside InfluxDB.
 
     Private query (ReadingSource has no percentile yet): one row per station comes back instead of
     a day of minutes, which is what makes the trailing flow affordable on every hourly run.
     """
+    if mns is not None and not mns:
+        return {}
     window = Window(fr.to_dt(pd.Timestamp(start)), end)
-    q = (f"SELECT percentile({ident('avg')}, {int(pct)}) AS p FROM {ident(MINUTE)} "
-         f"WHERE {time_range(window)} AND {tag_in('pollutant', fr.FLOW_CODES)} AND {ident('avg')} > 0 "
-         f"GROUP BY {ident('mn')}")
-    df = series_frame(source.influx.query(q, epoch="s"), ("mn",), ["time", "p"])
+    df = source.aggregate(window, f"percentile({ident('avg')}, {int(pct)}) AS p", every=None, by=("mn",),
+                          where=f"{tag_in('pollutant', fr.FLOW_CODES)} AND {ident('avg')} > 0", columns=["p"], mns=mns)
     return {str(mn): float(p) for mn, p in zip(df["mn"], df["p"]) if p is not None}
 
 
@@ -89,16 +114,19 @@ class PatternDetector(ScopedAt, Detector):
     def _rule(self) -> fr.OperatingRule:
         return fr.OperatingRule(self.flow_frac, self.flow_min, self.o2_operating_max, self.temp_operating_min)
 
-    def _reference_flows(self, source: ReadingSource, end: datetime) -> dict[str, float]:
+    def _reference_flows(self, source: ReadingSource, end: datetime, mns: list[str] | None = None) -> dict[str, float]:
         """A running flow per station: the 90th percentile of its positive trailing flow."""
-        return flow_percentiles(source, fr.hour_start(end) - self.flow_reference_hours * HOUR, end, 90)
+        return flow_percentiles(source, fr.hour_start(end) - self.flow_reference_hours * HOUR, end, 90, mns)
 
     def _stations(self, source: ReadingSource, start: pd.Timestamp, end: datetime,
-                  codes: list[str] | None = None) -> Iterator[Station]:
-        long = fetch_minutes(source, start, end, codes)
+                  codes: list[str] | None = None, mns: list[str] | None = None) -> Iterator[Station]:
+        """The stations' minutes in [start, end), wide, with the operating rule (all stations unless mns)."""
+        if mns is not None and not mns:
+            return
+        long = fetch_minutes(source, start, end, codes, mns)
         if long.empty:
             return
-        refs = self._reference_flows(source, end)
+        refs = self._reference_flows(source, end, mns)
         for mn, ent, out, rows in fr.by_station(long):
             values = fr.pivot(rows)
             flags = fr.pivot_flags(rows).reindex(index=values.index).fillna("")
@@ -174,7 +202,8 @@ class ConstantValue(PatternDetector):
         # One hour more than the span needs, to see whether the span began even earlier.
         start = fr.hour_start(window.start) - (self.widest("min_hours") + 1) * HOUR
         alerts = []
-        for st in self._stations(source, start, window.end):
+        mns = self._candidates(source, Window(fr.to_dt(start), window.end))
+        for st in self._stations(source, start, window.end, mns=mns):
             for code in sorted(st.values.columns):
                 d = self.at(st.enterprise, st.outlet, code)
                 if not (fr.is_concentration(code) or code in d.process_channels):
@@ -184,6 +213,30 @@ class ConstantValue(PatternDetector):
                     if window.start < proven <= window.end and not d._explained(code, span):
                         alerts.append(d._to_alert(st, code, span, proven))
         return alerts
+
+    def _candidates(self, source: ReadingSource, span: Window) -> list[str]:
+        """Stations with min_hours consecutive hours in which a channel could be stuck, per InfluxDB.
+
+        A stuck hour has >= min_minutes minutes within tolerance of each other (the usable,
+        operating ones: a subset). Values within t of each other fall into at most two buckets
+        floor(v / t) (three, allowing for rounding), so such an hour of n minutes has at most
+        n - min_minutes + 3 distinct buckets (n - min_minutes + 1 distinct values when t = 0).
+        """
+        t, k = max(float(self.widest("tolerance")), 0.0), int(self.narrowest("min_minutes"))
+        if t > 0:
+            agg = source.aggregate(span, "count(b) AS n, count(distinct(b)) AS d", columns=["n", "d"],
+                                   inner=f"floor({ident('avg')} / {number(t)}) AS b")
+            slack = 3
+        else:
+            agg = source.aggregate(span, f"count({ident('avg')}) AS n, count(distinct({ident('avg')})) AS d",
+                                   columns=["n", "d"])
+            slack = 1
+        n, d = agg["n"].astype("int64"), agg["d"].astype("int64")
+        process = {c for o in self.overrides or () for c in o.get("params", {}).get("process_channels", ())}
+        process |= set(self.process_channels)
+        judged = agg["pollutant"].map(lambda c: fr.is_concentration(c) or c in process).astype(bool)
+        ok = agg[judged & (n >= k) & (d <= n - k + slack)]
+        return sorted(_consecutive(ok, ["mn", "pollutant"], self.narrowest("min_hours")))
 
     def _spans(self, st: Station, code: str) -> list[_Span]:
         v = st.values[code].where(st.usable(code, self.instrument_flags) & st.operating).dropna()
@@ -236,12 +289,17 @@ class _HourlyMinuteCount(PatternDetector):
     def _matches(self, v: pd.Series) -> pd.Series:
         raise NotImplementedError
 
+    def _screen(self) -> str:
+        """An InfluxQL condition on avg that every matching minute meets, in every scope."""
+        raise NotImplementedError
+
     def detect(self, window: Window, source: ReadingSource, lookup: Lookup) -> list[Alert]:
         hours = fr.hours_ending_in(window.start, window.end)
         if not hours:
             return []
         alerts = []
-        for st in self._stations(source, hours[0], hours[-1] + HOUR):
+        mns = self._candidates(source, Window(fr.to_dt(hours[0]), fr.to_dt(hours[-1] + HOUR)))
+        for st in self._stations(source, hours[0], hours[-1] + HOUR, mns=mns):
             for code in sorted(c for c in st.values.columns if fr.is_concentration(c)):
                 d, v = self.at(st.enterprise, st.outlet, code), st.values[code]
                 hit = d._matches(v) & st.usable(code, d.instrument_flags) & st.operating
@@ -250,6 +308,15 @@ class _HourlyMinuteCount(PatternDetector):
                     if int(in_hour.sum()) >= d.min_minutes:
                         alerts.append(d._to_alert(st, code, h, v[in_hour[in_hour].index]))
         return alerts
+
+    def _candidates(self, source: ReadingSource, span: Window) -> list[str] | None:
+        """Stations with an hour of >= min_minutes matching minutes on a concentration channel
+        (counted by InfluxDB; the rule also wants them usable and operating, a subset)."""
+        if self.narrowest("min_minutes") <= 0:
+            return None  # an hour may alert with no matching minute: no screen
+        agg = source.aggregate(span, f"count({ident('avg')}) AS n", where=self._screen(), columns=["n"])
+        hit = agg["pollutant"].map(fr.is_concentration).astype(bool) & (agg["n"] >= self.narrowest("min_minutes"))
+        return sorted(set(agg["mn"][hit]))
 
     def _to_alert(self, st: Station, code: str, h: pd.Timestamp, hits: pd.Series) -> Alert:
         evidence = {
@@ -300,6 +367,10 @@ class ZeroWhileOperating(_HourlyMinuteCount):
     def _matches(self, v: pd.Series) -> pd.Series:
         return v.abs() <= self.zero_eps
 
+    def _screen(self) -> str:
+        eps = number(max(float(self.widest("zero_eps")), 0.0))
+        return f"{ident('avg')} >= -{eps} AND {ident('avg')} <= {eps}"
+
 
 class NegativeValue(_HourlyMinuteCount):
     """A concentration below -negative_eps for >= min_minutes of an hour while the source operates.
@@ -328,6 +399,9 @@ class NegativeValue(_HourlyMinuteCount):
 
     def _matches(self, v: pd.Series) -> pd.Series:
         return v < -self.negative_eps
+
+    def _screen(self) -> str:
+        return f"{ident('avg')} < {number(-self.narrowest('negative_eps'))}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,8 +456,11 @@ class O2Anomaly(PatternDetector):
         if not hours:
             return []
         start, end = hours[0], fr.to_dt(hours[-1] + HOUR)
-        typical = self._typical_flows(source, end)
-        long = fetch_minutes(source, start, end)
+        mns = self._candidates(source, Window(fr.to_dt(start), end), lookup)
+        if mns is not None and not mns:
+            return []
+        typical = self._typical_flows(source, end, mns)
+        long = fetch_minutes(source, start, end, mns=mns)
         alerts = []
         for mn, ent, out, rows in fr.by_station(long):
             values, flags = fr.pivot(rows), fr.pivot_flags(rows)
@@ -398,9 +475,55 @@ class O2Anomaly(PatternDetector):
                 alerts += self.at(ent, out, code)._zs(st, code, hours, ref, zs[code].reindex(values.index))
         return alerts
 
-    def _typical_flows(self, source: ReadingSource, end: datetime) -> dict[str, float]:
+    def _typical_flows(self, source: ReadingSource, end: datetime, mns: list[str] | None = None) -> dict[str, float]:
         """Typical (median positive) flow per station over the trailing flow_reference_hours."""
-        return flow_percentiles(source, fr.hour_start(end) - self.flow_reference_hours * HOUR, end, 50)
+        return flow_percentiles(source, fr.hour_start(end) - self.flow_reference_hours * HOUR, end, 50, mns)
+
+    def _candidates(self, source: ReadingSource, span: Window, lookup: Lookup) -> list[str] | None:
+        """Stations where either pattern is possible in some hour, from InfluxDB aggregates (None: all).
+
+        Pinned: >= min_minutes O2 minutes >= o2_pinned. Zs: per SCREEN_BUCKET of time, the
+        reported ratio r = zs/c (over minutes with c >= min_conc) ranges over [lo, hi] and the
+        factor f(O2) = (21 - ref) / (21 - min(O2, clamp)) over [f(O2 min), f(O2 max)]; a minute is
+        off when |r / f - 1| > tolerance, impossible in a bucket where hi <= f_min (1 + tol) and
+        lo >= f_max (1 - tol). An hour is possible when the buckets where it is not impossible
+        hold >= zs_min_minutes ratios. (Buckets, not hours: O2 drifts over an hour by more than
+        the tolerance allows for, over five minutes it rarely does.)
+        """
+        if self.narrowest("min_minutes") <= 0 or self.narrowest("zs_min_minutes") <= 0:
+            return None  # an hour may alert with no reading at all: no screen
+        o2, avg = literal(fr.O2), ident("avg")
+        pinned = source.aggregate(span, f"count({avg}) AS n", by=("mn",), columns=["n"],
+                                  where=f"{ident('pollutant')} = {o2} AND {avg} >= {number(self.narrowest('o2_pinned'))}")
+        out = set(pinned["mn"][pinned["n"] >= self.narrowest("min_minutes")])
+        min_conc = float(self.narrowest("min_conc"))
+        if min_conc <= 0:
+            return None  # the ratio is undefined at c = 0: no screen, judge every station
+        ratio = source.aggregate(span, "min(r) AS lo, max(r) AS hi, count(r) AS n", columns=["lo", "hi", "n"],
+                                 inner=f"{ident('zs_avg')} / {avg} AS r", where=f"{avg} >= {number(min_conc)}",
+                                 every=SCREEN_BUCKET)
+        ratio = ratio[ratio["pollutant"].map(fr.is_concentration).astype(bool)]
+        ratio = ratio[ratio["mn"].map(lambda mn: mn in lookup.stations and
+                                      lookup.stations[mn].outlet.reference_o2 is not None)]
+        if ratio.empty:
+            return sorted(out)
+        o2s = source.aggregate(span, f"min({avg}) AS o2_lo, max({avg}) AS o2_hi", by=("mn",), every=SCREEN_BUCKET,
+                               columns=["o2_lo", "o2_hi"], where=f"{ident('pollutant')} = {o2}")
+        rows = ratio.merge(o2s, on=["mn", "time"], how="inner")
+        ref = rows["mn"].map(lambda mn: float(lookup.stations[mn].outlet.reference_o2)).to_numpy()
+        lo_o2 = np.minimum(rows["o2_lo"].astype(float).to_numpy(), float(self.narrowest("o2_clamp")))
+        hi_o2 = np.minimum(rows["o2_hi"].astype(float).to_numpy(), float(self.widest("o2_clamp")))
+        tol = float(self.narrowest("zs_tolerance"))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f_min, f_max = (21 - ref) / (21 - lo_o2), (21 - ref) / (21 - hi_o2)
+            slack = 1e-9  # InfluxDB's ratio and ours may differ in the last bit
+            possible = ((rows["hi"].astype(float).to_numpy() > f_min * (1 + tol) * (1 - slack))
+                        | (rows["lo"].astype(float).to_numpy() < f_max * (1 - tol) * (1 + slack))
+                        | ~(f_min > 0) | ~(f_max > 0) | ~np.isfinite(f_max) | (tol < 0))
+        rows = rows[possible]
+        per_hour = rows.groupby(["mn", "pollutant", rows["time"].dt.floor("h")])["n"].sum()
+        hit = per_hour[per_hour >= self.narrowest("zs_min_minutes")]
+        return sorted(out | set(hit.index.get_level_values("mn")))
 
     def _pinned(self, st: Station, hours: list[pd.Timestamp], typical: float) -> list[Alert]:
         fcol = fr.flow_column(st.values)
@@ -496,11 +619,28 @@ class FlagAbuse(PatternDetector):
     def detect(self, window: Window, source: ReadingSource, lookup: Lookup) -> list[Alert]:
         alerts = []
         for day in fr.china_days_ending_in(window.start, window.end):
-            for st in self._stations(source, day, fr.to_dt(day + pd.Timedelta(days=1))):
+            end = fr.to_dt(day + pd.Timedelta(days=1))
+            mns = self._candidates(source, Window(fr.to_dt(day), end))
+            for st in self._stations(source, day, end, mns=mns):
                 alert = self.at(st.enterprise, st.outlet)._judge(st, day)
                 if alert is not None:
                     alerts.append(alert)
         return alerts
+
+    def _candidates(self, source: ReadingSource, day: Window) -> list[str] | None:
+        """Stations with at least one minute flagged with a mark (any scope's) in the day, per InfluxDB.
+
+        A day without any marked minute has no marked hour: share 0 and no F hour, so no alert
+        unless a scope sets max_marked_share < 0 or min_f_operating_hours < 1 (then: None, all).
+        """
+        if self.narrowest("max_marked_share") < 0 or self.narrowest("min_f_operating_hours") < 1:
+            return None
+        marks = {m for o in self.overrides or () for m in str(o.get("params", {}).get("marks", ""))} | set(self.marks)
+        if not marks:
+            return []
+        agg = source.aggregate(day, f"count({ident('flag')}) AS n", by=("mn",), every=None, columns=["n"],
+                               where=tag_in("flag", sorted(marks), ignore_case=True))
+        return sorted(set(agg["mn"][agg["n"] > 0]))
 
     def _hour_marks(self, st: Station) -> pd.DataFrame:
         """Per hour with data: its mark ("" if none) and whether the process data says running.

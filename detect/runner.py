@@ -12,6 +12,12 @@ Scheduled job (`run_job`, one per detector, called by the service's detect loop 
     re-run    = windows ending in (horizon - reevaluate_s, watermark]  when something is due, or
                 at least every `reevaluate_every_s`, so late data updates recent alerts
     watermark = end of the last window evaluated (stored: a restart resumes there)
+
+Incremental (`detect.incremental`, for a service whose ingest writes late-data markers,
+ingest/late.py): after its first run, a job re-evaluates only the recent windows that end
+after the earliest closed hour ingest has written into since the job last looked; with no late
+data, each window is judged once, when it settles. The first run after a start re-evaluates the
+recent windows as above (markers written while it was down are not trusted to be complete).
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from typing import Any
 from config.lookup import Lookup
 from core.time import CHINA_OFFSET
 from config.schema import Settings
-from detect.base import Detector, Window
+from detect.base import Alert, Detector, Window
+from detect.parallel import detect_task, run_tasks
 from detect.registry import build_detectors
 from detect.source import ReadingSource
 from detect.store import AlertStore, Change
@@ -84,19 +91,23 @@ class Runner:
         self.settings = settings
         self.lookup = Lookup(settings.registry)
         self.influx = influx or Influx(settings.influxdb)
-        self.source = ReadingSource(self.influx)
+        self.source = ReadingSource(self.influx, cluster=settings.detect.cluster)
         self.store = store or AlertStore(settings.store_url()).create()
         self.detectors = list(detectors) if detectors is not None else build_detectors(settings)
         self.publish = publish
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self._last_rerun: dict[str, datetime] = {}
+        self._marker_cursor: dict[str, int] = {}  # job -> InfluxDB time (ns) of the last marker seen
         self._locks: dict[str, threading.Lock] = {job_name(d): threading.Lock() for d in self.detectors}
 
     # -- evaluation ---------------------------------------------------------------------------
 
     def evaluate(self, detector: Detector, window: Window) -> Report:
         """Detect in one window, store, resolve what disappeared, publish the changes."""
-        alerts = detector.detect(window, self.source, self.lookup)
+        return self.record(detector, window, detector.detect(window, self.source, self.lookup))
+
+    def record(self, detector: Detector, window: Window, alerts: list[Alert]) -> Report:
+        """Store what one detector found in one window, resolve what disappeared, publish the changes."""
         now = self.clock()
         changes = self.store.upsert_alerts(alerts, now=now)
         resolved = self.store.resolve_missing(detector.kind, window.start, window.end, [a.id for a in alerts], now=now)
@@ -115,14 +126,28 @@ class Runner:
                        on_window: Callable[[Detector, Window], None] | None = None) -> list[Report]:
         """Every selected detector over the aligned windows covering [start, end). Watermarks untouched."""
         reports = []
-        for det in self._selected(kinds):
+        plan = [(det, windows(start, end, det.period_s)) for det in self._selected(kinds)]
+        found = self._detect_on_cluster(plan)
+        for det, wins in plan:
             report = Report(det.kind)
-            for w in windows(start, end, det.period_s):
-                report.add(self.evaluate(det, w))
+            for w in wins:
+                report.add(self.evaluate(det, w) if found is None else self.record(det, w, found[(det.kind, w)]))
                 if on_window is not None:
                     on_window(det, w)
             reports.append(report)
         return reports
+
+    def _detect_on_cluster(self, plan: list[tuple[Detector, list[Window]]]) -> dict[tuple[str, Window], list[Alert]] | None:
+        """With `detect.cluster`: every (kind, window) detected on the cluster's workers, one task
+        each (they are independent); None without a cluster (evaluate detects in order here)."""
+        cluster = self.settings.detect.cluster
+        pairs = [(det, w) for det, wins in plan for w in wins]
+        if not cluster or len(pairs) < 2:
+            return None
+        key = str(hash(self.settings.registry.model_dump_json()))
+        tasks = [(det, w, self.influx.settings, key, self.settings.registry) for det, w in pairs]
+        results = run_tasks(detect_task, tasks, cluster)
+        return {(det.kind, w): alerts for (det, w), alerts in zip(pairs, results)}
 
     def plan(self, start: datetime, end: datetime, kinds: Sequence[str] | None = None) -> int:
         """How many windows evaluate_range would evaluate (for progress bars)."""
@@ -151,13 +176,37 @@ class Runner:
             due_from = min(mark, last_end)
             rerun_from = align_down(last_end - reeval, detector.period_s)
             covered = due_from <= rerun_from  # the due windows include all the recent ones (first run, catch-up)
-            rerun = not covered and (last_end > mark or
-                                     now - self._last_rerun.get(job, EPOCH) >= timedelta(seconds=reevaluate_every_s))
+            touched = self._touched(job) if self.settings.detect.incremental else None
+            if touched is None:
+                rerun = not covered and (last_end > mark or
+                                         now - self._last_rerun.get(job, EPOCH) >= timedelta(seconds=reevaluate_every_s))
+                todo = windows(rerun_from if rerun else due_from, last_end, detector.period_s)
+            else:
+                rerun = False
+                late = [w for w in windows(rerun_from, due_from, detector.period_s)
+                        if touched and w.end > min(touched)] if not covered else []
+                todo = late + windows(due_from, last_end, detector.period_s)
             report = Report(detector.kind)
-            for w in windows(rerun_from if rerun else due_from, last_end, detector.period_s):
+            for w in todo:
                 report.add(self.evaluate(detector, w))
             if rerun or covered:
                 self._last_rerun[job] = now
             if last_end > mark:
                 self.store.set_watermark(job, last_end)
             return report
+
+    def _touched(self, job: str) -> list[datetime] | None:
+        """Closed hours ingest wrote into since this job last looked (ingest/late.py); None on
+        the job's first look (then the caller re-evaluates the recent windows as without markers)."""
+        from ingest.late import MEASUREMENT
+
+        cursor = self._marker_cursor.get(job)
+        if cursor is None:
+            last = [v for s in self.influx.query(f'SELECT last("n") FROM "{MEASUREMENT}"', epoch="ns") for v in s.values]
+            self._marker_cursor[job] = int(last[0][0]) if last else 0
+            return None
+        rows = [v for s in self.influx.query(f'SELECT "n", "hour" FROM "{MEASUREMENT}" WHERE time > {cursor}', epoch="ns")
+                for v in s.values]
+        if rows:
+            self._marker_cursor[job] = max(int(r[0]) for r in rows)
+        return sorted({datetime.fromtimestamp(int(r[2]), timezone.utc) for r in rows if r[2] is not None})

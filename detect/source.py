@@ -43,6 +43,11 @@ def time_range(window: Window) -> str:
     return time_between(window.start, window.end)
 
 
+def number(x: float) -> str:
+    """A float as an InfluxQL numeric literal (positional: no exponent)."""
+    return np.format_float_positional(float(x), trim="-")
+
+
 def _chunks(values: Sequence[str] | None) -> list[list[str] | None]:
     if values is None:
         return [None]
@@ -97,8 +102,10 @@ def series_frame(series: list[Series], tags: Sequence[str], columns: Sequence[st
 class ReadingSource:
     """Read-only access to stored readings for detectors; one instance per detection run is fine."""
 
-    def __init__(self, influx: Influx) -> None:
+    def __init__(self, influx: Influx, cluster: str | None = None) -> None:
         self.influx = influx
+        # Where per-station model work may go (detect/parallel.py); None: this process.
+        self.cluster = cluster
 
     def _run(self, statements: list[str]) -> list[Series]:
         return self.influx.query(";".join(statements), epoch="s") if statements else []
@@ -129,6 +136,27 @@ class ReadingSource:
             df = df[df["pollutant"].isin(set(pollutants))]
         df = df.assign(mean=df["mean"].astype(float), count=df["count"].astype("int64"))
         return df[["mn", "pollutant", "time", "mean", "count"]].reset_index(drop=True)
+
+    def aggregate(self, window: Window, select: str, *, where: str = "", inner: str | None = None,
+                  by: Sequence[str] = ("mn", "pollutant"), every: str | None = "1h", meas: str = MINUTE,
+                  inner_by: str = "", columns: Sequence[str] = (), mns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Any aggregate computed inside InfluxDB, per `by` tags (and `every` bucket): one row per group.
+
+        `select` is the aggregate list (e.g. "count(avg) AS n"); `where` extra conditions ANDed to
+        the time range; `inner`, when given, is the field list of a subquery over the raw points
+        (e.g. "floor(avg / 0.001) AS b", grouped by `inner_by` when given), which `select` then
+        aggregates. Columns: *by, time, *columns.
+        """
+        cond = " AND ".join(p for p in (where,) if p)
+        group = ", ".join([*([f"time({every})"] if every else []), *(ident(t) for t in by)])
+        stmts = []
+        for chunk in _chunks(mns):
+            w = _where(window, chunk, None, *([cond] if cond else []))
+            sub_by = f" GROUP BY {inner_by} fill(none)" if inner_by else ""
+            src = f"(SELECT {inner} FROM {ident(meas)} WHERE {w}{sub_by})" if inner else ident(meas)
+            outer = f" WHERE {time_range(window)}" if inner else f" WHERE {w}"
+            stmts.append(f"SELECT {select} FROM {src}{outer} GROUP BY {group} fill(none)")
+        return series_frame(self._run(stmts), tuple(by), ["time", *columns])
 
     def minutes(self, window: Window, mns: Sequence[str] | None = None, pollutants: Sequence[str] | None = None,
                 fields: Sequence[str] = ("avg", "zs_avg", "flag"), interval: str = "minute") -> pd.DataFrame:

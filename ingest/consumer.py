@@ -75,6 +75,7 @@ from ingest.revisions import RevisionGuard
 from ingest.schema import event_line, mobile_line, station_lines
 from core.mqtt import make_client, probe
 from ingest.topics import ingest_topics, shared_subscription_warning
+from ingest.late import marker_lines
 from ingest.written import written_payload, written_topic
 
 if TYPE_CHECKING:
@@ -792,6 +793,9 @@ class Ingest:
             self._write_bisect(screened.lines)
             self._revisions.remember(screened)
             self._counters.add("readings_written", screened.dropped - screened.revisions)  # as if written
+            # Late-data markers for detection (ingest/late.py); if this fails the batch is
+            # retried, lines included (rewriting the same points is harmless).
+            self.influx.write(marker_lines(screened.lines, time.time()))
         except InfluxUnavailable as exc:
             return f"InfluxDB unavailable ({exc})"
         except (sqlite3.Error, OSError) as exc:  # a refused line could not be dead-lettered

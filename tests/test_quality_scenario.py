@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from center.simulate import generate, load_scenario, truth_records
+from devtools.simulate import generate, load_scenario, truth_records
 from config.loader import load
 from tests.test_detect_quality import _bench
 
