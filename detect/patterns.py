@@ -510,7 +510,9 @@ class O2Anomaly(PatternDetector):
         o2s = source.aggregate(span, f"min({avg}) AS o2_lo, max({avg}) AS o2_hi", by=("mn",), every=SCREEN_BUCKET,
                                columns=["o2_lo", "o2_hi"], where=f"{ident('pollutant')} = {o2}")
         rows = ratio.merge(o2s, on=["mn", "time"], how="inner")
-        ref = rows["mn"].map(lambda mn: float(lookup.stations[mn].outlet.reference_o2)).to_numpy()
+        if rows.empty:  # no concentration with its O2 in the window (an empty frame's columns are objects)
+            return sorted(out)
+        ref = rows["mn"].map(lambda mn: float(lookup.stations[mn].outlet.reference_o2)).to_numpy(dtype=float)
         lo_o2 = np.minimum(rows["o2_lo"].astype(float).to_numpy(), float(self.narrowest("o2_clamp")))
         hi_o2 = np.minimum(rows["o2_hi"].astype(float).to_numpy(), float(self.widest("o2_clamp")))
         tol = float(self.narrowest("zs_tolerance"))

@@ -60,7 +60,7 @@ def test_packets_in_alert_and_case_out_then_sigterm_stops_cleanly(service: dict[
     code = proc.wait(30)
     text = service["log"].read_text(errors="replace")
     assert code == 0, text[-3000:]
-    assert "stopped" in text and "Traceback" not in text
+    assert "stopped" in text and "Traceback" not in text, text[text.find("Traceback")-300:text.find("Traceback")+3000]
 
 
 def test_a_missing_dependency_stops_the_start_with_exit_2_naming_it(mosquitto: Service, tmp_path: Path) -> None:
