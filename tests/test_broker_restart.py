@@ -41,8 +41,10 @@ def broker(tmp_path: Path) -> Iterator[Service]:
     svc.stop()
 
 
-def _client(port: int, client_id: str, **connect: Any) -> mqtt.Client:
+def _client(port: int, client_id: str, on_message: Any = None, **connect: Any) -> mqtt.Client:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    # Set before connecting: a resumed session's queued messages arrive right after CONNACK.
+    c.on_message = on_message
     c.reconnect_delay_set(0.1, 1)  # a station's logger reconnects at once, and keeps what is unacked
     c.max_inflight_messages_set(1000)
     up = threading.Event()
@@ -123,8 +125,7 @@ def test_partitioned_workers_lose_nothing_across_a_broker_restart(
 def _persistent_subscriber(port: int, client_id: str, topic_filter: str | None, got: list[bytes]) -> mqtt.Client:
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
-    c = _client(port, client_id, clean_start=False, properties=props)
-    c.on_message = lambda _c, _u, m: got.append(bytes(m.payload))
+    c = _client(port, client_id, lambda _c, _u, m: got.append(bytes(m.payload)), clean_start=False, properties=props)
     if topic_filter is not None:
         done = threading.Event()
         c.on_subscribe = lambda *_a: done.set()
