@@ -42,7 +42,7 @@ import yaml  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 LIMIT = 35.0
-TOKEN = "bench-operator-token"
+TOKEN = "bench-operator-token-0123456789"
 
 
 def registry(n: int, per_enterprise: int = 10) -> dict[str, Any]:
