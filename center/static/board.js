@@ -217,7 +217,7 @@ async function loadLists() {
   try {
     [cases, alerts] = await Promise.all([api(`/api/cases${query(caseQ)}`, { withTotal: true }), api(`/api/alerts${query(alertQ)}`, { withTotal: true })]);
   } catch (e) {
-    toast(`${t('act.failed')}: ${e.message}`, true);
+    failed(e);
     return;
   }
   S.cases = new Map(cases.rows.map((c) => [c.id, c]));
@@ -368,7 +368,7 @@ async function loadCase(id) {
     [c, S.readings] = await Promise.all([api(`/api/cases/${encodeURIComponent(id)}`),
       api(`/api/cases/${encodeURIComponent(id)}/readings?margin_h=3`)]);
   } catch (e) {
-    toast(`${t('act.failed')}: ${e.message}`, true);
+    failed(e);
     return;
   }
   if (S.caseId !== id) return; // the operator moved on meanwhile
@@ -379,16 +379,15 @@ async function loadCase(id) {
 function renderCase() {
   const c = S.case;
   const ent = S.enterprises.get(c.enterprise_id);
-  const field = (k, v) => (v ? [h('dt', {}, t(k)), h('dd', {}, v)] : []);
   $('#case-head').replaceChildren(
     h('h2', {}, c.enterprise_name || entName(c.enterprise_id), ' · ', c.outlet_id || '', ' · ', label('kind', c.problem),
       ' ', h('span', { id: 'case-state', class: `state state-${c.state}`, 'data-state': c.state }, label('state', c.state))),
     h('dl', { class: 'facts' },
-      field('col.pollutant', pollutantName(c.pollutant)), field('col.severity', label('severity', c.severity)),
-      field('case.opened', fmtTime(c.opened_at)), field('case.ack_due', fmtTime(c.ack_due_at)),
-      field('col.deadline', fmtTime(c.deadline_at)), field('col.assignee', c.assignee),
-      field('case.emergency', c.emergency ? t('yes') : ''), field('case.dismiss_reason', c.dismiss_reason),
-      field('col.positive', ent ? (ent.positive_list ? t('yes') : t('no')) : '')),
+      fact('col.pollutant', pollutantName(c.pollutant)), fact('col.severity', label('severity', c.severity)),
+      fact('case.opened', fmtTime(c.opened_at)), fact('case.ack_due', fmtTime(c.ack_due_at)),
+      fact('col.deadline', fmtTime(c.deadline_at)), fact('col.assignee', c.assignee),
+      fact('case.emergency', c.emergency ? t('yes') : ''), fact('case.dismiss_reason', c.dismiss_reason),
+      fact('col.positive', ent ? (ent.positive_list ? t('yes') : t('no')) : '')),
     h('p', { class: 'muted' }, 'ID ', c.id),
   );
   renderActions(c, ent);
@@ -435,7 +434,7 @@ async function caseAction(id, body) {
     toast(t('act.done'));
     if (S.caseId === id) renderCase();
   } catch (e) {
-    toast(`${t('act.failed')}: ${e.message}`, true);
+    failed(e);
   }
 }
 
@@ -455,7 +454,7 @@ async function togglePositive(ent) {
     toast(t('act.done'));
     renderAll();
   } catch (e) {
-    toast(`${t('act.failed')}: ${e.message}`, true);
+    failed(e);
   }
 }
 
@@ -472,7 +471,7 @@ async function loadMap() {
   try {
     [S.tracks, S.hotspots] = await Promise.all([api(`/api/mobile${range}`), api(`/api/hotspots${range}`)]);
   } catch (e) {
-    toast(`${t('act.failed')}: ${e.message}`, true);
+    failed(e);
     return;
   }
   renderMap();
@@ -616,7 +615,7 @@ async function declareEmergency() {
     toast(t('act.done'));
     loadEmergency();
   } catch (e) {
-    toast(`${t('act.failed')}: ${e.message}`, true);
+    failed(e);
   }
 }
 
@@ -626,7 +625,7 @@ async function loadFilings() {
   try {
     S.filings = await api('/api/filings');
   } catch (e) {
-    toast(`${t('act.failed')}: ${e.message}`, true);
+    failed(e);
     return;
   }
   renderFilings();
@@ -638,11 +637,7 @@ function renderFilings() {
   $('#filings').replaceChildren(...(list.length ? list.map((f) => h('tr', { 'data-filing-id': f.id, 'data-phase': f.phase },
     h('td', {}, fmtTime(f.filed_at), h('br'), h('span', { class: 'muted' }, f.filed_by)),
     h('td', {}, f.enterprise_name || entName(f.enterprise_id)), h('td', {}, f.outlet_id),
-    h('td', {}, label('filing.kind', f.kind)),
-    h('td', {}, `${fmtTime(f.start)} – ${fmtTime(f.end)}`,
-      f.after_the_fact ? h('span', { class: 'badge late', 'data-after-the-fact': '' }, t('filing.after')) : null),
-    h('td', {}, f.reason, f.attachment ? h('span', { class: 'muted' }, ` (${t('filing.attachment')}: ${f.attachment.name})`) : null),
-    h('td', {}, h('span', { class: `phase phase-${f.phase}` }, label('filing.phase', f.phase))),
+    ...filingCells(f),
     h('td', { class: 'num' }, f.suppressed_alerts),
     h('td', {}, f.decided_by ? `${f.decided_by} ${fmtTime(f.decided_at)}` : '', f.decision_note ? h('br') : null, f.decision_note || ''),
     h('td', {}, f.status === 'pending' ? [
@@ -659,7 +654,7 @@ async function decideFiling(f, decision) {
     toast(t('act.done'));
     loadFilings();
   } catch (e) {
-    toast(`${t('act.failed')}: ${e.message}`, true);
+    failed(e);
   }
 }
 

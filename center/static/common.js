@@ -1,4 +1,4 @@
-// envwatch screens: what the board, the enterprise portal and the officer desk share.
+// envwatch screens: what the board, the enterprise portal, the officer desk and the statistics share.
 // Plain JavaScript, no build step, no CDN; loaded before the page's own script (classic scripts
 // share one global scope). Text always enters the DOM as text (h), never as markup.
 'use strict';
@@ -72,6 +72,12 @@ function toast(text, bad) {
   toast.timer = setTimeout(() => { el.hidden = true; }, 4000);
 }
 
+// What an action that could not be done shows: "failed: <why>".
+function failed(e) { toast(`${t('act.failed')}: ${e.message}`, true); }
+
+// One line of a record's facts (<dl class="facts">); nothing when there is no value.
+const fact = (key, value) => (value ? [h('dt', {}, t(key)), h('dd', {}, value)] : []);
+
 // -- API -------------------------------------------------------------------------------------------
 
 class ApiError extends Error {
@@ -95,6 +101,19 @@ async function api(path, opts = {}) {
   const body = await r.json();
   // A paged list: opts.withTotal gives {rows, total}, total being how many match (X-Total-Count).
   return opts.withTotal ? { rows: body, total: Number(r.headers.get('X-Total-Count') ?? body.length) } : body;
+}
+
+// A file the API gives only with the token in a header (evidence, reports): fetched here and handed to
+// the browser as a download. `name` is the file's name, or a function of the response that picks it.
+async function download(path, name) {
+  const r = await fetch(path, { headers: { Authorization: `Bearer ${S.token}` } });
+  if (!r.ok) throw new ApiError(r.status, `${r.status} ${r.statusText}`);
+  const url = URL.createObjectURL(await r.blob());
+  const a = h('a', { href: url, download: typeof name === 'function' ? name(r) : name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10e3);
 }
 
 function query(params) {
@@ -192,6 +211,18 @@ function eventDetail(d) {
     if (d[k] && typeof d[k] !== 'object') parts.push(String(d[k]));
   }
   return parts.length ? h('span', {}, parts.join(' · ')) : '';
+}
+
+// A filing's kind, period (marked when filed after the fact), reason with its attachment, and phase:
+// the cells the board's and the portal's filing tables share.
+function filingCells(f) {
+  return [
+    h('td', {}, label('filing.kind', f.kind)),
+    h('td', {}, `${fmtTime(f.start)} – ${fmtTime(f.end)}`,
+      f.after_the_fact ? h('span', { class: 'badge late', 'data-after-the-fact': '' }, t('filing.after')) : null),
+    h('td', {}, f.reason, f.attachment ? h('span', { class: 'muted' }, ` (${t('filing.attachment')}: ${f.attachment.name})`) : null),
+    h('td', {}, h('span', { class: `phase phase-${f.phase}` }, label('filing.phase', f.phase))),
+  ];
 }
 
 // -- the dialog ------------------------------------------------------------------------------------

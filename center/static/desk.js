@@ -31,7 +31,7 @@ async function loadTicket(id) {
     S.ticket = tk;
     S.readings = r;
   } catch (e) {
-    toast(`${t('act.failed')}: ${e.message}`, true);
+    failed(e);
     return;
   }
   renderTicket();
@@ -40,14 +40,13 @@ async function loadTicket(id) {
 function renderTicket() {
   const tk = S.ticket;
   const c = tk.case || {};
-  const field = (k, v) => (v ? [h('dt', {}, t(k)), h('dd', {}, v)] : []);
   $('#ticket-head').replaceChildren(
     h('h2', {}, tk.priority, ' · ', c.enterprise_name || tk.enterprise_id, ' · ', tk.outlet_id || '', ' · ', label('kind', tk.problem), ' ',
       h('span', { id: 'ticket-status', class: 'state', 'data-status': tk.status }, label('ticket', tk.status))),
     h('dl', { class: 'facts' },
-      field('col.reason_t', label('reason', tk.reason)), field('col.pollutant', pollutantName(c.pollutant)),
-      field('case.opened', fmtTime(c.opened_at)), field('col.time', fmtTime(tk.opened_at)),
-      field('form.findings', tk.findings), field('form.outcome', label('outcome', tk.outcome))),
+      fact('col.reason_t', label('reason', tk.reason)), fact('col.pollutant', pollutantName(c.pollutant)),
+      fact('case.opened', fmtTime(c.opened_at)), fact('col.time', fmtTime(tk.opened_at)),
+      fact('form.findings', tk.findings), fact('form.outcome', label('outcome', tk.outcome))),
     h('p', { class: 'muted' }, 'ID ', tk.id, ' · ', c.id || ''),
   );
   renderActions(tk);
@@ -76,7 +75,7 @@ async function act(body) {
     await api(`/api/tickets/${encodeURIComponent(S.ticketId)}/actions`, { method: 'POST', body });
     toast(t('act.done'));
   } catch (e) {
-    toast(`${t('act.failed')}: ${e.message}`, true);
+    failed(e);
   }
   loadTicket(S.ticketId);
 }
@@ -91,20 +90,14 @@ function renderEvidence(tk) {
     h('button', { id: 'btn-evidence', onclick: () => downloadEvidence(tk) }, t('evidence.download')));
 }
 
-// The package needs the token, so it is fetched here and handed to the browser as a file.
+// The package needs the token: common.js download fetches it and hands it to the browser as a file.
 async function downloadEvidence(tk) {
-  const r = await fetch(`/api/tickets/${encodeURIComponent(tk.id)}/evidence`, { headers: { Authorization: `Bearer ${S.token}` } });
-  if (!r.ok) {
-    toast(`${t('act.failed')}: ${r.status}`, true);
-    return;
+  const named = (r) => (r.headers.get('content-disposition') || '').match(/filename="?([^";]+)"?/)?.[1] || `evidence-${tk.id}.zip`;
+  try {
+    await download(`/api/tickets/${encodeURIComponent(tk.id)}/evidence`, named);
+  } catch (e) {
+    failed(e);
   }
-  const name = (r.headers.get('content-disposition') || '').match(/filename="?([^";]+)"?/)?.[1] || `evidence-${tk.id}.zip`;
-  const url = URL.createObjectURL(await r.blob());
-  const a = h('a', { href: url, download: name });
-  document.body.append(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 10e3);
 }
 
 function route() {

@@ -65,7 +65,7 @@ async function loadCase(id) {
     S.case = c;
     S.readings = r;
   } catch (e) {
-    toast(`${t('act.failed')}: ${e.message}`, true);
+    failed(e);
     return;
   }
   renderCase();
@@ -73,17 +73,16 @@ async function loadCase(id) {
 
 function renderCase() {
   const c = S.case;
-  const field = (k, v) => (v ? [h('dt', {}, t(k)), h('dd', {}, v)] : []);
   const alert = c.alerts[0];
   $('#case-head').replaceChildren(
     h('h2', {}, c.outlet_id || '', ' · ', label('kind', c.problem), ' ',
       h('span', { id: 'case-state', class: `state state-${c.state}`, 'data-state': c.state }, label('state', c.state))),
     h('p', { id: 'case-countdown' }, countdown(c)),
     h('dl', { class: 'facts' },
-      field('col.pollutant', pollutantName(c.pollutant)),
-      field('col.value', alert && alert.value !== null ? `${fmtNum(alert.value)}${alert.limit ? ` / ${fmtNum(alert.limit)}` : ''} ${alert.unit || ''}` : ''),
-      field('case.opened', fmtTime(c.opened_at)), field('case.ack_due', fmtTime(c.ack_due_at)),
-      field('col.deadline', fmtTime(c.deadline_at))),
+      fact('col.pollutant', pollutantName(c.pollutant)),
+      fact('col.value', alert && alert.value !== null ? `${fmtNum(alert.value)}${alert.limit ? ` / ${fmtNum(alert.limit)}` : ''} ${alert.unit || ''}` : ''),
+      fact('case.opened', fmtTime(c.opened_at)), fact('case.ack_due', fmtTime(c.ack_due_at)),
+      fact('col.deadline', fmtTime(c.deadline_at))),
     h('p', { class: 'muted' }, 'ID ', c.id),
   );
   readingsChart(S.readings, { sel: $('#chart-pollutant'), target: $('#chart'), key: c.id, pollutant: c.pollutant });
@@ -111,7 +110,7 @@ async function sendAnswer(ev) {
     toast(r.accepted === false ? `${t('answer.not_accepted')}: ${r.reason || ''}` : t('answer.sent'), r.accepted === false);
     f.reset();
   } catch (e) {
-    toast(`${t('act.failed')}: ${e.message}`, true);
+    failed(e);
     return;
   }
   loadCase(S.caseId);
@@ -130,11 +129,7 @@ function renderFilings() {
   sel.replaceChildren(...S.outlets.map((o) => h('option', { value: o.id }, `${o.id} ${o.name}`)));
   if (cur) sel.value = cur;
   $('#filings').replaceChildren(...(S.filings.length ? S.filings.map((f) => h('tr', { 'data-filing-id': f.id, 'data-phase': f.phase },
-    h('td', {}, fmtTime(f.filed_at)), h('td', {}, f.outlet_id), h('td', {}, label('filing.kind', f.kind)),
-    h('td', {}, `${fmtTime(f.start)} – ${fmtTime(f.end)}`,
-      f.after_the_fact ? h('span', { class: 'badge late', 'data-after-the-fact': '' }, t('filing.after')) : null),
-    h('td', {}, f.reason, f.attachment ? h('span', { class: 'muted' }, ` (${t('filing.attachment')}: ${f.attachment.name})`) : null),
-    h('td', {}, h('span', { class: `phase phase-${f.phase}` }, label('filing.phase', f.phase))),
+    h('td', {}, fmtTime(f.filed_at)), h('td', {}, f.outlet_id), ...filingCells(f),
     h('td', {}, f.decision_note || ''),
   )) : [h('tr', {}, h('td', { colspan: 7, class: 'muted' }, t('filings.empty')))]));
 }
@@ -158,7 +153,7 @@ async function sendFiling(ev) {
     f.reason.value = '';
     f.attachment.value = '';
   } catch (e) {
-    toast(`${t('act.failed')}: ${e.message}`, true);
+    failed(e);
     return;
   }
   loadFilings();

@@ -147,16 +147,15 @@ function rateChart(node, rows) {
   node.replaceChildren(g);
 }
 
-// The workbook comes with the token in a header, so it is fetched and handed to the browser as a blob.
+// The workbook needs the token in a header: common.js download hands it to the browser as a file.
 async function downloadXlsx() {
   const { period, date, month } = form();
   const path = period === 'daily' ? `/api/reports/daily?date=${encodeURIComponent(date)}` : `/api/reports/monthly?month=${encodeURIComponent(month)}`;
-  const r = await fetch(path, { headers: { Authorization: `Bearer ${S.token}` } });
-  if (!r.ok) { $('#stats-error').textContent = `${r.status} ${r.statusText}`; $('#stats-error').hidden = false; return; }
-  const url = URL.createObjectURL(await r.blob());
-  const a = h('a', { href: url, download: `envwatch-${period}-${period === 'daily' ? date : month}.xlsx` });
-  document.body.append(a); a.click(); a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 10000);
+  try {
+    await download(path, `envwatch-${period}-${period === 'daily' ? date : month}.xlsx`);
+  } catch (e) {
+    $('#stats-error').textContent = e.message; $('#stats-error').hidden = false;
+  }
 }
 
 function showPicker() {
