@@ -175,9 +175,15 @@ class RevisionGuard:
         mem = self._memory
         out: dict[Key, dict[str, Any] | str] = {}
         missing = set()
+        # A remembered point is known only for the fields remembered: another worker may have
+        # added a field since, so a line sending one the memory lacks is looked up.
+        sent: dict[Key, set[str]] = {}
+        for ln, k in zip(lines, line_keys):
+            if k is not None and k in mem:
+                sent.setdefault(k, set()).update(_field_names(ln))
         for k in keys:
             v = mem.get(k)
-            if v is None:
+            if v is None or not sent[k] <= (set(_field_names(v)) if isinstance(v, str) else v.keys()):
                 missing.add(k)
             else:
                 out[k] = v if isinstance(v, str) else dict(v)

@@ -285,3 +285,20 @@ def test_read_back_ranges_cover_every_key_and_keep_a_catch_up_apart_from_live_da
     assert [(lo, hi, len(mns)) for lo, hi, mns in _ranges(live)] == [(now - 60, now, 2000)]
     mixed = _ranges(live + backlog)
     assert max(len(mns) for lo, hi, mns in mixed if hi - lo > 3600) == 1  # the backlog's long range: LATE alone
+
+
+def test_a_field_another_worker_added_is_not_overwritten_from_memory(influx_settings: InfluxSettings) -> None:
+    """Worker A remembers a point with avg only; worker B adds zs_avg (fields a point lacks are
+    added); a re-send with another zs_avg reaching A is a revision, not a field A thinks is new."""
+    lk = lookup()
+    with Influx(influx_settings) as influx:
+        a, b = RevisionGuard(influx), RevisionGuard(influx)
+        _write(a, minute_lines(lk, "GAS01", T, 1, {"a21026": {"avg": 40.0}}))
+        assert _write(b, minute_lines(lk, "GAS01", T, 1, {"a21026": {"avg": 40.0, "zs_avg": 50.0}})) == 0
+        assert _write(a, minute_lines(lk, "GAS01", T, 1, {"a21026": {"avg": 40.0, "zs_avg": 10.0}})) == 1
+        assert influx.query("SELECT avg, zs_avg FROM station_minute")[0].values == [[int(T.timestamp()), 40.0, 50.0]]
+        assert [(r.field, r.first, r.revised) for r in read_revisions(influx, T, T + timedelta(minutes=1))] == [
+            ("zs_avg", 50.0, 10.0)]
+        # What A remembers with every field sent still needs no lookup: an identical replay costs nothing.
+        influx.close()
+        assert a.screen(minute_lines(lk, "GAS01", T, 1, {"a21026": {"avg": 40.0}})).lines == []
