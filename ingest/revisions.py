@@ -14,12 +14,17 @@ The ingest writer therefore screens every batch before it writes it (`RevisionGu
     stored without some of the fields sent             those fields are added (nothing is overwritten)
 
 Knowing what is stored: one InfluxQL request per batch reads the batch's points back (one
-statement per measurement and cluster of nearby times, restricted to the batch's stations), so
-the answer is right with any number of shared-subscription workers and across restarts. An
-in-process memory of points this worker wrote or read recently (first values never change) lets a
-batch whose points are all known skip the request: replays and redeliveries cost no lookup.
-Limit: two workers that receive two versions of the same point in the same write cycle (well
-under a second apart) both see "not stored", and InfluxDB keeps the later one.
+statement per measurement and time range, each restricted to the stations with keys in it; see
+_ranges), so the answer is right with any number of workers and across restarts. An in-process
+memory of points this worker wrote or read recently (first values never change) lets a batch
+whose points are all known skip the request: replays and redeliveries cost no lookup. Nothing
+is ever taken as "not stored" without asking InfluxDB: a worker's memory of its own writes
+cannot know what another worker (a shared subscription), `envwatch deadletters replay` or the
+worker before a restart wrote.
+Limit: two shared-subscription workers that receive two versions of the same point in the same
+write cycle (well under a second apart) both see "not stored", and InfluxDB keeps the later one.
+With broker.partitions (or one worker) a station's messages all reach one worker, whose single
+writer thread screens batch after batch: the race cannot happen for one station.
 
 Two versions of one point in the same batch: the first in buffer order is the first value.
 """
@@ -46,6 +51,9 @@ Key = tuple[str, str, str, int]  # (measurement, mn, pollutant, epoch seconds)
 # Statements per measurement when reading a batch's points back (each a time range and its stations).
 _MAX_STATEMENTS = 32
 _MAX_STATIONS_PER_STATEMENT = 400  # as detect/source.py: InfluxDB compiles each regular expression
+# A station's times closer than this are read back as one range (a live batch's few DataTimes, a
+# catch-up's consecutive minutes or hours).
+_DENSE_GAP_S = 3600
 _FIELD = re.compile(r'([^=,\s]+)=("(?:[^"\\]|\\.)*"|[^,]*)')
 _UNESCAPE_TAG = re.compile(r"\\([\\, =])")
 _UNESCAPE_STR = re.compile(r'\\([\\"])')
@@ -167,9 +175,15 @@ class RevisionGuard:
         mem = self._memory
         out: dict[Key, dict[str, Any] | str] = {}
         missing = set()
+        # A remembered point is known only for the fields remembered: another worker may have
+        # added a field since, so a line sending one the memory lacks is looked up.
+        sent: dict[Key, set[str]] = {}
+        for ln, k in zip(lines, line_keys):
+            if k is not None and k in mem:
+                sent.setdefault(k, set()).update(_field_names(ln))
         for k in keys:
             v = mem.get(k)
-            if v is None:
+            if v is None or not sent[k] <= (set(_field_names(v)) if isinstance(v, str) else v.keys()):
                 missing.add(k)
             else:
                 out[k] = v if isinstance(v, str) else dict(v)
@@ -295,19 +309,50 @@ def _same(a: Any, b: Any) -> bool:
 def _statements(keys: Iterable[Key], *, source: str, target: str | None = None, select: str = "*",
                 where: str = "", group: Iterable[str] = ("mn", "pollutant")) -> list[str]:
     """Statements on `target` (default: `source`) covering `keys` of measurement `source`: one per
-    run of times (and chunk of stations), restricted to the stations with a key in that run."""
-    by_time: dict[int, set[str]] = {}
-    for k in keys:
-        by_time.setdefault(k[3], set()).add(k[1])
+    time range (and chunk of stations), restricted to the stations with a key in that range."""
     group_by = ", ".join(ident(g) for g in group)
     out = []
-    for c in _clusters(sorted(by_time)):
-        mns = sorted(set().union(*(by_time[t] for t in c)))
+    for lo, hi, stations in _ranges(keys):
+        mns = sorted(stations)
         for i in range(0, len(mns), _MAX_STATIONS_PER_STATEMENT):
-            cond = [f"time >= {c[0]}s", f"time <= {c[-1]}s", tag_in("mn", mns[i:i + _MAX_STATIONS_PER_STATEMENT])]
+            cond = [f"time >= {lo}s", f"time <= {hi}s", tag_in("mn", mns[i:i + _MAX_STATIONS_PER_STATEMENT])]
             out.append(f"SELECT {select} FROM {ident(target or source)} WHERE {' AND '.join(cond + ([where] if where else []))} "
                        f"GROUP BY {group_by}")
     return out
+
+
+def _ranges(keys: Iterable[Key]) -> list[tuple[int, int, set[str]]]:
+    """(first time, last time, stations) to read back so that every key is covered.
+
+    A statement's fixed cost (InfluxDB matching the stations' regular expression against its
+    index) is most of what a read-back costs, so: each station's times are cut into runs at gaps
+    over _DENSE_GAP_S, and runs that start in the same hour and end in the same hour share one
+    range (a live batch: one range for all its stations; a catch-up: one per station or group of
+    stations in the same hours), each station reading at most an hour either side of its own run.
+    Beyond _MAX_STATEMENTS such ranges: runs of times split at the widest gaps (_clusters).
+    """
+    by_mn: dict[str, list[int]] = {}
+    for k in keys:
+        by_mn.setdefault(k[1], []).append(k[3])
+    ranges: dict[tuple[int, int], tuple[int, int, set[str]]] = {}
+    for mn, times in by_mn.items():
+        times.sort()
+        start = 0
+        for i in range(1, len(times) + 1):
+            if i < len(times) and times[i] - times[i - 1] <= _DENSE_GAP_S:
+                continue
+            lo, hi = times[start], times[i - 1]
+            start = i
+            b = (lo // _DENSE_GAP_S, hi // _DENSE_GAP_S)
+            r = ranges.get(b)
+            ranges[b] = (min(lo, r[0]), max(hi, r[1]), r[2] | {mn}) if r else (lo, hi, {mn})
+    if len(ranges) <= _MAX_STATEMENTS:
+        return sorted(ranges.values(), key=lambda r: r[:2])
+    by_time: dict[int, set[str]] = {}
+    for mn, times in by_mn.items():
+        for t in times:
+            by_time.setdefault(t, set()).add(mn)
+    return [(c[0], c[-1], set().union(*(by_time[t] for t in c))) for c in _clusters(sorted(by_time))]
 
 
 def _clusters(times: list[int]) -> list[list[int]]:

@@ -226,3 +226,79 @@ def test_string_values_with_separators_are_compared_exactly(influx_settings: Inf
         assert influx.query("SELECT avg, eflag FROM station_minute")[0].values == [[int(T.timestamp()), 40.0, tricky]]
         assert [(r.field, r.first, r.revised) for r in read_revisions(influx, T, T + timedelta(minutes=1))] == [
             ("avg", 40.0, 1.0)]
+
+
+def test_a_different_resend_after_an_ingest_restart_is_a_revision(settings_factory: Callable[..., Any],
+                                                                  mqtt_client_factory: Callable[..., Any]) -> None:
+    """Cache cold: a restarted worker remembers nothing, yet a station rewriting the hour it sent
+    before the restart cannot overwrite it (the read-back finds every point)."""
+    settings = settings_factory(registry(), ingest={"batch_interval_s": 0.1})
+    pub = mqtt_client_factory()
+    for so2 in (50.0, 20.0):  # a worker per version: the second starts with nothing remembered
+        with Ingest(settings) as ing:
+            assert ing.wait_subscribed()
+            publish_all(pub, hour_packets(settings, lambda i: so2))
+            wait_until(f"the hour at {so2} screened", drained(ing, 60))
+    assert _so2_zs(settings) == [50.0] * 60
+    assert [(r.first, r.revised) for r in _revised(settings)] == [(50.0, 20.0)] * 60
+
+
+def test_partitioned_workers_give_one_station_one_writer(settings_factory: Callable[..., Any],
+                                                        mqtt_client_factory: Callable[..., Any]) -> None:
+    """broker.partitions routes every station to exactly one worker (its topic is subscribed by one
+    worker only, and a payload's MN must match its topic), so two versions of one minute sent
+    back to back, within one write cycle, meet in one worker: the first stays, the second is a
+    revision. (With a shared group they may land on two workers: the limit the README states.)"""
+    from ingest.topics import in_partition
+
+    workers = [settings_factory(registry(), ingest={"batch_interval_s": 0.1}, broker={"partitions": 2, "partition": p})
+               for p in range(2)]
+    owner = next(p for p in range(2) if in_partition(workers[p].broker, "GAS01"))
+    pub = mqtt_client_factory()
+    original, resend = hour_packets(workers[0], lambda i: 50.0), hour_packets(workers[0], lambda i: 20.0)
+    with Ingest(workers[0]) as w0, Ingest(workers[1]) as w1:
+        ings = [w0, w1]
+        assert w0.wait_subscribed() and w1.wait_subscribed()
+        assert [station_topic(workers[0], "GAS01") in ing.topic_filters for ing in ings] == [p == owner for p in range(2)]
+        # Each minute's original and re-send one right after the other: the same write cycle.
+        publish_all(pub, [m for pair in zip(original, resend) for m in pair])
+        wait_until("both versions screened", drained(ings[owner], 120))
+        assert ings[1 - owner].counters()["messages_in"] == 0
+    assert _so2_zs(workers[0]) == [50.0] * 60
+    assert sorted((r.time, r.first, r.revised) for r in _revised(workers[0])) == [
+        (HOUR + timedelta(minutes=i), 50.0, 20.0) for i in range(60)]
+
+
+def test_read_back_ranges_cover_every_key_and_keep_a_catch_up_apart_from_live_data() -> None:
+    """The read-back plan (ingest.revisions._ranges): every key inside a range naming its station;
+    a live batch is one range; a station's backlog is not read across every live station."""
+    from ingest.revisions import _MAX_STATEMENTS, _ranges
+
+    now = 1_790_000_000 - 1_790_000_000 % 60
+    live = [("station_minute", f"S{i:04d}", "a21026", now - 60 * (i % 2)) for i in range(2000)]
+    backlog = [("station_minute", "LATE", "a21026", now - 60 * m) for m in range(1, 24 * 60)]
+    sparse = [("station_day", f"D{i}", "a21026", now - 86400 * 3 * i) for i in range(100)]
+    for keys in (live, live + backlog, sparse, live + backlog + sparse):
+        plan = _ranges(keys)
+        assert all(any(lo <= k[3] <= hi and k[1] in mns for lo, hi, mns in plan) for k in keys)
+        assert len(plan) <= _MAX_STATEMENTS
+    assert [(lo, hi, len(mns)) for lo, hi, mns in _ranges(live)] == [(now - 60, now, 2000)]
+    mixed = _ranges(live + backlog)
+    assert max(len(mns) for lo, hi, mns in mixed if hi - lo > 3600) == 1  # the backlog's long range: LATE alone
+
+
+def test_a_field_another_worker_added_is_not_overwritten_from_memory(influx_settings: InfluxSettings) -> None:
+    """Worker A remembers a point with avg only; worker B adds zs_avg (fields a point lacks are
+    added); a re-send with another zs_avg reaching A is a revision, not a field A thinks is new."""
+    lk = lookup()
+    with Influx(influx_settings) as influx:
+        a, b = RevisionGuard(influx), RevisionGuard(influx)
+        _write(a, minute_lines(lk, "GAS01", T, 1, {"a21026": {"avg": 40.0}}))
+        assert _write(b, minute_lines(lk, "GAS01", T, 1, {"a21026": {"avg": 40.0, "zs_avg": 50.0}})) == 0
+        assert _write(a, minute_lines(lk, "GAS01", T, 1, {"a21026": {"avg": 40.0, "zs_avg": 10.0}})) == 1
+        assert influx.query("SELECT avg, zs_avg FROM station_minute")[0].values == [[int(T.timestamp()), 40.0, 50.0]]
+        assert [(r.field, r.first, r.revised) for r in read_revisions(influx, T, T + timedelta(minutes=1))] == [
+            ("zs_avg", 50.0, 10.0)]
+        # What A remembers with every field sent still needs no lookup: an identical replay costs nothing.
+        influx.close()
+        assert a.screen(minute_lines(lk, "GAS01", T, 1, {"a21026": {"avg": 40.0}})).lines == []
