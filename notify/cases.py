@@ -40,9 +40,10 @@ from detect.base import Alert
 from notify import rules
 from notify.events import append_event, events_of, jsonable
 from core.time import utc, with_utc_times
-from notify.tables import CLOSED_STATES, case_alerts, case_events, case_groups, cases, notices
+from notify.tables import CASE_STATES, CLOSED_STATES, case_alerts, case_events, case_groups, cases, notices
 
-ACTIVE = ("open", "notified", "acknowledged", "rectification_reported", "reopened")
+# States a notice or an answer still moves (neither closed nor handed to enforcement).
+ACTIVE = tuple(s for s in CASE_STATES if s not in (*CLOSED_STATES, "escalated"))
 # action -> (states it is allowed from, state it leads to; None keeps the state)
 TRANSITIONS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "notify": (("open",), "notified"),
@@ -77,7 +78,8 @@ _TIMES = ("opened_at", "updated_at", "closed_at", "deadline_at", "ack_due_at", "
           "notified_at")
 
 
-def _row(m: Mapping[str, Any]) -> dict[str, Any]:
+def case_dict(m: Mapping[str, Any]) -> dict[str, Any]:
+    """A case row as a dict, times aware UTC (also notify.queries' rows)."""
     return with_utc_times(m, _TIMES)
 
 
@@ -86,7 +88,7 @@ def load_case(conn: Connection, case_id: str) -> dict[str, Any]:
     m = conn.execute(select(cases).where(cases.c.id == case_id)).mappings().first()
     if m is None:
         raise TransitionError(f"no case {case_id!r}")
-    return _row(m)
+    return case_dict(m)
 
 
 def open_case_for(conn: Connection, enterprise_id: str, outlet_id: str, problem: str) -> dict[str, Any] | None:
@@ -94,7 +96,7 @@ def open_case_for(conn: Connection, enterprise_id: str, outlet_id: str, problem:
     m = conn.execute(select(cases).where(cases.c.enterprise_id == enterprise_id, cases.c.outlet_id == outlet_id,
                                          cases.c.problem == problem, cases.c.state.not_in(CLOSED_STATES))
                      ).mappings().first()
-    return _row(m) if m else None
+    return case_dict(m) if m else None
 
 
 def alerts_of(conn: Connection, case_id: str) -> list[dict[str, Any]]:
@@ -443,7 +445,7 @@ def tick(conn: Connection, settings: Settings, now: datetime) -> list[dict[str, 
         .order_by(c.opened_at, c.id))
     out = []
     for m in conn.execute(due).mappings().all():
-        case = _row(m)
+        case = case_dict(m)
         if case["state"] != "rectification_reported" and delivery_in_progress(conn, case):
             continue
         history = events_of(conn, case["id"])

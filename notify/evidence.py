@@ -40,11 +40,11 @@ import pandas as pd
 from sqlalchemy import Connection, Engine, select
 
 from config.schema import Settings
-from core.time import CHINA_ZONE
-from core.influx import Influx, ident, literal, rfc3339
+from core.time import CHINA_ZONE, as_utc
+from core.influx import Influx
+from detect import readings
 from ingest.schema import FLOAT_FIELDS, STRING_FIELDS, measurement
 from notify import events
-from notify.notices import as_utc
 from notify.tables import answers, case_alerts, cases
 
 FORMAT = "envwatch-evidence/1"
@@ -133,12 +133,8 @@ def _readings(influx: Influx, windows: list[tuple[str, str, datetime, datetime]]
     """Every stored reading of the outlets in the windows, one row per (measurement, series, time)."""
     frames = []
     for ent, outlet, start, end in windows:
-        where = [f"{ident('enterprise')} = {literal(ent)}",
-                 f"time >= {literal(rfc3339(start))}", f"time < {literal(rfc3339(end))}"]
-        if outlet:  # "" is an enterprise-wide problem (e.g. a hotspot): all its outlets
-            where.insert(1, f"{ident('outlet')} = {literal(outlet)}")
         for interval in INTERVALS:
-            df = influx.query_frame(f"SELECT * FROM {ident(measurement(interval))} WHERE {' AND '.join(where)}")
+            df = readings.outlet_frame(influx, ent, outlet, start, end, interval)
             if len(df):
                 frames.append(df.assign(measurement=measurement(interval)))
     known = ["measurement", "time", *TAGS, *FLOAT_FIELDS, *STRING_FIELDS]

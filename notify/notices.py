@@ -27,7 +27,7 @@ from sqlalchemy import Connection, func, insert, select
 
 from config.schema import Enterprise, Officer, Outlet, Settings
 from config.tables import pollutants
-from core.time import CHINA_TZ
+from core.time import CHINA_TZ, as_utc
 from notify import views
 from notify.channels import channels_for
 from notify.tables import case_alerts, case_events, notice_numbers, notices, tickets
@@ -44,12 +44,6 @@ def problem_labels() -> dict[str, dict[str, str]]:
     from detect.registry import detector_classes
 
     return {lang: {k: cls.problem[lang] for k, cls in detector_classes().items()} for lang in LANGUAGES}
-
-
-def __getattr__(name: str) -> Any:
-    if name == "PROBLEM_LABELS":  # the former table, now read from the detectors' tags
-        return problem_labels()
-    raise AttributeError(f"module 'notify.notices' has no attribute {name!r}")
 
 
 def problem_label(language: str, kind: str) -> str:
@@ -121,11 +115,6 @@ def actor_words(actor: str, language: str, settings: Settings | None = None) -> 
     label = {"center": ("监控中心", "center"), "officer": ("执法人员", "officer"),
              "enterprise": ("企业", "enterprise")}.get(kind, (kind, kind))
     return f"{label[0 if zh else 1]} {who}"
-
-
-def as_utc(t: datetime) -> datetime:
-    """Aware UTC datetime; SQLite hands back naive datetimes, which the store writes in UTC."""
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
 def _iso(t: datetime | None) -> str | None:

@@ -28,8 +28,8 @@ from typing import Any
 from sqlalchemy import Engine, func, select, update
 
 from config.schema import Settings
+from core.time import as_utc
 from notify.channels import Channel, DeliveryError
-from notify.notices import as_utc
 from notify.tables import notices
 
 log = logging.getLogger(__name__)
