@@ -106,6 +106,13 @@ def _emit(rows: Any, fields: tuple[str, ...] | None, fmt: str, console: Console)
         emit_json(rows, console.file)
 
 
+def _missing(what: str, id_: str) -> bool:
+    """Say on stderr that there is no such case or ticket, and where the ids are; False."""
+    Console(stderr=True).print(f"no {what} {id_}; `envwatch {what}s list` shows the ids", style="red",
+                               markup=False, highlight=False)
+    return False
+
+
 def print_case(engine: Any, console: Console, case_id: str, lang: str = "zh-CN", fmt: str = "table") -> bool:
     """One case: its facts, its history, and its ticket; False when there is no such case."""
     from notify import queries
@@ -113,9 +120,7 @@ def print_case(engine: Any, console: Console, case_id: str, lang: str = "zh-CN",
 
     c = queries.get_case(engine, case_id)
     if c is None:
-        Console(stderr=True).print(f"no case {case_id}; `envwatch cases list` shows the ids", style="red",
-                                   markup=False, highlight=False)
-        return False
+        return _missing("case", case_id)
     if fmt == "json":
         _emit(c, None, fmt, console)
         return True
@@ -168,9 +173,7 @@ def print_ticket(engine: Any, console: Console, ticket_id: str, lang: str = "zh-
 
     t = queries.get_ticket(engine, ticket_id)
     if t is None:
-        Console(stderr=True).print(f"no ticket {ticket_id}; `envwatch tickets list` shows the ids", style="red",
-                                   markup=False, highlight=False)
-        return False
+        return _missing("ticket", ticket_id)
     if fmt == "json":
         _emit(t, None, fmt, console)
         return True

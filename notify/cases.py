@@ -38,6 +38,7 @@ from sqlalchemy import Connection, insert, select, update
 from config.schema import Settings
 from detect.base import Alert
 from notify import rules
+from notify.context import build_context, emergency_at
 from notify.events import append_event, events_of, jsonable
 from core.time import utc, with_utc_times
 from notify.tables import CASE_STATES, CLOSED_STATES, case_alerts, case_events, case_groups, cases, notices
@@ -395,8 +396,6 @@ def held(conn: Connection, case: Mapping[str, Any]) -> bool:
 def ingest_alert(conn: Connection, settings: Settings, alert: Alert, now: datetime | None = None,
                  group_id: str | None = None, deferred: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One alert: skip if seen, else open a case or join the open one, then apply the rules."""
-    from notify.context import build_context, emergency_at
-
     prior = conn.execute(select(case_alerts.c.case_id).where(case_alerts.c.alert_id == alert.id)).scalar()
     if prior is not None:
         return {"alert_id": alert.id, "status": "duplicate", "case_id": prior}
@@ -430,8 +429,6 @@ def tick(conn: Connection, settings: Settings, now: datetime) -> list[dict[str, 
     Each decision is stamped with the time it fell due (not `now`), so ticking often or rarely
     records the same history. A case whose notice is still being retried waits (delivery_in_progress).
     """
-    from notify.context import build_context
-
     now = utc(now)
     grace = timedelta(seconds=settings.detect.settle_s)
     r = settings.notify.reminders
@@ -544,7 +541,6 @@ def decide_notice(conn: Connection, settings: Settings, case_id: str, at: dateti
     enterprise with several findings gets one notice listing them (notices.enqueue_pass).
     """
     from notify import notices
-    from notify.context import emergency_at
 
     case = load_case(conn, case_id)
     extra: dict[str, Any] = {"kind": kind, **(data or {})}

@@ -45,6 +45,7 @@ from core.influx import Influx
 from detect import readings
 from ingest.schema import FLOAT_FIELDS, STRING_FIELDS, measurement
 from notify import events
+from notify.notices import pollutant_label, problem_label
 from notify.tables import answers, case_alerts, cases
 
 FORMAT = "envwatch-evidence/1"
@@ -158,7 +159,6 @@ CHART_WORDS: dict[str, dict[str, str]] = {
 def _readings_csv(df: pd.DataFrame, language: str = "zh-CN") -> bytes:
     """The readings with `time` in Beijing time (ISO 8601, +08:00), `time_utc` beside it, and the
     pollutant's name next to its code."""
-    from notify.notices import pollutant_label
 
     out = df.copy()
     if len(out):
@@ -220,7 +220,6 @@ def _plot_pollutant(ax: Any, df: pd.DataFrame, alerts: list[dict[str, Any]], cod
                     language: str = "zh-CN", enterprise: str = "") -> None:
     from matplotlib.dates import DateFormatter
 
-    from notify.notices import pollutant_label, problem_label
 
     w = CHART_WORDS[language]
     data, label = _series(df, code)
