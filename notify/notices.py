@@ -459,5 +459,5 @@ def delivered_cases(row: Mapping[str, Any]) -> list[tuple[str, int]]:
     return [(row["case_id"], int(payload.get("event_seq", row["decision"].split(":")[1])))]
 
 
-__all__ = ["KINDS", "delivered_cases", "doc_number", "enqueue_pass", "formal", "actor_words", "pollutant_label", "LANGUAGES", "answer_http_path", "answer_topic", "as_utc", "build_context", "enqueue",
+__all__ = ["KINDS", "delivered_cases", "doc_number", "enqueue_pass", "formal", "actor_words", "pollutant_label", "LANGUAGES", "answer_http_path", "answer_topic", "build_context", "enqueue",
            "enterprise_language", "local_time", "notice_id", "render"]

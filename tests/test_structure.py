@@ -82,4 +82,10 @@ def test_shared_infrastructure_comes_from_core() -> None:
         for line, module, names in _imports(tree):
             if module.split(".")[0] in ORDER[2:] + ("devtools",) and CORE_NAMES & set(names):
                 wrong.append(f"{path}:{line} imports {sorted(CORE_NAMES & set(names))} from {module}")
+        if path.parts[0] != "core":  # nor is offered by another package for import
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets):
+                    listed = {e.value for e in getattr(node.value, "elts", []) if isinstance(e, ast.Constant)}
+                    if CORE_NAMES & listed:
+                        wrong.append(f"{path}:{node.lineno} lists {sorted(CORE_NAMES & listed)} in __all__")
     assert wrong == []
