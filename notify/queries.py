@@ -262,7 +262,7 @@ def get_case(engine: Engine, case_id: str) -> dict[str, Any] | None:
 
 def _listed_in(conn: Connection, case: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Notices keyed to another case of the same enterprise that list this case too (one notice
-    per enterprise and pass, notices.enqueue_pass)."""
+    per enterprise and pass, cases.enqueue_pass)."""
     rows = conn.execute(select(notices).where(
         notices.c.audience == "enterprise", notices.c.recipient == case["enterprise_id"],
         notices.c.kind.in_(("rectification_notice", "reopened")), notices.c.case_id != case["id"],

@@ -30,7 +30,6 @@ from detect.base import Alert
 from notify import attachments as attachment_files
 from notify import cases, context, filings, rules, tickets
 from notify import groups as groups_mod
-from notify import notices as notices_mod
 from core.time import utc
 from notify.tables import answers
 from notify.tables import tickets as tickets_t
@@ -79,7 +78,7 @@ def process_alerts(engine: Engine, settings: Settings, alerts: Iterable[Alert], 
 
     out = [_retrying(engine, lambda conn, a=a: one(conn, a)) for a in ordered]
     if deferred:
-        _retrying(engine, lambda conn: notices_mod.enqueue_pass(conn, settings, deferred, now))
+        _retrying(engine, lambda conn: cases.enqueue_pass(conn, settings, deferred, now))
     tick(engine, settings, now, evidence=evidence)
     return out
 
@@ -90,7 +89,7 @@ def tick(engine: Engine, settings: Settings, now: datetime, evidence: bool = Tru
     def settle(conn: Connection) -> list[dict[str, Any]]:
         unqueued = cases.unqueued_notices(conn)
         if unqueued:
-            notices_mod.enqueue_pass(conn, settings, unqueued, now)
+            cases.enqueue_pass(conn, settings, unqueued, now)
         return cases.tick(conn, settings, now)
 
     done = _retrying(engine, settle)
@@ -280,7 +279,7 @@ def confirm_group(engine: Engine, settings: Settings, group_id: str, at: datetim
             if cases.load_case(conn, cid)["state"] == "open":
                 cases.apply_decisions(conn, settings, cid, [rules.Notify("rectification_notice")], at,
                                       actor=actor, deferred=deferred)
-        notices_mod.enqueue_pass(conn, settings, deferred, at)
+        cases.enqueue_pass(conn, settings, deferred, at)
         return g
     return _retrying(engine, work)
 
