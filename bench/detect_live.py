@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import yaml
@@ -33,7 +33,7 @@ from devtools.devservices import free_port, start_influxd  # noqa: E402
 from config.loader import from_mapping  # noqa: E402
 from detect.runner import Runner, job_name  # noqa: E402
 from detect.store import AlertStore  # noqa: E402
-from ingest.model import parse_time  # noqa: E402
+from core.time import parse_time  # noqa: E402
 
 
 def replay(mapping: dict, start: datetime, hours: float, tick_s: int, every_s: int, incremental: bool,

@@ -23,12 +23,12 @@ from center.api_models import (
 from center.auth import Principal, any_user, operator, operator_or_enterprise
 from center.guard import check_range, check_time
 from config.schema import Enterprise, Settings
-from notify import context, workflow
+from notify import workflow
 
 router = APIRouter()
 
 
-def parse_time(text: str | None, name: str) -> datetime | None:
+def query_time(text: str | None, name: str) -> datetime | None:
     """ISO-8601 from a query parameter; without an offset it is China local time, as operators type it.
     422 for anything else, and for years outside guard.YEARS."""
     if not text:
@@ -65,7 +65,7 @@ def list_alerts(request: Request, response: Response, kind: str | None = None, e
                 q_: str | None = Query(None, alias="q", max_length=100, description="search ids and names"),
                 _: Principal = Depends(operator)) -> list[dict[str, Any]]:
     """Alerts, newest window first; from/to select windows overlapping [from, to). X-Total-Count: all that match."""
-    t0, t1 = parse_time(start, "from"), parse_time(end, "to")
+    t0, t1 = query_time(start, "from"), query_time(end, "to")
     check_range(t0, t1)
     try:
         page = q.alert_page(engine_of(request), kind, enterprise, severity, status, t0, t1,
@@ -87,13 +87,7 @@ def get_alert(request: Request, alert_id: str, _: Principal = Depends(operator))
 
 @router.get("/api/emergencies", response_model=list[EmergencyOut], tags=["emergencies"])
 def list_emergencies(request: Request, _: Principal = Depends(operator)) -> list[dict[str, Any]]:
-    with engine_of(request).connect() as conn:
-        rows = context.list_emergencies(conn)
-    return [{**r, "declared_at": _aware(r["declared_at"])} for r in rows]
-
-
-def _aware(t: datetime) -> datetime:
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
+    return q.list_emergencies(engine_of(request))
 
 
 @router.post("/api/emergencies", response_model=IdOut, tags=["emergencies"])
@@ -124,8 +118,7 @@ def _enterprise(settings: Settings, enterprise_id: str) -> Enterprise:
 
 
 def _listed(request: Request, enterprise_id: str) -> bool:
-    with engine_of(request).connect() as conn:
-        return context.positive_listed_at(conn, request.app.state.settings, enterprise_id, datetime.now(timezone.utc))
+    return q.positive_listed(engine_of(request), request.app.state.settings, enterprise_id, datetime.now(timezone.utc))
 
 
 def _out(request: Request, e: Enterprise) -> dict[str, Any]:

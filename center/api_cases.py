@@ -50,7 +50,7 @@ def name_matches(request: Request, text: str | None) -> dict[str, list[str]]:
     if not text:
         return {}
     from config.tables import pollutants
-    from notify.notices import PROBLEM_LABELS
+    from notify.notices import problem_labels
 
     low = text.lower()
     reg = request.app.state.settings.registry
@@ -58,7 +58,7 @@ def name_matches(request: Request, text: str | None) -> dict[str, list[str]]:
         "enterprise": [e.id for e in reg.enterprises if low in e.name.lower()],
         "outlet": sorted({o.id for e in reg.enterprises for o in e.outlets if o.name and low in o.name.lower()}),
         "pollutant": [p.code for p in pollutants().values() if low in p.zh.lower() or low in p.en.lower()],
-        "kind": sorted({k for labels in PROBLEM_LABELS.values() for k, v in labels.items() if low in v.lower()}),
+        "kind": sorted({k for labels in problem_labels().values() for k, v in labels.items() if low in v.lower()}),
     }
 
 
@@ -268,7 +268,7 @@ def list_notices(request: Request, case_id: str | None = None, status: str | Non
 @router.get("/api/groups", response_model=list[GroupOut], tags=["groups"])
 def list_groups(request: Request, status: str | None = None, who: Principal = Depends(operator)) -> list[dict[str, Any]]:
     """Findings held in groups (a shared cause): pending ones send nothing until confirmed."""
-    return workflow.list_groups(engine_of(request), status)
+    return q.list_groups(engine_of(request), status)
 
 
 @router.get("/api/groups/{group_id}", response_model=GroupOut, tags=["groups"])
@@ -278,7 +278,7 @@ def get_group(request: Request, group_id: str, who: Principal = Depends(operator
 
 
 def _group(request: Request, group_id: str) -> dict[str, Any]:
-    g = workflow.get_group(engine_of(request), group_id)
+    g = q.get_group(engine_of(request), group_id)
     if g is None:
         raise HTTPException(404, detail=f"no group {group_id!r}; list them with GET /api/groups")
     return g

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from notify import queries as q
-from center.api_admin import parse_time
+from center.api_admin import query_time
 from center.api_cases import engine_of, load_case
 from center.api_models import Hotspot, Readings, Track
 from center.auth import Principal, operator, operator_or_enterprise
 from center.guard import check_range
-from core.influx import Influx, InfluxError, InfluxRejected, ident, literal, rfc3339
-from ingest.schema import MOBILE, SPECIES, measurement
+from core.influx import Influx, InfluxError, InfluxRejected, Series
+from detect import readings as influx_readings
+from ingest.schema import measurement
 
 router = APIRouter(tags=["data"])
 MAX_SPAN = timedelta(days=7)  # of readings for one case chart
@@ -27,11 +30,11 @@ def influx_of(request: Request) -> Influx:
     return request.app.state.influx
 
 
-def _query(request: Request, influxql: str) -> list[Any]:
-    """Run a query built from the request: 400 when InfluxDB cannot parse it (the request's values
-    made it so), 503 when InfluxDB is unavailable or refuses for its own reasons."""
+def _query(request: Request, read: Callable[[Influx], list[Series]]) -> list[Series]:
+    """Run a read (detect.readings) built from the request: 400 when InfluxDB cannot parse it (the
+    request's values made it so), 503 when InfluxDB is unavailable or refuses for its own reasons."""
     try:
-        return influx_of(request).query(influxql)
+        return read(influx_of(request))
     except InfluxRejected as exc:
         if exc.status in (None, 400) and "pars" in exc.server_message.lower():
             raise HTTPException(400, detail=f"InfluxDB cannot parse the query made from these parameters "
@@ -58,16 +61,10 @@ def readings(request: Request, case_id: str, margin_h: float = Query(1.0, ge=0, 
     margin = timedelta(hours=margin_h)
     start = min(w["start"] for w in windows) - margin
     end = min(max(w["end"] for w in windows) + margin, start + MAX_SPAN)
-    where = [f"{ident('enterprise')} = {literal(case['enterprise_id'])}",
-             f"time >= {literal(rfc3339(start))}", f"time < {literal(rfc3339(end))}"]
-    if case["outlet_id"]:  # "" is an enterprise-wide problem: all its outlets
-        where.append(f"{ident('outlet')} = {literal(case['outlet_id'])}")
-    if case.get("pollutant"):
-        where.append(f"{ident('pollutant')} = {literal(case['pollutant'])}")
     for interval, fields in CHART:
-        stmt = (f"SELECT {', '.join(ident(f) for f in fields)} FROM {ident(measurement(interval))} "
-                f"WHERE {' AND '.join(where)} GROUP BY {ident('mn')}, {ident('pollutant')}")
-        for s in _query(request, stmt):
+        read = partial(influx_readings.outlet_series, enterprise=case["enterprise_id"], outlet=case["outlet_id"],
+                       start=start, end=end, interval=interval, fields=fields, pollutant=case.get("pollutant"))
+        for s in _query(request, read):
             out["series"] += _series(measurement(interval), s, fields)
     return out
 
@@ -107,8 +104,8 @@ def _epoch(v: Any) -> datetime:
 
 def _range(request: Request, start: str | None, end: str | None, default: timedelta,
            most: timedelta) -> tuple[datetime, datetime]:
-    t1 = parse_time(end, "to") or datetime.now(timezone.utc)
-    t0 = parse_time(start, "from") or t1 - default
+    t1 = query_time(end, "to") or datetime.now(timezone.utc)
+    t0 = query_time(start, "from") or t1 - default
     check_range(t0, t1)
     if t1 - t0 > most:
         raise HTTPException(422, detail=f"the range may span at most {most}; narrow `from`/`to`")
@@ -121,13 +118,9 @@ def mobile(request: Request, start: str | None = Query(None, alias="from"), end:
     """Drone and vehicle tracks with their samples (default: the last hour; at most 24 h).
     `device` must match the device id pattern (config/ids.py; checked by center.guard: 400)."""
     t0, t1 = _range(request, start, end, timedelta(hours=1), MAX_TRACK_SPAN)
-    fields = ("lat", "lon", "alt", "wind_dir", "wind_speed", *SPECIES)
-    where = f"time >= {literal(rfc3339(t0))} AND time < {literal(rfc3339(t1))}"
-    if device:
-        where += f" AND {ident('device')} = {literal(device)}"
-    stmt = (f"SELECT {', '.join(ident(f) for f in fields)} FROM {ident(MOBILE)} WHERE {where} "
-            f"GROUP BY {ident('device')}, {ident('kind')}")
-    return [_track(s) for s in _query(request, stmt)]
+    devices = [device] if device else None
+    read = partial(influx_readings.mobile_series, start=t0, end=t1, devices=devices)
+    return [_track(s) for s in _query(request, read)]
 
 
 def _track(s: Any) -> dict[str, Any]:

@@ -33,9 +33,9 @@ app.add_typer(evidence_app, name="evidence")
 
 
 def _add_notify_apps() -> None:
-    # notify/cli.py owns the case, ticket and emergency commands; they are registered here so that
-    # `envwatch --help` lists everything in one place.
-    from notify.cli import cases_app, emergency_app, tickets_app
+    # center/cases_cli.py holds the case, ticket and emergency commands; they are registered here so
+    # that `envwatch --help` lists everything in one place.
+    from center.cases_cli import cases_app, emergency_app, tickets_app
 
     app.add_typer(cases_app, name="cases")
     app.add_typer(tickets_app, name="tickets")
@@ -71,9 +71,10 @@ def config_source(path: Path | None) -> str:
 @config_app.command("check")
 def config_check(file: Path) -> None:
     """Validate FILE: every problem with its file, line and key path, including what would only fail at run
-    time (URLs without a scheme, users of unknown enterprises or officers, unknown detector parameters)."""
+    time (URLs without a scheme, users of unknown enterprises or officers, unknown detector kinds and
+    parameters, parameter values of the wrong type)."""
     from config.loader import Problem, key_lines, line_of
-    from detect.cli import detector_problems
+    from detect.registry import detector_problems
 
     try:
         s = load(file)
@@ -422,7 +423,7 @@ def filings_list(config: ConfigOpt = None,
     from rich.table import Table
 
     from notify import filings
-    from notify.cli import _engine, local
+    from center.cases_cli import _engine, local
 
     now = datetime.now(timezone.utc)
     table = Table(title="报备 (filings), 北京时间")
@@ -440,7 +441,7 @@ def _decide(filing_id: str, approve: bool, by: str, note: str, config: Path | No
     from datetime import datetime, timezone
 
     from notify import filings
-    from notify.cli import _engine
+    from center.cases_cli import _engine
 
     try:
         f = filings.decide(_engine(config), filing_id, approve, f"center:{by}", note, datetime.now(timezone.utc))

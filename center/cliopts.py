@@ -62,7 +62,7 @@ def _one_line(text: str) -> str:
 
 def parse_time_arg(text: str) -> datetime:
     """A typer `parser`: the time, or a ValueError that click turns into 'Invalid value for --from: ...'."""
-    from ingest.model import parse_time
+    from core.time import parse_time
 
     try:
         return parse_time(text)

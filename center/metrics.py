@@ -41,14 +41,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from detect.queries import alerts_by_kind_status
+from detect.queries import alerts_by_kind_status, watermarks
 from notify import queries as q
-from detect.store import watermarks_table
-from core.db import reading
-from notify.tables import notices
 
 log = logging.getLogger(__name__)
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -144,10 +141,7 @@ def _store(engine: Engine) -> Iterator[Metric]:
 
 
 def _outbox(engine: Engine) -> Iterator[Metric]:
-    n = notices.c
-    with reading(engine).connect() as conn:
-        by_status = dict(conn.execute(select(n.status, func.count()).group_by(n.status)).all())
-        retrying = conn.execute(select(func.count()).where(n.status == "pending", n.attempts > 0)).scalar_one()
+    by_status, retrying = q.notice_counts(engine)
     fam = GaugeMetricFamily("envwatch_notices", "outbox rows by status", labels=["status"])
     for status in sorted({"pending", "delivered", "failed", *by_status}):
         fam.add_metric([status], float(by_status.get(status, 0)))
@@ -161,13 +155,10 @@ def _outbox(engine: Engine) -> Iterator[Metric]:
 
 
 def _lags(engine: Engine) -> Metric:
-    w = watermarks_table.c
     now = datetime.now(timezone.utc)
     fam = GaugeMetricFamily("envwatch_detect_job_lag_seconds", "now - end of the last window evaluated", labels=["job"])
-    with reading(engine).connect() as conn:
-        for job, pos in conn.execute(select(w.job, w.position)).all():
-            pos = pos if pos.tzinfo else pos.replace(tzinfo=timezone.utc)
-            fam.add_metric([job], (now - pos).total_seconds())
+    for job, pos in watermarks(engine).items():
+        fam.add_metric([job], (now - pos).total_seconds())
     return fam
 
 

@@ -24,7 +24,7 @@ from detect.base import Window
 from detect.source import ReadingSource
 from detect.stats import EXCEEDANCE_KINDS, alert_counts, clip_to_now, data_rates
 from core.influx import Influx
-from notify.notices import PROBLEM_LABELS
+from notify.notices import problem_labels
 from notify.stats import case_outcomes
 
 Period = Literal["daily", "monthly"]
@@ -115,7 +115,7 @@ def workbook(stats: dict[str, Any]) -> bytes:
     from openpyxl.styles import Alignment, Font, PatternFill
     from openpyxl.utils import get_column_letter
 
-    zh = PROBLEM_LABELS["zh-CN"]
+    zh = problem_labels()["zh-CN"]
     pol = {c: p.zh for c, p in pollutants().items()}
     wb = Workbook()
     head_font, head_fill = Font(bold=True), PatternFill("solid", fgColor="DDEBF7")

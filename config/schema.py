@@ -518,7 +518,6 @@ def reference_problems(s: Settings) -> list[tuple[str, str]]:
     accounts that would collide. Valid settings only; the loader reports these after validation."""
     enterprises = {e.id: e for e in s.registry.enterprises}
     officers = {o.id for o in s.notify.officers}
-    devices = {d.id for d in s.registry.devices}
     out: list[tuple[str, str]] = []
     for i, u in enumerate(s.center.users):
         if u.enterprise_id is not None and u.enterprise_id not in enterprises:

@@ -19,7 +19,7 @@ _LAZY = {
     "StoredAlert": "detect.store", "AlertPublisher": "detect.publish",
     "build_detectors": "detect.registry", "detector_classes": "detect.registry",
     "DetectorConfigError": "detect.registry",
-    "detect_range": "detect.cli", "export_alerts": "detect.cli", "parse_time": "detect.cli",
+    "detect_range": "detect.cli", "export_alerts": "detect.cli",
 }
 
 __all__ = ["Alert", "Detector", "Window", *sorted(_LAZY)]

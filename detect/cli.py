@@ -2,8 +2,6 @@
 
     detect_range(settings, start, end, kinds=None)         -> list[Report]   (progress bar on long ranges)
     export_alerts(settings, start, end, out, kinds=None)   -> number of alerts written (JSON Lines or CSV)
-    detector_problems(settings)                             -> (key path, message) of detect.detectors mistakes
-    parse_time("2016-08-24T08:00")                          -> aware datetime (naive input = China time)
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from config.schema import Settings
 from detect.runner import Report, Runner
 from detect.store import AlertStore
-from core.time import parse_time as parse_time  # re-exported: `envwatch detect` takes its times here
 
 # Ranges of more windows than this get a progress bar (a day of hourly windows for one kind is 24).
 PROGRESS_MIN_WINDOWS = 48
@@ -82,31 +79,3 @@ def summary(reports: list[Report]) -> str:
         ch = ", ".join(f"{k} {v}" for k, v in sorted(r.changes.items()) if v)
         lines.append(f"{r.kind}: {r.windows} windows, {r.alerts} alerts" + (f" ({ch})" if ch else ""))
     return "\n".join(lines)
-
-
-def detector_problems(settings: Settings) -> list[tuple[str, str]]:
-    """Mistakes in detect.detectors that would stop detection at run time: unknown kinds and parameters
-    (with the closest known name), and values a detector refuses."""
-    from config.schema import did_you_mean
-    from detect.registry import DetectorConfigError, build_detectors, detector_classes
-
-    classes = detector_classes()
-    out: list[tuple[str, str]] = []
-    for kind, cfg in settings.detect.detectors.items():
-        if kind not in classes:
-            out.append((f"detect.detectors.{kind}", f"unknown detector kind {kind!r}; known: "
-                                                    f"{', '.join(sorted(classes))}{did_you_mean(kind, classes)}"))
-            continue
-        names = sorted(set(classes[kind]._get_param_names()) - {"overrides"})
-        out += [(f"detect.detectors.{kind}.params.{p}", f"unknown parameter {p!r} of {kind}; known: "
-                                                        f"{', '.join(names)}{did_you_mean(p, names)}")
-                for p in cfg.params if p not in names]
-    if out:
-        return out
-    try:
-        build_detectors(settings, kinds=sorted(classes))  # every kind, disabled ones too: they may be switched on
-    except DetectorConfigError as exc:
-        for text in exc.problems:
-            path, _, msg = text.partition(": ")
-            out.append((path, msg) if path.startswith("detect.") else ("detect", text))
-    return out

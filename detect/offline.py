@@ -36,7 +36,9 @@ from config.lookup import Lookup
 from detect.base import Alert, Detector, Window
 from detect.frames import hours_ending_in, iso, to_dt
 from detect.params import Scoped
-from detect.source import EVENT, MINUTE, RTD, ReadingSource, ident
+from core.influx import ident
+from detect.source import MINUTE, RTD, ReadingSource
+from ingest.schema import EVENT
 
 # One field per measurement that nearly every point carries (a lower bound of the minutes seen).
 SCREEN_PROBES = {MINUTE: "avg", RTD: "rtd", EVENT: "seen"}

@@ -30,7 +30,8 @@ from detect import frames as fr
 from detect.base import Alert, Detector, Window
 from detect.frames import fetch_minutes
 from detect.params import ScopedAt
-from detect.source import MINUTE, ident, literal, number, series_frame, tag_in, time_range
+from core.influx import ident, literal, tag_in
+from detect.source import number
 
 if TYPE_CHECKING:
     from config.lookup import Lookup

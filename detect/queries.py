@@ -1,4 +1,5 @@
-"""Reads of detect's alert store for the API and metrics: an alerts row as the API's Alert, counts.
+"""Reads of detect's alert store for the API and metrics: an alerts row as the API's Alert, counts,
+job watermarks.
 
 Reads that join an alert to its case or filing belong to notify (notify/queries.py), which builds
 on these; detect knows nothing of cases.
@@ -7,11 +8,12 @@ on these; detect knows nothing of cases.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from detect.store import alerts_table
+from detect.store import alerts_table, watermarks_table
 from core.db import reading
 from core.time import as_utc
 
@@ -33,3 +35,10 @@ def alerts_by_kind_status(engine: Engine) -> dict[tuple[str, str], int]:
     with reading(engine).connect() as conn:
         rows = conn.execute(select(a.kind, a.status, func.count()).group_by(a.kind, a.status))
         return {(k, s): int(n) for k, s, n in rows}
+
+
+def watermarks(engine: Engine) -> dict[str, datetime]:
+    """job -> end of the last window it evaluated (aware UTC), for the metrics endpoint."""
+    w = watermarks_table.c
+    with reading(engine).connect() as conn:
+        return {job: as_utc(pos) for job, pos in conn.execute(select(w.job, w.position)).all()}

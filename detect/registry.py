@@ -8,19 +8,23 @@ concern it (`detect.overrides` with its kind or none) are handed over as `overri
 A kind is declared once, by its class and its tags (detect.base.Detector): notify reads the labels
 and categories from here (`tags`, `kinds_in`), the board from GET /board/kinds, and building the
 detectors refuses settings that name a kind no class serves (`kind_problems`; config/ sits below
-detect/ and cannot know the classes, so the check is here). A new detector: one class in a module
-of DETECTOR_MODULES, with its tags and its test.
+detect/ and cannot know the classes, so the check is here; `envwatch config check` runs
+`detector_problems`). A new detector: one class in a module of DETECTOR_MODULES, with its tags and
+its test; its constructor's typed keyword arguments are its parameters.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Sequence
+import typing
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
-from config.schema import DetectSettings, Settings
+from pydantic import TypeAdapter, ValidationError
+
+from config.schema import DetectSettings, Settings, did_you_mean
 from detect.base import CATEGORIES, Detector
 from detect.params import as_override_dicts, check_overrides
 
@@ -110,3 +114,47 @@ def kind_problems(settings: Settings) -> list[str]:
     named += [("notify.deadline_hours", k) for k in n.deadline_hours if k != "default"]
     named += [(f"detect.overrides.{i}.kind", o.kind) for i, o in enumerate(settings.detect.overrides) if o.kind]
     return [f"{where}: unknown detector kind {k!r}; known: {sorted(known)}" for where, k in named if k not in known]
+
+
+def detector_problems(settings: Settings) -> list[tuple[str, str]]:
+    """(key path, message) of each mistake in detect.detectors that would stop detection at run time:
+    unknown kinds and parameters (with the closest known name), values of the wrong type for the
+    constructor's annotation, and values a detector refuses. What `envwatch config check` reports."""
+    classes = detector_classes()
+    out: list[tuple[str, str]] = []
+    for kind, cfg in settings.detect.detectors.items():
+        if kind not in classes:
+            out.append((f"detect.detectors.{kind}", f"unknown detector kind {kind!r}; known: "
+                                                    f"{', '.join(sorted(classes))}{did_you_mean(kind, classes)}"))
+            continue
+        out += _param_problems(kind, classes[kind], cfg.params)
+    if out:
+        return out
+    try:
+        build_detectors(settings, kinds=sorted(classes))  # every kind, disabled ones too: they may be switched on
+    except DetectorConfigError as exc:
+        for text in exc.problems:
+            path, _, msg = text.partition(": ")
+            out.append((path, msg) if path.startswith("detect.") else ("detect", text))
+    return out
+
+
+def _param_problems(kind: str, cls: type[Detector], params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Unknown parameters of `kind`, and values the constructor's annotation does not admit."""
+    names = sorted(set(cls._get_param_names()) - {"overrides"})
+    hints = typing.get_type_hints(cls.__init__)
+    out = []
+    for p, value in params.items():
+        where = f"detect.detectors.{kind}.params.{p}"
+        if p not in names:
+            out.append((where, f"unknown parameter {p!r} of {kind}; known: {', '.join(names)}{did_you_mean(p, names)}"))
+        elif p in hints:
+            try:
+                TypeAdapter(hints[p]).validate_python(value)
+            except ValidationError:
+                out.append((where, f"{kind}'s {p} takes {_type_words(hints[p])}, not {value!r}"))
+    return out
+
+
+def _type_words(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")

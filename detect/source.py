@@ -30,7 +30,8 @@ import pandas as pd
 
 from detect.base import Window
 from core.influx import Influx, Series, ident, literal, tag_in, time_between
-from ingest.schema import EVENT, MOBILE, SPECIES, measurement
+from detect.readings import MOBILE_FIELDS, mobile_statement
+from ingest.schema import EVENT, measurement
 
 TAGS = ("mn", "enterprise", "outlet", "medium", "pollutant")
 MINUTE = measurement("minute")
@@ -211,19 +212,9 @@ class ReadingSource:
 
     def mobile(self, window: Window, devices: Sequence[str] | None = None) -> pd.DataFrame:
         """Mobile samples: time, device, kind, lat, lon, alt, wind_dir, wind_speed and one column per species."""
-        fields = ("lat", "lon", "alt", "wind_dir", "wind_speed", *SPECIES)
-        where = time_range(window) + (f" AND {tag_in('device', devices)}" if devices is not None else "")
-        stmt = (f"SELECT {', '.join(ident(f) for f in fields)} FROM {ident(MOBILE)} WHERE {where} "
-                f"GROUP BY {ident('device')}, {ident('kind')}")
-        df = series_frame(self._run([stmt]), ("device", "kind"), ["time", *fields])
+        fields = MOBILE_FIELDS
+        df = series_frame(self._run([mobile_statement(window.start, window.end, devices)]), ("device", "kind"),
+                          ["time", *fields])
         for f in fields:
             df[f] = pd.to_numeric(df[f], errors="coerce").astype(float)
         return df.sort_values(["device", "time"]).reset_index(drop=True)
-
-
-def empty_minutes(fields: Sequence[str] = ("avg", "zs_avg", "flag")) -> pd.DataFrame:
-    """An empty long frame with the columns `minutes()` returns."""
-    data: dict[str, Any] = {"time": pd.Series([], dtype="datetime64[ns, UTC]")}
-    data.update({t: pd.Series([], dtype=object) for t in TAGS})
-    data.update({f: pd.Series([], dtype=object if f in ("flag", "eflag") else np.float64) for f in fields})
-    return pd.DataFrame(data)

@@ -42,7 +42,8 @@ from config.lookup import Lookup
 from detect.base import Window
 from detect.hourly import _snap_interval, expected_series
 from detect.store import alerts_table
-from detect.source import MINUTE, ReadingSource, _chunks, ident, literal, series_frame, tag_in, time_range
+from core.influx import ident, literal, tag_in
+from detect.source import MINUTE, ReadingSource, _chunks, series_frame, time_range
 
 VALID_MINUTES = 45  # HJ 75-2017: an hourly mean needs at least 45 valid minutes
 SERIES_COLUMNS = ["enterprise", "outlet", "mn", "pollutant", "interval_s", "expected", "received",

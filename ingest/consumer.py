@@ -70,7 +70,8 @@ from ingest.buffer import DiskBuffer, Synchronous, buffer_path
 from ingest.deadletter import DeadLetter, DeadLetters, deadletter_path
 from ingest.decode import decode_payload, key_lookup
 from core.influx import Influx, InfluxRejected, InfluxUnavailable
-from ingest.model import CHINA_TZ, Kind, MobileFix, Packet, Reason, Rejected
+from core.time import CHINA_TZ
+from ingest.model import Kind, MobileFix, Packet, Reason, Rejected
 from ingest.revisions import RevisionGuard
 from ingest.schema import event_line, mobile_line, station_lines
 from core.mqtt import make_client, probe

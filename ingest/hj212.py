@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from config.tables import code_2005_to_2017
-from ingest.model import CHINA_TZ, INTERVALS, Kind, Packet, Reason, Rejected, Value
+from core.time import CHINA_TZ
+from ingest.model import INTERVALS, Kind, Packet, Reason, Rejected, Value
 
 KeyFor = Callable[[str], "bytes | None"]
 

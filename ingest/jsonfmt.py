@@ -24,7 +24,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from config.tables import code_2005_to_2017
-from ingest.model import INTERVALS, MobileFix, Packet, Reason, Rejected, Value, china_time
+from core.time import china_time
+from ingest.model import INTERVALS, MobileFix, Packet, Reason, Rejected, Value
 
 _TEXT_FIELDS = frozenset({"flag", "eflag", "sample_time", "info"})
 

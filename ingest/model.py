@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from core.time import CHINA_TZ, china_time, parse_time  # noqa: F401 - the decoders' times
-
 Value = float | str
 
 

@@ -38,11 +38,14 @@ from sqlalchemy import Connection, insert, select, update
 from config.schema import Settings
 from detect.base import Alert
 from notify import rules
+from notify.context import build_context, emergency_at
 from notify.events import append_event, events_of, jsonable
-from core.time import utc, with_utc_times
-from notify.tables import CLOSED_STATES, case_alerts, case_events, case_groups, cases, notices
+from notify.notices import enqueue as enqueue_notice
+from core.time import as_utc, utc, with_utc_times
+from notify.tables import CASE_STATES, CLOSED_STATES, case_alerts, case_events, case_groups, cases, notices
 
-ACTIVE = ("open", "notified", "acknowledged", "rectification_reported", "reopened")
+# States a notice or an answer still moves (neither closed nor handed to enforcement).
+ACTIVE = tuple(s for s in CASE_STATES if s not in (*CLOSED_STATES, "escalated"))
 # action -> (states it is allowed from, state it leads to; None keeps the state)
 TRANSITIONS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "notify": (("open",), "notified"),
@@ -77,7 +80,8 @@ _TIMES = ("opened_at", "updated_at", "closed_at", "deadline_at", "ack_due_at", "
           "notified_at")
 
 
-def _row(m: Mapping[str, Any]) -> dict[str, Any]:
+def case_dict(m: Mapping[str, Any]) -> dict[str, Any]:
+    """A case row as a dict, times aware UTC (also notify.queries' rows)."""
     return with_utc_times(m, _TIMES)
 
 
@@ -86,7 +90,7 @@ def load_case(conn: Connection, case_id: str) -> dict[str, Any]:
     m = conn.execute(select(cases).where(cases.c.id == case_id)).mappings().first()
     if m is None:
         raise TransitionError(f"no case {case_id!r}")
-    return _row(m)
+    return case_dict(m)
 
 
 def open_case_for(conn: Connection, enterprise_id: str, outlet_id: str, problem: str) -> dict[str, Any] | None:
@@ -94,7 +98,7 @@ def open_case_for(conn: Connection, enterprise_id: str, outlet_id: str, problem:
     m = conn.execute(select(cases).where(cases.c.enterprise_id == enterprise_id, cases.c.outlet_id == outlet_id,
                                          cases.c.problem == problem, cases.c.state.not_in(CLOSED_STATES))
                      ).mappings().first()
-    return _row(m) if m else None
+    return case_dict(m) if m else None
 
 
 def alerts_of(conn: Connection, case_id: str) -> list[dict[str, Any]]:
@@ -266,7 +270,7 @@ def confirm_delivery(conn: Connection, settings: Settings, case_id: str, seq: in
 
 def unqueued_notices(conn: Connection) -> list[dict[str, Any]]:
     """Notices decided in a pass that ended before handing them to the outbox (a crash between the
-    alerts' transactions and notices.enqueue_pass): their cases are notified without deadlines. The
+    alerts' transactions and enqueue_pass): their cases are notified without deadlines. The
     next tick queues them, so nobody is held to a notice that was never sent."""
     rows = conn.execute(select(cases.c.id, cases.c.enterprise_id).where(
         cases.c.state.in_(("notified", "reopened")), cases.c.ack_due_at.is_(None))).all()
@@ -369,7 +373,7 @@ def ingest_alerts(conn: Connection, settings: Settings, alerts: Iterable[Alert],
     not closed yet cannot have a finding). `now` is when this runs: notices decided now are sent now,
     and their deadlines run from then (or from their delivery), never from the data time.
     `groups` maps alert ids to the group holding them (notify.groups); `deferred` collects the
-    enterprise notices of this pass, for one notice per enterprise (notify.notices.enqueue_pass).
+    enterprise notices of this pass, for one notice per enterprise (enqueue_pass).
     """
     out: list[dict[str, Any]] = []
     for alert in sort_alerts(alerts):
@@ -393,8 +397,6 @@ def held(conn: Connection, case: Mapping[str, Any]) -> bool:
 def ingest_alert(conn: Connection, settings: Settings, alert: Alert, now: datetime | None = None,
                  group_id: str | None = None, deferred: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One alert: skip if seen, else open a case or join the open one, then apply the rules."""
-    from notify.context import build_context, emergency_at
-
     prior = conn.execute(select(case_alerts.c.case_id).where(case_alerts.c.alert_id == alert.id)).scalar()
     if prior is not None:
         return {"alert_id": alert.id, "status": "duplicate", "case_id": prior}
@@ -428,8 +430,6 @@ def tick(conn: Connection, settings: Settings, now: datetime) -> list[dict[str, 
     Each decision is stamped with the time it fell due (not `now`), so ticking often or rarely
     records the same history. A case whose notice is still being retried waits (delivery_in_progress).
     """
-    from notify.context import build_context
-
     now = utc(now)
     grace = timedelta(seconds=settings.detect.settle_s)
     r = settings.notify.reminders
@@ -443,7 +443,7 @@ def tick(conn: Connection, settings: Settings, now: datetime) -> list[dict[str, 
         .order_by(c.opened_at, c.id))
     out = []
     for m in conn.execute(due).mappings().all():
-        case = _row(m)
+        case = case_dict(m)
         if case["state"] != "rectification_reported" and delivery_in_progress(conn, case):
             continue
         history = events_of(conn, case["id"])
@@ -485,7 +485,7 @@ def _apply_notify(conn: Connection, settings: Settings, case_id: str, d: rules.N
     starts_clock = d.kind in ("rectification_notice", "reopened")
     if starts_clock and deferred is None:
         # The deadlines are stated in the notice: set them before it is rendered. (Deferred
-        # notices get theirs when the pass hands them to the outbox, notices.enqueue_pass.)
+        # notices get theirs when the pass hands them to the outbox, enqueue_pass.)
         start_clock(conn, settings, case_id, max(sent, utc(when)), _next_seq(conn, case_id))
     decide_notice(conn, settings, case_id, when, d.kind, jsonable(d.detail), actor=actor,
                   deferred=deferred if starts_clock else None)
@@ -532,6 +532,29 @@ def _escalate(conn: Connection, settings: Settings, case_id: str, d: rules.Escal
     open_ticket(conn, settings, case, d.reason, d.priority, at, actor=actor)
 
 
+def enqueue_pass(conn: Connection, settings: Settings, deferred: list[dict[str, Any]], sent: datetime) -> list[str]:
+    """The enterprise notices decided in one detection pass (decide_notice with `deferred`): one
+    notice per enterprise and kind, listing every case it concerns (the first case's decision keys
+    the outbox rows). Each case's deadlines start now, at `sent` (never before its decision), until
+    delivery is confirmed."""
+    for d in deferred:
+        start_clock(conn, settings, d["case_id"], max(as_utc(sent), as_utc(d["at"])), d["seq"])
+
+    by_ent: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for d in deferred:
+        by_ent.setdefault((d["enterprise_id"], d["kind"]), []).append(d)
+    ids: list[str] = []
+    for (_ent, kind), items in sorted(by_ent.items()):
+        pairs = []
+        for d in sorted(items, key=lambda d: d["case_id"]):
+            ev = conn.execute(select(case_events).where(case_events.c.case_id == d["case_id"],
+                                                        case_events.c.seq == d["seq"])).mappings().one()
+            pairs.append((load_case(conn, d["case_id"]), ev))
+        (case, event), rest = pairs[0], pairs[1:]
+        ids += enqueue_notice(conn, settings, case, event, kind, also=rest)
+    return ids
+
+
 def decide_notice(conn: Connection, settings: Settings, case_id: str, at: datetime, kind: str,
                   data: Mapping[str, Any] | None = None, actor: str = SYSTEM,
                   deferred: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -539,11 +562,8 @@ def decide_notice(conn: Connection, settings: Settings, case_id: str, at: dateti
 
     The event is the decision (its seq makes the outbox key); notify.notices renders and queues
     the messages. With `deferred`, the rendering waits for the end of the detection pass, so an
-    enterprise with several findings gets one notice listing them (notices.enqueue_pass).
+    enterprise with several findings gets one notice listing them (enqueue_pass).
     """
-    from notify import notices
-    from notify.context import emergency_at
-
     case = load_case(conn, case_id)
     extra: dict[str, Any] = {"kind": kind, **(data or {})}
     emergency = emergency_at(conn, at) if case["emergency"] else None
@@ -554,5 +574,5 @@ def decide_notice(conn: Connection, settings: Settings, case_id: str, at: dateti
         deferred.append({"case_id": case_id, "seq": ev["seq"], "kind": kind, "enterprise_id": case["enterprise_id"],
                          "at": utc(at)})
     else:
-        notices.enqueue(conn, settings, case, ev, kind)
+        enqueue_notice(conn, settings, case, ev, kind)
     return ev

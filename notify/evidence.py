@@ -40,11 +40,12 @@ import pandas as pd
 from sqlalchemy import Connection, Engine, select
 
 from config.schema import Settings
-from core.time import CHINA_ZONE
-from core.influx import Influx, ident, literal, rfc3339
+from core.time import CHINA_ZONE, as_utc
+from core.influx import Influx
+from detect import readings
 from ingest.schema import FLOAT_FIELDS, STRING_FIELDS, measurement
 from notify import events
-from notify.notices import as_utc
+from notify.notices import pollutant_label, problem_label
 from notify.tables import answers, case_alerts, cases
 
 FORMAT = "envwatch-evidence/1"
@@ -133,12 +134,8 @@ def _readings(influx: Influx, windows: list[tuple[str, str, datetime, datetime]]
     """Every stored reading of the outlets in the windows, one row per (measurement, series, time)."""
     frames = []
     for ent, outlet, start, end in windows:
-        where = [f"{ident('enterprise')} = {literal(ent)}",
-                 f"time >= {literal(rfc3339(start))}", f"time < {literal(rfc3339(end))}"]
-        if outlet:  # "" is an enterprise-wide problem (e.g. a hotspot): all its outlets
-            where.insert(1, f"{ident('outlet')} = {literal(outlet)}")
         for interval in INTERVALS:
-            df = influx.query_frame(f"SELECT * FROM {ident(measurement(interval))} WHERE {' AND '.join(where)}")
+            df = readings.outlet_frame(influx, ent, outlet, start, end, interval)
             if len(df):
                 frames.append(df.assign(measurement=measurement(interval)))
     known = ["measurement", "time", *TAGS, *FLOAT_FIELDS, *STRING_FIELDS]
@@ -162,7 +159,6 @@ CHART_WORDS: dict[str, dict[str, str]] = {
 def _readings_csv(df: pd.DataFrame, language: str = "zh-CN") -> bytes:
     """The readings with `time` in Beijing time (ISO 8601, +08:00), `time_utc` beside it, and the
     pollutant's name next to its code."""
-    from notify.notices import pollutant_label
 
     out = df.copy()
     if len(out):
@@ -224,7 +220,6 @@ def _plot_pollutant(ax: Any, df: pd.DataFrame, alerts: list[dict[str, Any]], cod
                     language: str = "zh-CN", enterprise: str = "") -> None:
     from matplotlib.dates import DateFormatter
 
-    from notify.notices import pollutant_label, problem_label
 
     w = CHART_WORDS[language]
     data, label = _series(df, code)

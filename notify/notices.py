@@ -27,7 +27,7 @@ from sqlalchemy import Connection, func, insert, select
 
 from config.schema import Enterprise, Officer, Outlet, Settings
 from config.tables import pollutants
-from core.time import CHINA_TZ
+from core.time import CHINA_TZ, as_utc
 from notify import views
 from notify.channels import channels_for
 from notify.tables import case_alerts, case_events, notice_numbers, notices, tickets
@@ -44,12 +44,6 @@ def problem_labels() -> dict[str, dict[str, str]]:
     from detect.registry import detector_classes
 
     return {lang: {k: cls.problem[lang] for k, cls in detector_classes().items()} for lang in LANGUAGES}
-
-
-def __getattr__(name: str) -> Any:
-    if name == "PROBLEM_LABELS":  # the former table, now read from the detectors' tags
-        return problem_labels()
-    raise AttributeError(f"module 'notify.notices' has no attribute {name!r}")
 
 
 def problem_label(language: str, kind: str) -> str:
@@ -121,11 +115,6 @@ def actor_words(actor: str, language: str, settings: Settings | None = None) -> 
     label = {"center": ("监控中心", "center"), "officer": ("执法人员", "officer"),
              "enterprise": ("企业", "enterprise")}.get(kind, (kind, kind))
     return f"{label[0 if zh else 1]} {who}"
-
-
-def as_utc(t: datetime) -> datetime:
-    """Aware UTC datetime; SQLite hands back naive datetimes, which the store writes in UTC."""
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -435,30 +424,6 @@ def enqueue(conn: Connection, settings: Settings, case_row: Any, event_row: Any,
     return [r["id"] for r in rows]
 
 
-def enqueue_pass(conn: Connection, settings: Settings, deferred: list[dict[str, Any]], sent: datetime) -> list[str]:
-    """The enterprise notices decided in one detection pass: one notice per enterprise and kind,
-    listing every case it concerns (the first case's decision keys the outbox rows). Each case's
-    deadlines start now, at `sent` (never before its decision), until delivery is confirmed."""
-    from notify.cases import load_case, start_clock
-
-    for d in deferred:
-        start_clock(conn, settings, d["case_id"], max(as_utc(sent), as_utc(d["at"])), d["seq"])
-
-    by_ent: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for d in deferred:
-        by_ent.setdefault((d["enterprise_id"], d["kind"]), []).append(d)
-    ids: list[str] = []
-    for (_ent, kind), items in sorted(by_ent.items()):
-        pairs = []
-        for d in sorted(items, key=lambda d: d["case_id"]):
-            ev = conn.execute(select(case_events).where(case_events.c.case_id == d["case_id"],
-                                                        case_events.c.seq == d["seq"])).mappings().one()
-            pairs.append((load_case(conn, d["case_id"]), ev))
-        (case, event), rest = pairs[0], pairs[1:]
-        ids += enqueue(conn, settings, case, event, kind, also=rest)
-    return ids
-
-
 def delivered_cases(row: Mapping[str, Any]) -> list[tuple[str, int]]:
     """(case id, event seq) whose deadlines this delivered notice starts: every case it lists."""
     if row.get("audience") != "enterprise" or row.get("kind") not in ("rectification_notice", "reopened"):
@@ -470,5 +435,5 @@ def delivered_cases(row: Mapping[str, Any]) -> list[tuple[str, int]]:
     return [(row["case_id"], int(payload.get("event_seq", row["decision"].split(":")[1])))]
 
 
-__all__ = ["KINDS", "delivered_cases", "doc_number", "enqueue_pass", "formal", "actor_words", "pollutant_label", "LANGUAGES", "answer_http_path", "answer_topic", "as_utc", "build_context", "enqueue",
+__all__ = ["KINDS", "delivered_cases", "doc_number", "formal", "actor_words", "pollutant_label", "LANGUAGES", "answer_http_path", "answer_topic", "build_context", "enqueue",
            "enterprise_language", "local_time", "notice_id", "render"]

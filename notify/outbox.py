@@ -28,8 +28,10 @@ from typing import Any
 from sqlalchemy import Engine, func, select, update
 
 from config.schema import Settings
+from core.time import as_utc
+from notify.cases import ConcurrentUpdate, confirm_delivery
 from notify.channels import Channel, DeliveryError
-from notify.notices import as_utc
+from notify.notices import delivered_cases
 from notify.tables import notices
 
 log = logging.getLogger(__name__)
@@ -126,9 +128,6 @@ class Dispatcher:
     def _record_delivery(self, row: Mapping[str, Any], now: datetime, attempts: int) -> None:
         """Mark the row delivered and, in the same transaction, start the deadlines of the cases
         whose notice it is (notify.cases.confirm_delivery): the enterprise was told now."""
-        from notify.cases import ConcurrentUpdate, confirm_delivery
-        from notify.notices import delivered_cases
-
         for attempt in range(3):
             try:
                 with self.engine.begin() as conn:

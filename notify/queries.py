@@ -1,5 +1,6 @@
-"""notify's read model: cases, tickets, notices and alerts with their case, with the caller's scope inside
-every query (used by the API, the CLI's service loops, metrics and the demo).
+"""notify's read model, the one place cases, tickets, notices, answers, groups and alerts with their
+case are read from: the API, the CLI, the service loops, metrics, the demo and the tests read here;
+notify/workflow.py writes. A new read (an endpoint's list, a CLI table) is a function here.
 
 `scope` is the enterprise an enterprise user is limited to (None: no limit); `officer` likewise
 limits tickets to unaccepted ones and the officer's own. A row outside the scope is simply not
@@ -13,14 +14,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Select, case, func, or_, select
+from sqlalchemy import ColumnElement, Connection, Engine, Select, case, func, or_, select
 
 from detect.queries import alert_dict
 from detect.store import alerts_table as alerts_t
-from notify import filings, views, workflow
+from config.schema import Settings
+from notify import cases, context, filings, groups, tickets, views
+from notify.events import events_of
 from core.db import reading
 from core.time import as_utc
-from notify.tables import CLOSED_STATES, case_alerts, case_events, notices
+from notify.tables import CLOSED_STATES, answers, case_alerts, case_events, notices
 from notify.tables import cases as cases_t
 from notify.tables import tickets as tickets_t
 
@@ -152,14 +155,7 @@ def case_row(engine: Engine, case_id: str, scope: str | None) -> dict[str, Any] 
     q = _case_scope(select(cases_t).where(cases_t.c.id == case_id), scope)
     with reading(engine).connect() as conn:
         m = conn.execute(q).mappings().first()
-    return _case_dict(m) if m else None
-
-
-def _case_dict(m: Mapping[str, Any]) -> dict[str, Any]:
-    d = dict(m)
-    for k in ("opened_at", "updated_at", "closed_at", "deadline_at", "ack_due_at", "verify_until"):
-        d[k] = as_utc(d.get(k))
-    return d
+    return cases.case_dict(m) if m else None
 
 
 CASE_SORTS: dict[str, Any] = {
@@ -198,7 +194,8 @@ def case_page(engine: Engine, scope: str | None, state: str | None = None, enter
                 {"enterprise": c.enterprise_id, "pollutant": c.pollutant, "kind": c.problem, "outlet": c.outlet_id},
                 *([any_pollutant] if codes else []))
     with reading(engine).connect() as conn:
-        rows = [_case_dict(m) for m in conn.execute(_ordered(q, page, CASE_SORTS, [c.opened_at.desc()], c.id)).mappings()]
+        ordered = _ordered(q, page, CASE_SORTS, [c.opened_at.desc()], c.id)
+        rows = [cases.case_dict(m) for m in conn.execute(ordered).mappings()]
         total = _total(conn, q)
     if scope is None:
         findings = case_findings(engine, [r["id"] for r in rows])
@@ -239,10 +236,38 @@ def case_detail(engine: Engine, case_id: str, scope: str | None) -> dict[str, An
     """
     if case_row(engine, case_id, scope) is None:
         return None
-    case = workflow.get_case(engine, case_id)
+    case = get_case(engine, case_id)
     if case is None:
         return None
     return case if scope is None else views.case_for("enterprise", case)
+
+
+def get_case(engine: Engine, case_id: str) -> dict[str, Any] | None:
+    """A case with its events, alerts, notices, answers and ticket, unscoped; None when unknown."""
+    with reading(engine).connect() as conn:
+        m = conn.execute(select(cases_t).where(cases_t.c.id == case_id)).mappings().first()
+        if m is None:
+            return None
+        out = cases.case_dict(m)
+        out["events"] = events_of(conn, case_id)
+        out["alerts"] = cases.alerts_of(conn, case_id)
+        out["notices"] = [dict(r) for r in conn.execute(select(notices).where(notices.c.case_id == case_id)
+                                                        .order_by(notices.c.created_at, notices.c.id)).mappings()]
+        out["notices"] += _listed_in(conn, out)
+        out["answers"] = [{**r, "received_at": as_utc(r["received_at"])} for r in conn.execute(
+            select(answers).where(answers.c.case_id == case_id).order_by(answers.c.received_at)).mappings()]
+        out["ticket"] = tickets.ticket_of_case(conn, case_id)
+        return out
+
+
+def _listed_in(conn: Connection, case: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Notices keyed to another case of the same enterprise that list this case too (one notice
+    per enterprise and pass, cases.enqueue_pass)."""
+    rows = conn.execute(select(notices).where(
+        notices.c.audience == "enterprise", notices.c.recipient == case["enterprise_id"],
+        notices.c.kind.in_(("rectification_notice", "reopened")), notices.c.case_id != case["id"],
+        notices.c.created_at >= case["opened_at"]).order_by(notices.c.created_at, notices.c.id)).mappings()
+    return [dict(r) for r in rows if any(c.get("case_id") == case["id"] for c in (r["payload"] or {}).get("cases", []))]
 
 
 def case_changes_since(engine: Engine, since: datetime, limit: int = 500) -> list[dict[str, Any]]:
@@ -300,25 +325,46 @@ def _ticket_select(officer: str | None) -> Select[Any]:
     return q if officer is None else q.where(or_(t.officer.is_(None), t.officer == officer))
 
 
-def _ticket_dict(m: Mapping[str, Any]) -> dict[str, Any]:
-    return {**m, **{k: as_utc(m[k]) for k in ("opened_at", "accepted_at", "closed_at")}}
-
-
 def list_tickets(engine: Engine, officer: str | None, status: str | None = None,
-                 limit: int = 200) -> list[dict[str, Any]]:
-    """Tickets, most urgent then oldest first; an officer sees unaccepted ones and its own."""
+                 limit: int = 200, assigned: str | None = None) -> list[dict[str, Any]]:
+    """Tickets, most urgent then oldest first; an officer sees unaccepted ones and its own;
+    `assigned` keeps only those routed to that officer."""
     t = tickets_t.c
     q = _ticket_select(officer).order_by(t.priority, t.opened_at, t.id).limit(_limit(limit))
-    if status:
-        q = q.where(t.status == status)
+    for col, val in ((t.status, status), (t.officer, assigned)):
+        if val:
+            q = q.where(col == val)
     with reading(engine).connect() as conn:
-        return [_ticket_dict(m) for m in conn.execute(q).mappings()]
+        return [tickets.ticket_dict(m) for m in conn.execute(q).mappings()]
 
 
 def ticket_row(engine: Engine, ticket_id: str, officer: str | None) -> dict[str, Any] | None:
     with reading(engine).connect() as conn:
         m = conn.execute(_ticket_select(officer).where(tickets_t.c.id == ticket_id)).mappings().first()
-    return _ticket_dict(m) if m else None
+    return tickets.ticket_dict(m) if m else None
+
+
+def get_ticket(engine: Engine, ticket_id: str) -> dict[str, Any] | None:
+    """A ticket with its case (events included), unscoped; None when unknown."""
+    t = ticket_row(engine, ticket_id, None)
+    return None if t is None else {**t, "case": get_case(engine, t["case_id"])}
+
+
+# -- grouped findings -------------------------------------------------------------------------------
+
+def list_groups(engine: Engine, status: str | None = None) -> list[dict[str, Any]]:
+    """Groups (one cause, many findings), newest window first, each with how many cases it holds."""
+    with reading(engine).connect() as conn:
+        return groups.list_groups(conn, status)
+
+
+def get_group(engine: Engine, group_id: str) -> dict[str, Any] | None:
+    """A group with its case ids; None when unknown."""
+    with reading(engine).connect() as conn:
+        try:
+            return groups.get_group(conn, group_id)
+        except groups.GroupError:
+            return None
 
 
 # -- counts -----------------------------------------------------------------------------------------
@@ -354,6 +400,27 @@ def summary(engine: Engine, kind: str | None = None, enterprise: str | None = No
         "notices_by_status": {"pending": 0, "delivered": 0, "failed": 0}
         | _counts(engine, select(n.status, func.count()).group_by(n.status)),
     }
+
+
+def list_emergencies(engine: Engine) -> list[dict[str, Any]]:
+    """Declared heavy-pollution emergencies, earliest start first, times aware UTC."""
+    with reading(engine).connect() as conn:
+        return [{**r, "declared_at": as_utc(r["declared_at"])} for r in context.list_emergencies(conn)]
+
+
+def positive_listed(engine: Engine, settings: Settings, enterprise_id: str, at: datetime) -> bool:
+    """Whether the enterprise is on the positive list at `at` (notify.context.positive_listed_at)."""
+    with reading(engine).connect() as conn:
+        return context.positive_listed_at(conn, settings, enterprise_id, at)
+
+
+def notice_counts(engine: Engine) -> tuple[dict[str, int], int]:
+    """Outbox rows per status, and how many are pending after a failed attempt (for metrics)."""
+    n = notices.c
+    retrying = select(func.count()).where(n.status == "pending", n.attempts > 0)
+    with reading(engine).connect() as conn:
+        pending_again = int(conn.execute(retrying).scalar_one())
+    return _counts(engine, select(n.status, func.count()).group_by(n.status)), pending_again
 
 
 def cases_by_state(engine: Engine) -> dict[str, int]:

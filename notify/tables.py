@@ -39,6 +39,7 @@ UTC_TIME = UTCDateTime()
 CASE_STATES = ("open", "notified", "acknowledged", "rectification_reported", "verified", "reopened",
                "escalated", "dismissed")
 CLOSED_STATES = ("verified", "dismissed")
+_NOT_CLOSED = text(f"state NOT IN ({', '.join(repr(s) for s in CLOSED_STATES)})")
 
 cases = Table(
     "cases", metadata,
@@ -71,8 +72,7 @@ cases = Table(
 # At most one open case per (enterprise, outlet, problem): the database enforces it, so two
 # instances racing on the same alert cannot both open a case.
 Index("uq_open_case", cases.c.enterprise_id, cases.c.outlet_id, cases.c.problem, unique=True,
-      sqlite_where=text("state NOT IN ('verified', 'dismissed')"),
-      postgresql_where=text("state NOT IN ('verified', 'dismissed')"))
+      sqlite_where=_NOT_CLOSED, postgresql_where=_NOT_CLOSED)
 
 case_alerts = Table(
     "case_alerts", metadata,

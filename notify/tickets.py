@@ -55,7 +55,8 @@ def ticket_id_for(case_id: str) -> str:
     return "T" + hashlib.sha256(f"ticket|{case_id}".encode()).hexdigest()[:23]
 
 
-def _row(m: Mapping[str, Any]) -> dict[str, Any]:
+def ticket_dict(m: Mapping[str, Any]) -> dict[str, Any]:
+    """A ticket row (and any joined columns) as a dict, times aware UTC (also notify.queries' rows)."""
     return with_utc_times(m, _TIMES)
 
 
@@ -63,12 +64,12 @@ def load_ticket(conn: Connection, ticket_id: str) -> dict[str, Any]:
     m = conn.execute(select(tickets).where(tickets.c.id == ticket_id)).mappings().first()
     if m is None:
         raise TicketError(f"no ticket {ticket_id!r}")
-    return _row(m)
+    return ticket_dict(m)
 
 
 def ticket_of_case(conn: Connection, case_id: str) -> dict[str, Any] | None:
     m = conn.execute(select(tickets).where(tickets.c.case_id == case_id)).mappings().first()
-    return _row(m) if m else None
+    return ticket_dict(m) if m else None
 
 
 def route_officer(settings: Settings, enterprise_id: str) -> Officer | None:

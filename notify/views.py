@@ -152,7 +152,7 @@ def notice_for(role: Role, notice: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def case_for(role: Role, case: Mapping[str, Any]) -> dict[str, Any]:
-    """A full case (notify.workflow.get_case) as `role` sees it."""
+    """A full case (notify.queries.get_case) as `role` sees it."""
     if role == "operator":
         return dict(case)
     if role == "officer":

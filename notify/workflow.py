@@ -5,7 +5,9 @@
     answer(engine, settings, enterprise_id, case_id, type, text, attachments, answer_id, at)
     act(engine, settings, case_id, action, at, actor, **kw)   # the center: dismiss, assign, ...
     officer_action(engine, settings, ticket_id, action, officer, at, **kw)
-    list_cases(engine, ...), get_case(engine, id), list_tickets(engine, ...), get_ticket(engine, id)
+
+It only writes: every read (cases, tickets, notices, answers, groups) is notify/queries.py's. A new
+case action goes to notify/cases.py (`transition`/`record`) and gets its entry point here.
 
 Each alert is its own transaction, so a crash loses at most the alert being processed, which the
 next run processes again (alerts are idempotent by id). Evidence packages are built after commit,
@@ -28,12 +30,8 @@ from detect.base import Alert
 from notify import attachments as attachment_files
 from notify import cases, context, filings, rules, tickets
 from notify import groups as groups_mod
-from notify import notices as notices_mod
-from notify.events import events_of
-from core.db import reading
-from core.time import as_utc, utc
-from notify.tables import CLOSED_STATES, answers, notices
-from notify.tables import cases as cases_t
+from core.time import utc
+from notify.tables import answers
 from notify.tables import tickets as tickets_t
 
 log = logging.getLogger(__name__)
@@ -80,7 +78,7 @@ def process_alerts(engine: Engine, settings: Settings, alerts: Iterable[Alert], 
 
     out = [_retrying(engine, lambda conn, a=a: one(conn, a)) for a in ordered]
     if deferred:
-        _retrying(engine, lambda conn: notices_mod.enqueue_pass(conn, settings, deferred, now))
+        _retrying(engine, lambda conn: cases.enqueue_pass(conn, settings, deferred, now))
     tick(engine, settings, now, evidence=evidence)
     return out
 
@@ -91,7 +89,7 @@ def tick(engine: Engine, settings: Settings, now: datetime, evidence: bool = Tru
     def settle(conn: Connection) -> list[dict[str, Any]]:
         unqueued = cases.unqueued_notices(conn)
         if unqueued:
-            notices_mod.enqueue_pass(conn, settings, unqueued, now)
+            cases.enqueue_pass(conn, settings, unqueued, now)
         return cases.tick(conn, settings, now)
 
     done = _retrying(engine, settle)
@@ -271,19 +269,6 @@ def route_ticket(engine: Engine, settings: Settings, ticket_id: str, officer: st
 
 # -- grouped findings -----------------------------------------------------------------------------
 
-def list_groups(engine: Engine, status: str | None = None) -> list[dict[str, Any]]:
-    with reading(engine).connect() as conn:
-        return groups_mod.list_groups(conn, status)
-
-
-def get_group(engine: Engine, group_id: str) -> dict[str, Any] | None:
-    with reading(engine).connect() as conn:
-        try:
-            return groups_mod.get_group(conn, group_id)
-        except groups_mod.GroupError:
-            return None
-
-
 def confirm_group(engine: Engine, settings: Settings, group_id: str, at: datetime, actor: str) -> dict[str, Any]:
     """A person confirms the grouped findings: each enterprise gets one notice listing its cases,
     with deadlines from then (from delivery, once confirmed)."""
@@ -294,7 +279,7 @@ def confirm_group(engine: Engine, settings: Settings, group_id: str, at: datetim
             if cases.load_case(conn, cid)["state"] == "open":
                 cases.apply_decisions(conn, settings, cid, [rules.Notify("rectification_notice")], at,
                                       actor=actor, deferred=deferred)
-        notices_mod.enqueue_pass(conn, settings, deferred, at)
+        cases.enqueue_pass(conn, settings, deferred, at)
         return g
     return _retrying(engine, work)
 
@@ -322,70 +307,3 @@ def declare_emergency(engine: Engine, level: str, start: datetime, end: datetime
 def set_positive_list(engine: Engine, enterprise_id: str, listed: bool, at: datetime, by: str, note: str = "") -> None:
     with engine.begin() as conn:
         context.set_positive_list(conn, enterprise_id, listed, at, by, note)
-
-
-# -- reading --------------------------------------------------------------------------------------
-
-def list_cases(engine: Engine, state: str | None = None, enterprise_id: str | None = None, open_only: bool = False,
-               limit: int = 200) -> list[dict[str, Any]]:
-    """Cases, newest first, filtered by state, enterprise, or open (not closed) only."""
-    q = select(cases_t).order_by(cases_t.c.opened_at.desc(), cases_t.c.id).limit(limit)
-    if state:
-        q = q.where(cases_t.c.state == state)
-    if enterprise_id:
-        q = q.where(cases_t.c.enterprise_id == enterprise_id)
-    if open_only:
-        q = q.where(cases_t.c.state.not_in(CLOSED_STATES))
-    with reading(engine).connect() as conn:
-        return [cases._row(m) for m in conn.execute(q).mappings()]
-
-
-def get_case(engine: Engine, case_id: str) -> dict[str, Any] | None:
-    """A case with its events, alerts, notices, answers and ticket; None when unknown."""
-    with reading(engine).connect() as conn:
-        m = conn.execute(select(cases_t).where(cases_t.c.id == case_id)).mappings().first()
-        if m is None:
-            return None
-        out = cases._row(m)
-        out["events"] = events_of(conn, case_id)
-        out["alerts"] = cases.alerts_of(conn, case_id)
-        out["notices"] = [dict(r) for r in conn.execute(select(notices).where(notices.c.case_id == case_id)
-                                                        .order_by(notices.c.created_at, notices.c.id)).mappings()]
-        out["notices"] += _listed_in(conn, out)
-        out["answers"] = [{**r, "received_at": as_utc(r["received_at"])} for r in conn.execute(
-            select(answers).where(answers.c.case_id == case_id).order_by(answers.c.received_at)).mappings()]
-        out["ticket"] = tickets.ticket_of_case(conn, case_id)
-        return out
-
-
-def _listed_in(conn: Connection, case: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Notices keyed to another case of the same enterprise that list this case too (one notice
-    per enterprise and pass, notices.enqueue_pass)."""
-    rows = conn.execute(select(notices).where(
-        notices.c.audience == "enterprise", notices.c.recipient == case["enterprise_id"],
-        notices.c.kind.in_(("rectification_notice", "reopened")), notices.c.case_id != case["id"],
-        notices.c.created_at >= case["opened_at"]).order_by(notices.c.created_at, notices.c.id)).mappings()
-    return [dict(r) for r in rows if any(c.get("case_id") == case["id"] for c in (r["payload"] or {}).get("cases", []))]
-
-
-def list_tickets(engine: Engine, status: str | None = None, officer: str | None = None,
-                 limit: int = 200) -> list[dict[str, Any]]:
-    """Tickets, most urgent then oldest first, with their case's enterprise, outlet and problem."""
-    q = (select(tickets_t, cases_t.c.enterprise_id, cases_t.c.outlet_id, cases_t.c.problem, cases_t.c.state)
-         .join(cases_t, cases_t.c.id == tickets_t.c.case_id)
-         .order_by(tickets_t.c.priority, tickets_t.c.opened_at, tickets_t.c.id).limit(limit))
-    if status:
-        q = q.where(tickets_t.c.status == status)
-    if officer:
-        q = q.where(tickets_t.c.officer == officer)
-    with reading(engine).connect() as conn:
-        return [tickets._row(m) for m in conn.execute(q).mappings()]
-
-
-def get_ticket(engine: Engine, ticket_id: str) -> dict[str, Any] | None:
-    """A ticket with its case (events included); None when unknown."""
-    with reading(engine).connect() as conn:
-        m = conn.execute(select(tickets_t).where(tickets_t.c.id == ticket_id)).mappings().first()
-    if m is None:
-        return None
-    return {**tickets._row(m), "case": get_case(engine, m["case_id"])}

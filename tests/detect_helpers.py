@@ -13,7 +13,8 @@ from typing import Any
 from config.lookup import Lookup
 from config.schema import Registry
 from core.influx import Influx
-from ingest.model import CHINA_TZ, Packet
+from core.time import CHINA_TZ
+from ingest.model import Packet
 from ingest.schema import event_line, station_lines
 
 UTC = timezone.utc

@@ -25,7 +25,7 @@ from detect.store import AlertStore
 from core.influx import Influx
 from ingest.model import MobileFix
 from ingest.schema import mobile_line
-from notify import workflow
+from notify import queries
 from core.db import make_engine
 from tests.apikit import T0, TOKENS, H, ServedApp, alert, center_overrides, registry, seed_case, serve
 from tests.detect_helpers import minute_lines
@@ -50,7 +50,7 @@ def iso(t: datetime) -> str:
 
 
 def state(env: dict[str, Any], case_id: str) -> str:
-    return workflow.get_case(env["engine"], case_id)["state"]  # type: ignore[index]
+    return queries.get_case(env["engine"], case_id)["state"]  # type: ignore[index]
 
 
 def test_answers_over_http_move_the_case(env: dict[str, Any]) -> None:

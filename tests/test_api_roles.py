@@ -14,7 +14,7 @@ import pytest
 
 from center.app import create_app
 from center.service import prepare_store
-from notify import workflow
+from notify import queries, workflow
 from core.db import make_engine
 from tests.apikit import T0, H, ServedApp, center_overrides, registry, seed_case, serve
 
@@ -29,7 +29,7 @@ def world(settings_factory: Callable[..., Any], tmp_path: Path) -> Iterator[dict
     for key in ("a", "b"):  # each case escalated: a ticket each
         workflow.act(engine, settings, cases[key], "escalate", now, "center:test", priority="P2")
     workflow.tick(engine, settings, now, evidence=False)  # ticket notices follow the escalation (no evidence here)
-    tickets = {t["enterprise_id"]: t["id"] for t in workflow.list_tickets(engine)}
+    tickets = {t["enterprise_id"]: t["id"] for t in queries.list_tickets(engine, None)}
     served = serve(create_app(settings, engine))
     yield {"srv": served, "cases": cases, "tickets": tickets, "engine": engine}
     served.stop()
@@ -87,11 +87,11 @@ def test_enterprise_sees_only_notices_addressed_to_it(world: dict[str, Any]) -> 
 
 def test_enterprise_cannot_answer_another_enterprises_case(world: dict[str, Any]) -> None:
     b_case = world["cases"]["b"]
-    before = workflow.get_case(world["engine"], b_case)
+    before = queries.get_case(world["engine"], b_case)
     with world["srv"].client("a") as c:
         r = c.post(f"/api/cases/{b_case}/answers", json={"answer_id": "a-1", "type": "acknowledge", "text": "ok"})
     assert r.status_code == 404
-    after = workflow.get_case(world["engine"], b_case)
+    after = queries.get_case(world["engine"], b_case)
     assert after is not None and before is not None
     assert (after["state"], len(after["events"]), after["answers"]) == (before["state"], len(before["events"]), [])
 
@@ -111,7 +111,7 @@ def test_enterprise_cannot_use_operator_or_officer_endpoints(world: dict[str, An
             r = c.request(method, path, json=body)
             assert r.status_code == 403, (method, path, r.text)
             assert "role" in r.json()["detail"] and "enterprise" in r.json()["detail"]
-    assert workflow.get_case(world["engine"], a_case)["state"] == "escalated"  # type: ignore[index]
+    assert queries.get_case(world["engine"], a_case)["state"] == "escalated"  # type: ignore[index]
 
 
 def test_enterprise_registry_view_is_its_own_entry(world: dict[str, Any]) -> None:

@@ -36,7 +36,7 @@ from center.service import prepare_store
 from devtools.simulate import generate
 from detect.store import AlertStore
 from ingest.decode import decode_payload, key_lookup
-from notify import views, workflow
+from notify import queries, views, workflow
 from notify.channels import MQTTChannel
 from notify.outbox import Dispatcher
 from core.db import make_engine
@@ -144,7 +144,7 @@ def _enforce_one(world: dict[str, Any]) -> str:
             assert c.post(f"/api/cases/{case_id}/actions", json=body).status_code == 200, body
         (ticket,) = [t for t in c.get("/api/tickets").json() if t["case_id"] == case_id]
     workflow.build_missing_evidence(world["engine"], world["settings"], datetime.now(timezone.utc))
-    assert workflow.get_ticket(world["engine"], ticket["id"])["evidence_path"]  # type: ignore[index]
+    assert queries.get_ticket(world["engine"], ticket["id"])["evidence_path"]  # type: ignore[index]
     return str(ticket["id"])
 
 

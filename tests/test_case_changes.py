@@ -10,7 +10,7 @@ from typing import Any, Callable
 import pytest
 from sqlalchemy import Engine, Connection
 
-from notify import cases, rules, workflow
+from notify import cases, queries, rules, workflow
 from tests.casekit import H, T0, alert, make_settings, pg_cluster, store_engine  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ def _open(engine: Engine, settings) -> str:
 
 def _snapshot(engine: Engine, case_id: str) -> tuple[int, int]:
     """(version, number of events) of a case."""
-    case = workflow.get_case(engine, case_id)
+    case = queries.get_case(engine, case_id)
     return case["version"], len(case["events"])
 
 
@@ -35,7 +35,7 @@ def _changes(engine: Engine, case_id: str, change: Callable[[], Any]) -> tuple[i
     """Run `change`; returns (how much the version grew, the types of the events it appended)."""
     version, n = _snapshot(engine, case_id)
     change()
-    after = workflow.get_case(engine, case_id)
+    after = queries.get_case(engine, case_id)
     return after["version"] - version, [e["type"] for e in after["events"][n:]]
 
 
@@ -90,7 +90,7 @@ def test_a_joining_alert_bumps_the_version_with_alert_attached(store_engine: Eng
 
 def test_a_confirmed_delivery_bumps_the_version_with_notice_delivered(store_engine: Engine, settings) -> None:
     cid = _open(store_engine, settings)
-    seq = workflow.get_case(store_engine, cid)["clock_seq"]
+    seq = queries.get_case(store_engine, cid)["clock_seq"]
     grew, appended = _changes(store_engine, cid, _in_tx(store_engine, lambda conn: cases.confirm_delivery(
         conn, settings, cid, seq, T0 + 2 * H, "n1", "mqtt")))
     assert appended == ["notice_delivered"] and grew == 1

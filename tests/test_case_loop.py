@@ -22,9 +22,9 @@ from center.service import prepare_store
 from config.schema import Settings
 from detect.base import Alert
 from detect.store import AlertStore
-from notify import workflow
+from notify import queries, workflow
 from notify.channels import MQTTChannel, WebhookChannel
-from notify.cli import print_tickets
+from center.cases_cli import print_tickets
 from notify.outbox import Dispatcher
 from core.db import make_engine
 from notify.tables import notices
@@ -89,7 +89,7 @@ def enterprise_notices(engine: Engine, case_id: str | None = None) -> list[dict[
 
 
 def events(engine: Engine, case_id: str, type: str) -> list[dict[str, Any]]:
-    return [e for e in workflow.get_case(engine, case_id)["events"] if e["type"] == type]
+    return [e for e in queries.get_case(engine, case_id)["events"] if e["type"] == type]
 
 
 # -- 1. fair deadlines ------------------------------------------------------------------------------
@@ -103,19 +103,19 @@ def test_a_catch_up_after_a_six_hour_outage_escalates_nobody_early(settings_fact
     out = workflow.process_alerts(engine, settings, late, now, evidence=False)
     ids = [o["case_id"] for o in out]
     for cid in ids:
-        case = workflow.get_case(engine, cid)
+        case = queries.get_case(engine, cid)
         assert case["state"] == "notified" and case["opened_at"] <= now - 4 * H  # the finding: event time
         assert case["ack_due_at"] == now + 4 * H  # the obligation: from when it was sent, not the data
     # Ticking at the sending time (as the old code did, stamped with data time) finds nobody overdue.
     workflow.tick(engine, settings, now + S, evidence=False)
-    assert all(workflow.get_case(engine, c)["state"] == "notified" for c in ids)
+    assert all(queries.get_case(engine, c)["state"] == "notified" for c in ids)
 
     # The notice is delivered 40 s later: the deadlines run from the delivery, and the notice said
     # a deadline after its delivery.
     delivered = now + 40 * S
     assert Dispatcher(engine, settings, {"mqtt": MQTTChannel(settings)}).run_once(delivered).delivered == 2
     cid = ids[0]
-    case = workflow.get_case(engine, cid)
+    case = queries.get_case(engine, cid)
     assert case["notified_at"] == delivered
     assert case["ack_due_at"] == delivered + 4 * H and case["deadline_at"] == delivered + 24 * H
     (notice,) = enterprise_notices(engine, cid)
@@ -131,12 +131,12 @@ def test_a_catch_up_after_a_six_hour_outage_escalates_nobody_early(settings_fact
     assert len(reminders) == 1 and reminders[0]["recipient"] == "EA" and "尚未确认收到整改通知，请于" in reminders[0]["body"]
     assert events(engine, cid, "notice_decided")[-1]["at"] == delivered + 3 * H
     workflow.tick(engine, settings, delivered + 4 * H, evidence=False)
-    assert workflow.get_case(engine, cid)["state"] == "notified"
+    assert queries.get_case(engine, cid)["state"] == "notified"
     assert len([n for n in enterprise_notices(engine, cid) if n["kind"] == "reminder"]) == 1  # once
 
     # Escalated only after the period from delivery, stamped when it fell due.
     workflow.tick(engine, settings, delivered + 4 * H + S, evidence=False)
-    case = workflow.get_case(engine, cid)
+    case = queries.get_case(engine, cid)
     (esc,) = events(engine, cid, "escalated")
     assert case["state"] == "escalated" and esc["at"] == delivered + 4 * H
     assert esc["data"]["missing"] == "acknowledgement" and esc["actor"] == "system"
@@ -152,10 +152,10 @@ def test_a_notice_whose_delivery_keeps_failing_holds_its_deadlines(settings_fact
     webhook = Dispatcher(engine, settings, {"webhook": WebhookChannel(settings, timeout_s=1)}, base_delay_s=1)
     assert webhook.run_once(now).retried == 1  # failing, to be retried
     workflow.tick(engine, settings, now + 10 * H, evidence=False)  # long past the provisional due time
-    assert workflow.get_case(engine, out["case_id"])["state"] == "notified"
+    assert queries.get_case(engine, out["case_id"])["state"] == "notified"
     later = now + 11 * H
     Dispatcher(engine, settings, {"mqtt": MQTTChannel(settings)}).run_once(later)  # another channel gets through
-    case = workflow.get_case(engine, out["case_id"])
+    case = queries.get_case(engine, out["case_id"])
     assert case["notified_at"] == later and case["ack_due_at"] == later + 4 * H
 
 
@@ -181,7 +181,7 @@ def test_escalation_goes_to_the_routed_officer_not_the_assignee(served: tuple[Se
         r = c.post(f"/api/cases/{cid}/actions", json={"action": "escalate", "priority": "P1"})
         assert r.status_code == 200, r.text
     workflow.tick(engine, settings, datetime.now(timezone.utc), evidence=False)
-    case = workflow.get_case(engine, cid)
+    case = queries.get_case(engine, cid)
     assert case["assignee"] == "center-zhang"
     assert case["ticket"]["officer"] == case["ticket"]["routed_to"] == "OFF1"  # EA is in 东区
     ticket_notices = [n for n in case["notices"] if n["kind"] == "ticket"]
@@ -205,7 +205,7 @@ def test_the_operator_routes_to_another_officer_never_to_anyone_else(served: tup
     now = datetime.now(timezone.utc)
     cid = workflow.process_alerts(engine, settings, [alert("EB", now - 2 * H)], now - H, evidence=False)[0]["case_id"]
     workflow.act(engine, settings, cid, "escalate", now, "center:wang", priority="P2")
-    assert workflow.get_case(engine, cid)["ticket"]["officer"] == "OFF2"  # EB is in 西区
+    assert queries.get_case(engine, cid)["ticket"]["officer"] == "OFF2"  # EB is in 西区
     with srv.client("op") as c:
         for who in ("center-zhang", "EB", "wang"):  # staff, the enterprise, the operator: not officers
             r = c.post(f"/api/cases/{cid}/actions", json={"action": "route", "officer": who})
@@ -215,7 +215,7 @@ def test_the_operator_routes_to_another_officer_never_to_anyone_else(served: tup
     (routed,) = events(engine, cid, "ticket_routed")
     assert routed["actor"] == "center:wang" and routed["data"]["previous"] == "OFF2"
     with srv.client("off") as c:
-        tid = workflow.get_case(engine, cid)["ticket"]["id"]
+        tid = queries.get_case(engine, cid)["ticket"]["id"]
         assert tid in [t["id"] for t in c.get("/api/tickets").json()]
         assert c.post(f"/api/tickets/{tid}/actions", json={"action": "accept"}).status_code == 200
     assert events(engine, cid, "ticket_accepted")[0]["actor"] == "officer:OFF1"
@@ -258,7 +258,7 @@ def test_every_time_the_api_returns_carries_its_zone(served: tuple[ServedApp, Se
     Dispatcher(engine, settings, {"mqtt": MQTTChannel(settings)}).run_once()
     workflow.act(engine, settings, cid, "escalate", now, "center:wang")
     workflow.tick(engine, settings, now, evidence=False)
-    tid = workflow.get_case(engine, cid)["ticket"]["id"]
+    tid = queries.get_case(engine, cid)["ticket"]["id"]
     seen = []
     with srv.client("op") as c:
         for path in (f"/api/cases/{cid}", "/api/cases", "/api/notices", "/api/tickets", f"/api/tickets/{tid}",
@@ -293,14 +293,14 @@ def test_a_city_wide_gap_is_one_held_group_until_a_person_confirms(served: tuple
         assert c.post(f"/api/groups/{g['id']}/actions", json={"action": "dismiss"}).status_code == 422
     # Ticking long after: held cases have no deadlines, nobody is overdue.
     workflow.tick(engine, settings, midnight + 10 * 24 * H, evidence=False)
-    assert {c["state"] for c in workflow.list_cases(engine)} == {"open"}
+    assert {c["state"] for c in queries.list_cases(engine, None)} == {"open"}
     with srv.client("op") as c:
         r = c.post(f"/api/groups/{g['id']}/actions", json={"action": "confirm"})
         assert r.status_code == 200 and r.json()["status"] == "confirmed" and r.json()["decided_by"] == "center:wang"
         assert c.post(f"/api/groups/{g['id']}/actions", json={"action": "confirm"}).status_code == 409
     sent = [n for n in enterprise_notices(engine) if n["channel"] == "mqtt"]
     assert sorted(n["recipient"] for n in sent) == sorted(e["id"] for e in registry(8)["enterprises"])
-    assert {c["state"] for c in workflow.list_cases(engine)} == {"notified"}
+    assert {c["state"] for c in queries.list_cases(engine, None)} == {"notified"}
     assert all(events(engine, o["case_id"], "notified")[0]["actor"] == "center:wang" for o in out)
 
 
@@ -310,9 +310,9 @@ def test_a_dismissed_group_closes_its_cases_with_the_reason(settings_factory: Ca
     t = datetime(2026, 3, 1, 16, 0, tzinfo=timezone.utc)
     gap = [alert(e["id"], t, kind="offline", value=None) for e in registry(8)["enterprises"]]
     workflow.process_alerts(engine, settings, gap, t + 2 * H, evidence=False)
-    (g,) = workflow.list_groups(engine)
+    (g,) = queries.list_groups(engine)
     workflow.dismiss_group(engine, settings, g["id"], t + 3 * H, "center:wang", "network outage at the center")
-    cases = workflow.list_cases(engine)
+    cases = queries.list_cases(engine, None)
     assert {c["state"] for c in cases} == {"dismissed"}
     assert all("network outage at the center" in c["dismiss_reason"] for c in cases)
     assert enterprise_notices(engine) == []
@@ -322,7 +322,7 @@ def test_few_findings_of_a_kind_are_not_grouped(settings_factory: Callable[..., 
     settings = make(settings_factory, n=8)
     t = datetime(2026, 3, 1, 16, 0, tzinfo=timezone.utc)
     out = workflow.process_alerts(engine, settings, [alert("EB", t, kind="offline", value=None)], t + H, evidence=False)
-    assert workflow.list_groups(engine) == [] and out[0]["decisions"]
+    assert queries.list_groups(engine) == [] and out[0]["decisions"]
     assert [n["recipient"] for n in enterprise_notices(engine) if n["channel"] == "mqtt"] == ["EB"]
 
 
@@ -340,10 +340,10 @@ def test_an_enterprise_with_several_findings_in_one_pass_gets_one_notice(setting
     assert sorted(c["case_id"] for c in both["payload"]["cases"]) == ea
     assert all(cid in both["body"] for cid in ea) and "2 项问题" in both["subject"]
     for cid in ea:  # each case shows the notice (GET /api/cases/{id})
-        assert both["id"] in [n["id"] for n in workflow.get_case(engine, cid)["notices"]]
+        assert both["id"] in [n["id"] for n in queries.get_case(engine, cid)["notices"]]
     Dispatcher(engine, settings, {"mqtt": MQTTChannel(settings)}).run_once(now + 30 * S)
     for cid in ea:  # the one delivery starts both cases' deadlines
-        assert workflow.get_case(engine, cid)["notified_at"] == now + 30 * S
+        assert queries.get_case(engine, cid)["notified_at"] == now + 30 * S
 
 
 # -- 8. formal notices ----------------------------------------------------------------------------
@@ -381,10 +381,10 @@ def test_notices_a_crashed_pass_never_queued_go_out_at_the_next_tick(settings_fa
     now = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
     with engine.begin() as conn:  # the pass's alert transaction committed; the process died before queueing
         cases.ingest_alerts(conn, settings, [alert("EA", now - 2 * H)], now, None, [])
-    (case,) = workflow.list_cases(engine)
+    (case,) = queries.list_cases(engine, None)
     assert case["state"] == "notified" and case["ack_due_at"] is None and enterprise_notices(engine) == []
     workflow.tick(engine, settings, now + 30 * 24 * H, evidence=False)  # long after: not overdue, told now
-    case = workflow.get_case(engine, case["id"])
+    case = queries.get_case(engine, case["id"])
     assert case["state"] == "notified" and case["ack_due_at"] == now + 30 * 24 * H + 4 * H
     assert [n["recipient"] for n in enterprise_notices(engine) if n["channel"] == "mqtt"] == ["EA"]
 
@@ -395,7 +395,7 @@ def test_cli_escalates_and_routes_as_the_person_at_the_terminal(tmp_path: Path) 
     from typer.testing import CliRunner
 
     from config import load
-    from notify import cli
+    from center import cases_cli as cli
     from core.db import engine_from_settings, migrate
 
     cfg = tmp_path / "c.yaml"
@@ -415,7 +415,7 @@ def test_cli_escalates_and_routes_as_the_person_at_the_terminal(tmp_path: Path) 
     cid = workflow.process_alerts(engine, settings, [alert("EB", now - 2 * H)], now - H, evidence=False)[0]["case_id"]
     r = runner.invoke(app, ["cases", "escalate", cid, "--by", "zhang", "-c", str(cfg)])
     assert r.exit_code == 0 and "OFF2" in r.output, r.output
-    tid = workflow.get_case(engine, cid)["ticket"]["id"]
+    tid = queries.get_case(engine, cid)["ticket"]["id"]
     r = runner.invoke(app, ["tickets", "route", tid, "--officer", "zhang", "--by", "zhang", "-c", str(cfg)])
     assert r.exit_code == 2 and "is not an officer" in r.output
     r = runner.invoke(app, ["tickets", "route", tid, "--officer", "OFF1", "--by", "zhang", "-c", str(cfg)])
@@ -435,5 +435,5 @@ def test_a_gap_split_over_several_passes_is_still_one_group(settings_factory: Ca
     AlertStore(engine).upsert_alerts(gap)  # detection stored them all; the workflow takes 3 per pass
     for i in range(0, 8, 3):
         workflow.process_alerts(engine, settings, gap[i:i + 3], t + 2 * H, evidence=False)
-    (g,) = workflow.list_groups(engine)
+    (g,) = queries.list_groups(engine)
     assert g["cases"] == 8 and enterprise_notices(engine) == []

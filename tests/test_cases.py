@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, update
 
-from notify import cases, events, tickets, workflow
+from notify import cases, events, queries, tickets, workflow
 from notify.tables import CASE_STATES, case_events, notices
 from tests.casekit import (D, H, S, T0, alert, all_cases, count, decided, event_types, make_settings,  # noqa: F401
                            pg_cluster, store_engine)
@@ -26,7 +26,7 @@ def _open(engine: Engine, settings, a=None) -> str:
 
 
 def _state(engine: Engine, case_id: str) -> str:
-    return workflow.get_case(engine, case_id)["state"]
+    return queries.get_case(engine, case_id)["state"]
 
 
 def _do(engine: Engine, fn, *args, **kw):
@@ -38,7 +38,7 @@ def _do(engine: Engine, fn, *args, **kw):
 
 def test_new_alert_opens_a_notified_case_with_deadlines(store_engine: Engine, settings) -> None:
     cid = _open(store_engine, settings)
-    case = workflow.get_case(store_engine, cid)
+    case = queries.get_case(store_engine, cid)
     assert case["state"] == "notified"
     assert case["opened_at"] == T0 + H  # event time: when the alert's window closed
     assert case["ack_due_at"] == T0 + 5 * H and case["deadline_at"] == T0 + 25 * H
@@ -56,7 +56,7 @@ def test_alerts_of_the_same_problem_join_the_open_case_without_a_new_notice(stor
     assert len(all_cases(store_engine)) == 1
     assert decided(store_engine, cid) == ["rectification_notice"]
     assert count(store_engine, notices) == notices_before
-    assert workflow.get_case(store_engine, cid)["severity"] == "major"  # raised by the worse alert
+    assert queries.get_case(store_engine, cid)["severity"] == "major"  # raised by the worse alert
 
 
 def test_other_outlet_problem_or_enterprise_opens_its_own_case(store_engine: Engine, settings) -> None:
@@ -99,12 +99,12 @@ def test_full_happy_path_acknowledge_report_verify(store_engine: Engine, setting
     assert r["accepted"] and _state(store_engine, cid) == "acknowledged"
     workflow.answer(store_engine, settings, "E1", cid, "rectification", "fixed the scrubber",
                     [{"name": "photo.jpg", "sha256": "ab" * 32, "size": 3, "path": "/x/photo.jpg"}], "a2", T0 + 10 * H)
-    case = workflow.get_case(store_engine, cid)
+    case = queries.get_case(store_engine, cid)
     assert case["state"] == "rectification_reported" and case["verify_until"] == T0 + 82 * H
     workflow.tick(store_engine, settings, T0 + 82 * H + 300 * S, evidence=False)  # within the late-data grace
     assert _state(store_engine, cid) == "rectification_reported"
     workflow.tick(store_engine, settings, T0 + 82 * H + 301 * S, evidence=False)
-    case = workflow.get_case(store_engine, cid)
+    case = queries.get_case(store_engine, cid)
     assert case["state"] == "verified" and case["closed_at"] == T0 + 82 * H
     assert decided(store_engine, cid) == ["rectification_notice", "closed"]
     assert [a["id"] for a in case["answers"]] == ["a1", "a2"]
@@ -129,7 +129,7 @@ def test_recurrence_during_verification_reopens_with_new_deadlines(store_engine:
     cid = _open(store_engine, settings)
     workflow.answer(store_engine, settings, "E1", cid, "rectification", "fixed", [], "r1", T0 + 3 * H)
     workflow.process_alerts(store_engine, settings, [alert(T0 + 20 * H)], T0 + 21 * H, evidence=False)
-    case = workflow.get_case(store_engine, cid)
+    case = queries.get_case(store_engine, cid)
     assert case["state"] == "reopened" and case["verify_until"] is None
     assert case["ack_due_at"] == T0 + 25 * H and case["deadline_at"] == T0 + 45 * H
     assert decided(store_engine, cid) == ["rectification_notice", "reopened"]
@@ -235,7 +235,7 @@ def test_every_action_in_every_state_is_allowed_or_refused_clearly(store_engine:
 def test_allowed_transition(store_engine: Engine, settings, state: str, action: str, to: str) -> None:
     cid = _case_in(store_engine, settings, state)
     _try(store_engine, settings, cid, action)
-    case = workflow.get_case(store_engine, cid)
+    case = queries.get_case(store_engine, cid)
     assert case["state"] == to
     last = case["events"][-1]
     assert last["type"] == cases.EVENT_TYPES[action] and last["data"]["from"] == state and last["data"]["to"] == to
@@ -273,7 +273,7 @@ def test_answers_are_idempotent_and_checked(store_engine: Engine, settings, tmp_
     n = count(store_engine, case_events)
     r2 = workflow.answer(store_engine, settings, "E1", cid, "rectification", "fixed", [Att()], "x1", T0 + 2 * H)
     assert r1["status"] == "accepted" and r2["status"] == "duplicate" and count(store_engine, case_events) == n
-    att = workflow.get_case(store_engine, cid)["answers"][0]["attachments"][0]
+    att = queries.get_case(store_engine, cid)["answers"][0]["attachments"][0]
     assert att["name"] == "report.pdf" and Path(att["path"]).read_bytes() == b"%PDF-1.4 fixed" and att["size"] == 14
     with pytest.raises(workflow.AnswerError, match="not a case of enterprise EA"):
         workflow.answer(store_engine, settings, "EA", cid, "acknowledge", "", [], "x2", T0 + 2 * H)
@@ -296,7 +296,7 @@ def test_answer_on_an_escalated_case_is_kept_but_does_not_move_it(store_engine: 
 
 def test_ticket_lifecycle_closes_the_case(store_engine: Engine, settings) -> None:
     cid = _case_in(store_engine, settings, "escalated")
-    t = workflow.get_case(store_engine, cid)["ticket"]
+    t = queries.get_case(store_engine, cid)["ticket"]
     assert t["status"] == "open" and t["reason"] == "manual" and t["priority"] == "P2" and t["evidence_path"] is None
     # Evidence first (issue 10): the ticket notice waits for the package; without a builder it goes at the tick.
     assert decided(store_engine, cid)[-1] == "rectification_notice"
@@ -317,7 +317,7 @@ def test_ticket_lifecycle_closes_the_case(store_engine: Engine, settings) -> Non
         workflow.officer_action(store_engine, settings, t["id"], "close", "zhao", T0 + 3 * D, outcome="meh")
     t = workflow.officer_action(store_engine, settings, t["id"], "close", "zhao", T0 + 3 * D, outcome="penalized")
     assert t["status"] == "closed" and t["closed_at"] == T0 + 3 * D and t["officer"] == "zhao"
-    case = workflow.get_case(store_engine, cid)
+    case = queries.get_case(store_engine, cid)
     assert case["state"] == "verified"
     assert [e["type"] for e in case["events"]][-4:] == ["ticket_accepted", "ticket_findings_recorded",
                                                          "ticket_closed", "enforcement_closed"]
@@ -327,13 +327,13 @@ def test_ticket_lifecycle_closes_the_case(store_engine: Engine, settings) -> Non
 
 def test_no_violation_dismisses_the_case(store_engine: Engine, settings) -> None:
     cid = _case_in(store_engine, settings, "escalated")
-    tid = workflow.get_case(store_engine, cid)["ticket"]["id"]
+    tid = queries.get_case(store_engine, cid)["ticket"]["id"]
     for action, kw in (("accept", {}), ("record_findings", {"findings": "analyser fault, certified"}),
                        ("close", {"outcome": "no_violation"})):
         workflow.officer_action(store_engine, settings, tid, action, "zhao", T0 + D, **kw)
-    case = workflow.get_case(store_engine, cid)
+    case = queries.get_case(store_engine, cid)
     assert case["state"] == "dismissed" and case["dismiss_reason"] == "enforcement: no_violation"
-    assert [t["id"] for t in workflow.list_tickets(store_engine, status="closed")] == [tid]
+    assert [t["id"] for t in queries.list_tickets(store_engine, None, status="closed")] == [tid]
 
 
 # -- the event chain ------------------------------------------------------------------------------
@@ -391,7 +391,7 @@ def test_naive_event_time_is_refused(store_engine: Engine, settings) -> None:
 def test_cli_lists_and_shows_cases_and_tickets(store_engine: Engine, settings) -> None:
     from rich.console import Console
 
-    from notify import cli
+    from center import cases_cli as cli
 
     cid = _case_in(store_engine, settings, "escalated")
     out = Console(record=True, width=250)
@@ -402,7 +402,7 @@ def test_cli_lists_and_shows_cases_and_tickets(store_engine: Engine, settings) -
     assert cid in text_zh and "已移交执法" in text_zh and "待受理" in text_zh and "决定发送通知" in text_zh  # events in words
     en = Console(record=True, width=250)
     cli.print_cases(store_engine, en, lang="en")
-    tid = workflow.get_case(store_engine, cid)["ticket"]["id"]
+    tid = queries.get_case(store_engine, cid)["ticket"]["id"]
     assert cli.print_ticket(store_engine, en, tid, lang="en")
     text_en = en.export_text()
     assert "escalated" in text_en and "已" not in text_en and tid in text_en
@@ -413,7 +413,7 @@ def test_cli_commands_through_typer(tmp_path: Path) -> None:
     import yaml
     from typer.testing import CliRunner
 
-    from notify import cli
+    from center import cases_cli as cli
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"ingest": {"state_dir": str(tmp_path / "state")}}))
@@ -457,20 +457,20 @@ def test_ticket_gets_its_evidence_package_once_influxdb_answers(tmp_path: Path, 
     down = make_settings(tmp_path / "state", officers=[{"id": "zhao", "name": "执法一队 赵"}])
     down = down.model_copy(update={"influxdb": influx_settings.model_copy(update={"url": f"http://127.0.0.1:{free_port()}"})})
     cid = workflow.process_alerts(engine, down, [alert(T0, value=90.0)], T0 + H)[0]["case_id"]
-    t = workflow.get_case(engine, cid)["ticket"]
+    t = queries.get_case(engine, cid)["ticket"]
     assert t is not None and t["evidence_path"] is None  # InfluxDB unreachable: the ticket does not wait
     up = down.model_copy(update={"influxdb": influx_settings})
     workflow.tick(engine, up, T0 + 2 * H)  # retried on the next tick
-    t = workflow.get_case(engine, cid)["ticket"]
+    t = queries.get_case(engine, cid)["ticket"]
     assert t["evidence_path"] and len(t["evidence_digest"]) == 64
     assert evidence.verify(t["evidence_path"], expected_digest=t["evidence_digest"]).ok
     # Evidence first (issue 10): the package is locked, then the officer's notice is decided, with it.
     assert event_types(engine, cid)[-2:] == ["evidence_locked", "notice_decided"]
-    (ticket_notice,) = [n for n in workflow.get_case(engine, cid)["notices"] if n["kind"] == "ticket"]
+    (ticket_notice,) = [n for n in queries.get_case(engine, cid)["notices"] if n["kind"] == "ticket"]
     package = Path(t["evidence_path"]).name
     assert t["evidence_digest"] in ticket_notice["body"] and package in ticket_notice["body"]
     assert ticket_notice["payload"]["ticket"]["evidence_id"] == package
     assert ticket_notice["payload"]["ticket"]["evidence_digest"] == t["evidence_digest"]
     workflow.tick(engine, up, T0 + 3 * H)
-    assert workflow.get_case(engine, cid)["ticket"]["evidence_path"] == t["evidence_path"]  # built once
+    assert queries.get_case(engine, cid)["ticket"]["evidence_path"] == t["evidence_path"]  # built once
     engine.dispose()

@@ -104,6 +104,22 @@ def test_detector_kinds_and_parameters_are_checked(tmp_path: Path) -> None:
                and line.endswith(f"did you mean {params[0]!r}?") for line in lines), r.stderr
 
 
+def test_a_detector_parameter_of_the_wrong_type_is_refused_by_config_check(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("detect:\n  detectors:\n    exceedance:\n      params: {major_factor: lots, min_valid_hours: 1.5}\n"
+                   "    hotspot:\n      params: {radius_m: 300}\n", encoding="utf-8")
+    r = check(cfg)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"  {cfg}:4: detect.detectors.exceedance.params.major_factor: exceedance's major_factor takes float, " \
+           "not 'lots'" in r.stderr.splitlines(), r.stderr
+    assert f"  {cfg}:4: detect.detectors.exceedance.params.min_valid_hours: exceedance's min_valid_hours takes int, " \
+           "not 1.5" in r.stderr.splitlines(), r.stderr
+    assert "radius_m" not in r.stderr  # an int where a float is wanted is a number all the same
+    cfg.write_text("detect:\n  detectors:\n    exceedance:\n      params: {major_factor: 2, min_valid_hours: 18}\n",
+                   encoding="utf-8")
+    assert check(cfg).returncode == 0
+
+
 def test_every_problem_names_file_and_line(tmp_path: Path) -> None:
     cfg = tmp_path / "envwatch.yaml"
     cfg.write_text("broker:\n  host: 127.0.0.1\n  port: 70000\n"

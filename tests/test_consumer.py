@@ -30,7 +30,8 @@ from ingest import hj212
 from ingest.consumer import Batch, Ingest, Message, Pipeline, status_line
 from ingest.deadletter import DeadLetters, deadletter_path
 from core.influx import Influx
-from ingest.model import CHINA_TZ, Reason
+from core.time import CHINA_TZ
+from ingest.model import Reason
 
 MN_GAS, MN_WATER, MN_OTHER = "37990001010001", "37990001020001", "37990002010001"
 DRONE = "UAV01"

@@ -157,7 +157,7 @@ def test_run_cli_mixed_input() -> None:
 
     from ingest.hj212 import build_segment, encode
     from ingest.decode import run_cli
-    from ingest.model import CHINA_TZ
+    from core.time import CHINA_TZ
 
     key_hex = "00112233445566778899AABBCCDDEEFF"
     mn = "0102030405060708090A0B0C"

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from ingest.decode import decode_payload, decode_line, to_json
 from ingest.hj212 import build_segment, encode
-from ingest.model import CHINA_TZ, Packet, Reason, Rejected
+from core.time import CHINA_TZ
+from ingest.model import Packet, Reason, Rejected
 
 KEY = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
 REASONS = set(Reason)

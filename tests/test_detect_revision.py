@@ -104,10 +104,10 @@ def test_data_revision_is_declared_everywhere_a_kind_is() -> None:
     from center import board
     from devtools import simulate
     from config.schema import EscalationSettings
-    from notify.notices import PROBLEM_LABELS
+    from notify.notices import problem_labels
 
     assert detector_classes()["data_revision"] is DataRevision
-    assert all("data_revision" in labels for labels in PROBLEM_LABELS.values())
+    assert all("data_revision" in labels for labels in problem_labels().values())
     assert "data_revision" in EscalationSettings().immediate_kinds
     assert "data_revision" in simulate.KINDS
     served = {k["kind"]: k for k in board.kinds()}

@@ -16,7 +16,8 @@ from rich.console import Console
 from center.metrics import Metrics
 from center.service_loops import DetectLoop
 from config.schema import InfluxSettings
-from detect.cli import detect_range, export_alerts, parse_time
+from core.time import parse_time
+from detect.cli import detect_range, export_alerts
 from detect.exceedance import Exceedance, InsufficientValidData
 from detect.publish import AlertPublisher
 from detect.runner import Runner, align_down, job_name, windows

@@ -19,7 +19,7 @@ from config.lookup import Lookup
 from config.schema import Settings
 from detect.runner import Runner
 from core.influx import Influx
-from notify import inbox, workflow
+from notify import inbox, queries, workflow
 from notify.channels import MQTTChannel
 from notify.evidence import verify
 from notify.outbox import Dispatcher
@@ -71,23 +71,23 @@ def test_exceedance_to_notice_to_rectification_to_recurrence_to_ticket_with_evid
 
     # 2. The enterprise reports rectification.
     workflow.answer(engine, settings, "E-power", case_id, "rectification", "脱硫循环泵已更换", [], "A-1", T0 + 3 * H)
-    assert workflow.get_case(engine, case_id)["state"] == "rectification_reported"
+    assert queries.get_case(engine, case_id)["state"] == "rectification_reported"
 
     # 3. It recurs twice within the verification window: the case reopens, then goes to enforcement.
     _hour(settings, T0 + 10 * H, so2=48.0)
     _patrol(settings, engine, T0 + 10 * H)
-    assert workflow.get_case(engine, case_id)["state"] == "reopened"
+    assert queries.get_case(engine, case_id)["state"] == "reopened"
     workflow.answer(engine, settings, "E-power", case_id, "rectification", "再次检修", [], "A-2", T0 + 11 * H)
     _hour(settings, T0 + 20 * H, so2=50.0)
     _patrol(settings, engine, T0 + 20 * H)
-    case = workflow.get_case(engine, case_id)
+    case = queries.get_case(engine, case_id)
     assert case["state"] == "escalated"
-    (ticket,) = workflow.list_tickets(engine)
+    (ticket,) = queries.list_tickets(engine, None)
     assert ticket["case_id"] == case_id
 
     # 4. The ticket's evidence package verifies, and a single changed byte breaks it.
     workflow.build_missing_evidence(engine, settings, T0 + 22 * H)
-    ticket = workflow.get_ticket(engine, ticket["id"])
+    ticket = queries.get_ticket(engine, ticket["id"])
     package = Path(ticket["evidence_path"])
     assert verify(package, ticket["evidence_digest"]).ok
     readings = package / "readings.csv"

@@ -12,7 +12,8 @@ import pytest
 
 from ingest import hj212
 from ingest.hj212 import Reassembler, build_segment, crc16, crc16_reference, decode, encode
-from ingest.model import CHINA_TZ, Kind, Reason, Rejected
+from core.time import CHINA_TZ
+from ingest.model import Kind, Reason, Rejected
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 KEY = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")

@@ -12,7 +12,8 @@ from devtools.devservices import Service
 from config.lookup import Lookup
 from config.schema import InfluxSettings, Registry
 from core.influx import Influx, InfluxRejected, InfluxUnavailable, api_from_version
-from ingest.model import CHINA_TZ, Packet
+from core.time import CHINA_TZ
+from ingest.model import Packet
 from ingest.schema import station_lines
 
 

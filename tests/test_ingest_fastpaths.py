@@ -25,7 +25,8 @@ from config.tables import pollutants
 from ingest import hj212, schema
 from ingest.buffer import DiskBuffer
 from ingest.consumer import Batch, Message, Pipeline
-from ingest.model import CHINA_TZ, Packet, Reason
+from core.time import CHINA_TZ
+from ingest.model import Packet, Reason
 
 HEAD = "QN=20260101100000000;ST=31;CN=2051;PW=123456;MN=M1;Flag=4;CP=&&"
 DT = "DataTime=20260101100000"

@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 import pytest
 
 from ingest.jsonfmt import decode
-from ingest.model import CHINA_TZ, MobileFix, Packet, Reason, Rejected
+from core.time import CHINA_TZ
+from ingest.model import MobileFix, Packet, Reason, Rejected
 
 STATION = {"mn": "LD1", "cn": "2051", "st": "31", "data_time": "2026-11-29T10:00:00+08:00",
            "values": {"a21026": {"avg": 12.3, "zs_avg": 15.1, "flag": "N"}, "02": {"min": 1}}}

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ingest.model import china_time, parse_time
+from core.time import china_time, parse_time
 
 
 def test_a_naive_time_is_china_time_and_an_offset_is_kept() -> None:

@@ -136,9 +136,9 @@ def test_closed_notice_says_why(settings_factory: Callable[..., Settings]) -> No
 def test_every_detector_kind_has_a_label_in_every_language() -> None:
     """An enterprise reads the label, never the internal kind name."""
     from detect.registry import detector_classes
-    from notify.notices import PROBLEM_LABELS
+    from notify.notices import problem_labels
 
-    for language, labels in PROBLEM_LABELS.items():
+    for language, labels in problem_labels().items():
         assert set(detector_classes()) <= set(labels), language
 
 

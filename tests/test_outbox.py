@@ -27,7 +27,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from devtools.devservices import free_port
 from config.schema import Settings
 from notify.channels import (EmailChannel, MQTTChannel, WebhookChannel, message_id, verify_signature)
-from notify.notices import as_utc, enqueue
+from core.time import as_utc
+from notify.notices import enqueue
 from notify.outbox import Dispatcher, backoff, outbox_counts, retry_failed
 from tests.test_notices import postgres, store  # noqa: F401 - fixtures: the store on SQLite and PostgreSQL
 from tests.test_notices import T0, make_store, notice_rows, open_case, registry

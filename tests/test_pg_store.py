@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 
 from devtools.pgservice import PostgresService
 from config.loader import from_mapping
-from notify import workflow
+from notify import queries, workflow
 from notify.events import verify_chain
 from core.db import current_revision, downgrade, engine_from_settings, make_engine, migrate, normalize_url
 from detect.store import alerts_table
@@ -144,10 +144,10 @@ def test_times_round_trip_as_utc(store_engine: Engine, tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     local = T0.astimezone(beijing)
     cid = workflow.process_alerts(store_engine, settings, [alert(local)], local + H, evidence=False)[0]["case_id"]
-    case = workflow.get_case(store_engine, cid)
+    case = queries.get_case(store_engine, cid)
     assert case["opened_at"] == T0 + H and case["opened_at"].utcoffset() == timedelta(0)
     # SQL comparisons on times agree with Python's on both dialects (tick relies on them).
-    assert workflow.list_cases(store_engine, state="notified")[0]["id"] == cid
+    assert queries.list_cases(store_engine, None, state="notified")[0]["id"] == cid
 
 
 def test_two_instances_racing_on_the_same_alerts_make_one_case(store_engine: Engine, tmp_path: Path) -> None:
@@ -173,7 +173,7 @@ def test_two_instances_racing_on_the_same_alerts_make_one_case(store_engine: Eng
     assert errors == []
     assert len(all_cases(store_engine)) == 2
     for case in all_cases(store_engine):
-        got = workflow.get_case(store_engine, case["id"])
+        got = queries.get_case(store_engine, case["id"])
         assert len(got["alerts"]) == (6 if case["enterprise_id"] == "E1" else 1)
         assert verify_chain(got["events"]) is None
         assert decided(store_engine, case["id"]).count("rectification_notice") == 1
@@ -190,11 +190,11 @@ def test_the_issue_scenario_recurring_twice_goes_to_enforcement(store_engine: En
     workflow.process_alerts(store_engine, settings, [alert(T0 + 20 * H)], T0 + 21 * H, evidence=False)
     workflow.answer(store_engine, settings, "E1", cid, "rectification", "adjusted dosing", [], "r2", T0 + 23 * H)
     workflow.process_alerts(store_engine, settings, [alert(T0 + 40 * H)], T0 + 41 * H, evidence=False)
-    case = workflow.get_case(store_engine, cid)
+    case = queries.get_case(store_engine, cid)
     assert case["state"] == "escalated" and case["ticket"]["reason"] == "repeat"
     assert [n["kind"] for n in case["notices"] if n["audience"] == "enterprise"].count("reopened") == 2
     assert verify_chain(case["events"]) is None
-    assert [t["case_id"] for t in workflow.list_tickets(store_engine)] == [cid]
+    assert [t["case_id"] for t in queries.list_tickets(store_engine, None)] == [cid]
 
 
 def test_postgres_survives_restart_and_kill(pg_cluster: PostgresService, tmp_path: Path) -> None:
@@ -208,7 +208,7 @@ def test_postgres_survives_restart_and_kill(pg_cluster: PostgresService, tmp_pat
         pg_cluster.kill()  # a crash: committed work must come back from the WAL
         assert not pg_cluster.running()
         pg_cluster.start()
-        case = workflow.get_case(engine, cid)
+        case = queries.get_case(engine, cid)
         assert case["state"] == "acknowledged" and verify_chain(case["events"]) is None
     finally:
         if not pg_cluster.running():

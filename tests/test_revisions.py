@@ -11,7 +11,7 @@ from config.schema import InfluxSettings
 from ingest import hj212
 from ingest.consumer import Ingest
 from core.influx import Influx
-from ingest.model import CHINA_TZ
+from core.time import CHINA_TZ
 from ingest.revisions import RevisionGuard, read_revisions
 from tests.detect_helpers import lookup, minute_lines, registry, utc
 from tests.test_consumer import drained, publish_all, station_topic, wait_until

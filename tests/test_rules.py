@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from config.schema import NotifySettings
-from notify import rules, workflow
+from notify import queries, rules, workflow
 from core.db import make_engine, migrate
 from core.time import as_utc
 from notify.tables import case_events, notices, tickets
@@ -31,12 +31,12 @@ def run(engine: Engine, settings, *alerts, now: datetime | None = None) -> list[
 
 
 def state(engine: Engine, case_id: str) -> str:
-    return workflow.get_case(engine, case_id)["state"]
+    return queries.get_case(engine, case_id)["state"]
 
 
 def rectify_and_verify(engine: Engine, settings, case_id: str, at: datetime) -> datetime:
     """The enterprise reports a fix at `at`; the window passes without recurrence. Returns verify_until."""
-    ent = workflow.get_case(engine, case_id)["enterprise_id"]
+    ent = queries.get_case(engine, case_id)["enterprise_id"]
     workflow.answer(engine, settings, ent, case_id, "rectification", "fixed", [], f"fix-{case_id[:8]}-{at:%s}", at)
     until = at + timedelta(hours=settings.notify.verify_hours)
     workflow.tick(engine, settings, until + timedelta(seconds=settings.detect.settle_s) + S, evidence=False)
@@ -86,7 +86,7 @@ def test_dismissed_cases_do_not_count_as_occurrences(store_engine: Engine, tmp_p
 
 def test_no_acknowledgement_by_the_due_time_escalates_on_tick(store_engine: Engine, settings) -> None:
     cid = run(store_engine, settings, alert(T0))[0]["case_id"]
-    due = workflow.get_case(store_engine, cid)["ack_due_at"]
+    due = queries.get_case(store_engine, cid)["ack_due_at"]
     workflow.tick(store_engine, settings, due - S, evidence=False)
     workflow.tick(store_engine, settings, due, evidence=False)
     assert state(store_engine, cid) == "notified"
@@ -100,25 +100,25 @@ def test_no_acknowledgement_by_the_due_time_escalates_on_tick(store_engine: Engi
 def test_no_rectification_by_the_deadline_escalates_on_tick(store_engine: Engine, settings) -> None:
     cid = run(store_engine, settings, alert(T0))[0]["case_id"]
     workflow.answer(store_engine, settings, "E1", cid, "acknowledge", "on it", [], "ack", T0 + 2 * H)
-    deadline = workflow.get_case(store_engine, cid)["deadline_at"]
+    deadline = queries.get_case(store_engine, cid)["deadline_at"]
     workflow.tick(store_engine, settings, deadline - S, evidence=False)
     assert state(store_engine, cid) == "acknowledged"
     workflow.tick(store_engine, settings, deadline + S, evidence=False)
     esc = escalations(store_engine, cid)
     assert state(store_engine, cid) == "escalated" and esc[0]["missing"] == "rectification"
     assert esc[0]["priority"] == "P2"
-    ticket = workflow.get_case(store_engine, cid)["ticket"]
+    ticket = queries.get_case(store_engine, cid)["ticket"]
     assert ticket["reason"] == "overdue" and ticket["opened_at"] == deadline
 
 
 def test_a_late_tick_stamps_the_due_time_and_ticking_again_changes_nothing(store_engine: Engine, settings) -> None:
     cid = run(store_engine, settings, alert(T0))[0]["case_id"]
     workflow.tick(store_engine, settings, T0 + 10 * D, evidence=False)
-    case = workflow.get_case(store_engine, cid)
+    case = queries.get_case(store_engine, cid)
     assert case["ticket"]["opened_at"] == case["ack_due_at"]
     n = len(case["events"])
     workflow.tick(store_engine, settings, T0 + 11 * D, evidence=False)
-    assert len(workflow.get_case(store_engine, cid)["events"]) == n
+    assert len(queries.get_case(store_engine, cid)["events"]) == n
 
 
 # -- severe and falsification ---------------------------------------------------------------------
@@ -188,9 +188,9 @@ def test_recurrence_long_after_the_window_is_a_new_first_case(store_engine: Engi
 def test_alert_after_the_verification_window_but_before_the_tick_opens_a_new_case(store_engine: Engine, settings) -> None:
     first = run(store_engine, settings, alert(T0))[0]["case_id"]
     workflow.answer(store_engine, settings, "E1", first, "rectification", "fixed", [], "f", T0 + 3 * H)
-    until = workflow.get_case(store_engine, first)["verify_until"]
+    until = queries.get_case(store_engine, first)["verify_until"]
     res = run(store_engine, settings, alert(until + S - H))  # window ends 1 s after verify_until
-    assert state(store_engine, first) == "verified" and workflow.get_case(store_engine, first)["closed_at"] == until
+    assert state(store_engine, first) == "verified" and queries.get_case(store_engine, first)["closed_at"] == until
     assert res[0]["status"] == "opened" and escalations(store_engine, res[0]["case_id"])[0]["reason"] == "recurrence"
 
 
@@ -198,7 +198,7 @@ def test_alert_after_the_verification_window_but_before_the_tick_opens_a_new_cas
 
 def test_positive_list_first_minor_fixed_in_time_is_not_escalated(store_engine: Engine, settings) -> None:
     cid = run(store_engine, settings, alert(T0, enterprise="EP"))[0]["case_id"]
-    ack_due = workflow.get_case(store_engine, cid)["ack_due_at"]
+    ack_due = queries.get_case(store_engine, cid)["ack_due_at"]
     workflow.tick(store_engine, settings, ack_due + S, evidence=False)
     workflow.tick(store_engine, settings, ack_due + 2 * H, evidence=False)  # reminded once, not twice
     assert state(store_engine, cid) == "notified"
@@ -209,13 +209,13 @@ def test_positive_list_first_minor_fixed_in_time_is_not_escalated(store_engine: 
 
 def test_the_same_lapse_without_positive_list_escalates(store_engine: Engine, settings) -> None:
     cid = run(store_engine, settings, alert(T0, enterprise="EA"))[0]["case_id"]
-    workflow.tick(store_engine, settings, workflow.get_case(store_engine, cid)["ack_due_at"] + S, evidence=False)
+    workflow.tick(store_engine, settings, queries.get_case(store_engine, cid)["ack_due_at"] + S, evidence=False)
     assert state(store_engine, cid) == "escalated"
 
 
 def test_positive_list_first_minor_not_fixed_in_time_is_escalated(store_engine: Engine, settings) -> None:
     cid = run(store_engine, settings, alert(T0, enterprise="EP"))[0]["case_id"]
-    workflow.tick(store_engine, settings, workflow.get_case(store_engine, cid)["deadline_at"] + S, evidence=False)
+    workflow.tick(store_engine, settings, queries.get_case(store_engine, cid)["deadline_at"] + S, evidence=False)
     assert state(store_engine, cid) == "escalated"
     assert decided(store_engine, cid) == ["rectification_notice", "reminder", "ticket"]
 
@@ -226,7 +226,7 @@ def test_positive_list_second_occurrence_follows_normal_rules(store_engine: Engi
     second = run(store_engine, settings, alert(T0 + D, enterprise="EP"))[0]["case_id"]
     workflow.answer(store_engine, settings, "EP", second, "rectification", "fixed", [], "a", T0 + D + 2 * H)
     run(store_engine, settings, alert(T0 + D + 10 * H, enterprise="EP"))  # recurs: 2nd occurrence
-    ack_due = workflow.get_case(store_engine, second)["ack_due_at"]
+    ack_due = queries.get_case(store_engine, second)["ack_due_at"]
     workflow.tick(store_engine, settings, ack_due + S, evidence=False)
     assert state(store_engine, second) == "escalated"
     assert escalations(store_engine, second)[0]["reason"] == "overdue"
@@ -250,7 +250,7 @@ def _offline(start: datetime, **evidence: Any):
 def test_self_reported_minor_first_fixed_in_time_without_pollution_gets_no_penalty(store_engine: Engine, settings) -> None:
     cid = run(store_engine, settings, _offline(T0, self_reported=True))[0]["case_id"]
     rectify_and_verify(store_engine, settings, cid, T0 + 3 * H)
-    case = workflow.get_case(store_engine, cid)
+    case = queries.get_case(store_engine, cid)
     assert case["recommendation"] == "no_penalty" and case["self_reported"]
     rec = [e for e in case["events"] if e["type"] == "recommendation"][0]
     assert rec["data"]["recommendation"] == "no_penalty" and all(rec["data"]["basis"].values())
@@ -276,7 +276,7 @@ def test_no_penalty_needs_every_condition(store_engine: Engine, settings, spoil:
         rectify_and_verify(store_engine, settings, cid, T0 + 8 * H)
     else:
         rectify_and_verify(store_engine, settings, cid, T0 + 3 * H)
-    assert workflow.get_case(store_engine, cid)["recommendation"] is None
+    assert queries.get_case(store_engine, cid)["recommendation"] is None
 
 
 def test_center_assessment_of_no_pollution_allows_no_penalty_for_an_exceedance(store_engine: Engine, settings) -> None:
@@ -285,7 +285,7 @@ def test_center_assessment_of_no_pollution_allows_no_penalty_for_an_exceedance(s
     workflow.act(store_engine, settings, cid, "assess_pollution", T0 + 2 * H, "center:wang", consequence=False,
                  note="startup spike inside the plant, no off-site impact")
     rectify_and_verify(store_engine, settings, cid, T0 + 3 * H)
-    assert workflow.get_case(store_engine, cid)["recommendation"] == "no_penalty"
+    assert queries.get_case(store_engine, cid)["recommendation"] == "no_penalty"
 
 
 # -- heavy-pollution emergency ----------------------------------------------------------------------
@@ -295,7 +295,7 @@ def test_emergency_escalates_grade_c_d_exceedances_at_once(store_engine: Engine,
                                                            escalates: bool) -> None:
     workflow.declare_emergency(store_engine, "orange", T0 - D, T0 + 2 * D, "center:wang", "PM2.5 forecast")
     cid = run(store_engine, settings, alert(T0, enterprise=enterprise))[0]["case_id"]
-    case = workflow.get_case(store_engine, cid)
+    case = queries.get_case(store_engine, cid)
     assert case["emergency"] is True
     assert (case["state"] == "escalated") is escalates
     if escalates:
@@ -311,7 +311,7 @@ def test_emergency_escalates_grade_c_d_exceedances_at_once(store_engine: Engine,
 def test_outside_the_emergency_period_normal_rules_apply(store_engine: Engine, settings) -> None:
     workflow.declare_emergency(store_engine, "red", T0 + D, T0 + 2 * D, "center:wang")
     for a in (alert(T0 + D - 2 * H), alert(T0 + 2 * D, outlet="O2")):  # windows end before / after it
-        case = workflow.get_case(store_engine, run(store_engine, settings, a)[0]["case_id"])
+        case = queries.get_case(store_engine, run(store_engine, settings, a)[0]["case_id"])
         assert case["state"] == "notified" and case["emergency"] is False
 
 
@@ -352,7 +352,7 @@ def _timeline() -> list[tuple[datetime, str, Any]]:
 
 def _answer(engine: Engine, settings, at: datetime, spec: tuple[str, str, str, str]) -> None:
     ent, problem, typ, aid = spec
-    case = [c for c in workflow.list_cases(engine, enterprise_id=ent, open_only=True) if c["problem"] == problem
+    case = [c for c in queries.list_cases(engine, None, enterprise=ent, open_only=True) if c["problem"] == problem
             and (problem != "exceedance" or c["outlet_id"] == "O2")][0]
     workflow.answer(engine, settings, ent, case["id"], typ, "", [], aid, at)
 

@@ -1,14 +1,15 @@
 """`envwatch cases`, `envwatch tickets`, `envwatch emergency`: the case store in the terminal.
 
-The lead wires the Typer sub-apps into center.cli:
+center/cli.py registers the Typer sub-apps:
 
-    from notify.cli import cases_app, emergency_app, tickets_app
+    from center.cases_cli import cases_app, emergency_app, tickets_app
     app.add_typer(cases_app, name="cases"); app.add_typer(tickets_app, name="tickets")
     app.add_typer(emergency_app, name="emergency")
 
 The print_* functions do the work on an engine and a rich Console, so they are testable without
 a config file. State names are Chinese by default (--lang en for English); times are shown in
-China local time (UTC+08:00), as the bureau reads them.
+China local time (UTC+08:00), as the bureau reads them. Reads go through notify.queries, changes
+through notify.workflow, as the API's routers do.
 """
 
 from __future__ import annotations
@@ -76,10 +77,10 @@ def _id_column(table: Table, header: str, ids: list[str]) -> None:
 def print_cases(engine: Any, console: Console, state: str | None = None, enterprise: str | None = None,
                 open_only: bool = False, lang: str = "zh-CN", limit: int = 200, fmt: str = "table") -> int:
     """A table of cases, newest first (or JSON / CSV for scripts); returns how many were shown."""
-    from notify import workflow
+    from notify import queries
 
     h, labels = HEADERS[lang], STATE_LABELS[lang]
-    rows = workflow.list_cases(engine, state=state, enterprise_id=enterprise, open_only=open_only, limit=limit)
+    rows = queries.list_cases(engine, None, state=state, enterprise=enterprise, open_only=open_only or None, limit=limit)
     if fmt != "table":
         _emit(rows, CASE_FIELDS, fmt, console)
         return len(rows)
@@ -105,16 +106,21 @@ def _emit(rows: Any, fields: tuple[str, ...] | None, fmt: str, console: Console)
         emit_json(rows, console.file)
 
 
+def _missing(what: str, id_: str) -> bool:
+    """Say on stderr that there is no such case or ticket, and where the ids are; False."""
+    Console(stderr=True).print(f"no {what} {id_}; `envwatch {what}s list` shows the ids", style="red",
+                               markup=False, highlight=False)
+    return False
+
+
 def print_case(engine: Any, console: Console, case_id: str, lang: str = "zh-CN", fmt: str = "table") -> bool:
     """One case: its facts, its history, and its ticket; False when there is no such case."""
-    from notify import workflow
+    from notify import queries
     from notify.notices import EVENT_WORDS, actor_words
 
-    c = workflow.get_case(engine, case_id)
+    c = queries.get_case(engine, case_id)
     if c is None:
-        Console(stderr=True).print(f"no case {case_id}; `envwatch cases list` shows the ids", style="red",
-                                   markup=False, highlight=False)
-        return False
+        return _missing("case", case_id)
     if fmt == "json":
         _emit(c, None, fmt, console)
         return True
@@ -143,10 +149,10 @@ def print_case(engine: Any, console: Console, case_id: str, lang: str = "zh-CN",
 def print_tickets(engine: Any, console: Console, status: str | None = None, officer: str | None = None,
                   lang: str = "zh-CN", fmt: str = "table") -> int:
     """A table of enforcement tickets, most urgent first (or JSON / CSV); returns how many were shown."""
-    from notify import workflow
+    from notify import queries
 
     h, labels = HEADERS[lang], TICKET_LABELS[lang]
-    rows = workflow.list_tickets(engine, status=status, officer=officer)
+    rows = queries.list_tickets(engine, None, status=status, assigned=officer)
     if fmt != "table":
         _emit(rows, TICKET_FIELDS, fmt, console)
         return len(rows)
@@ -163,13 +169,11 @@ def print_tickets(engine: Any, console: Console, status: str | None = None, offi
 
 
 def print_ticket(engine: Any, console: Console, ticket_id: str, lang: str = "zh-CN", fmt: str = "table") -> bool:
-    from notify import workflow
+    from notify import queries
 
-    t = workflow.get_ticket(engine, ticket_id)
+    t = queries.get_ticket(engine, ticket_id)
     if t is None:
-        Console(stderr=True).print(f"no ticket {ticket_id}; `envwatch tickets list` shows the ids", style="red",
-                                   markup=False, highlight=False)
-        return False
+        return _missing("ticket", ticket_id)
     if fmt == "json":
         _emit(t, None, fmt, console)
         return True
@@ -322,14 +326,14 @@ def cases_escalate(case_id: str, priority: Annotated[str, typer.Option("--priori
     """Hand a case to enforcement now; the ticket goes to the routed officer."""
     from datetime import timezone
 
-    from notify import workflow
+    from notify import queries, workflow
 
     settings, engine = _settings_engine(config)
     try:
         workflow.act(engine, settings, case_id, "escalate", datetime.now(timezone.utc), cli_actor(by), priority=priority)
     except workflow.cases.TransitionError as exc:
         _fail(exc)
-    t = workflow.get_case(engine, case_id)["ticket"]
+    t = queries.get_case(engine, case_id)["ticket"]
     Console().print(f"case {case_id} escalated: ticket {t['id']} {t['priority']} -> {t['officer'] or '-'}")
 
 
@@ -342,10 +346,10 @@ def cases_groups(config: ConfigOpt = None,
                  status: Annotated[Optional[str], typer.Option(callback=one_of(GROUP_STATUSES, "group status"))] = None,
                  json_: JsonOpt = False, csv_: CsvOpt = False) -> None:
     """Grouped findings (one cause, many stations): pending ones wait for confirm or dismiss."""
-    from notify import workflow
+    from notify import queries
 
     fmt = output_format(json_, csv_)
-    rows = workflow.list_groups(_engine(config), status)
+    rows = queries.list_groups(_engine(config), status)
     if fmt != "table":
         _emit(rows, GROUP_FIELDS, fmt, Console())
         return
