@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Hashable, Iterable
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pandas as pd
 
@@ -36,6 +37,7 @@ class SettledHours:
         self.keep_hours = keep_hours
         self._rows: dict[tuple[Hashable, datetime], pd.DataFrame] = {}
         self._cursor: int | None = None  # InfluxDB time (ns) of the newest marker seen
+        self._newest: datetime | None = None  # the newest hour kept
         self._lock = threading.Lock()
         self.fetched_hours = 0  # hours asked of InfluxDB (tests and benchmarks read it)
 
@@ -80,29 +82,37 @@ class SettledHours:
         with self._lock:
             have = {h: self._rows[(key, h)] for h in hours if (key, h) in self._rows}
         empty: pd.DataFrame | None = None
-        for run in _runs([h for h in hours if h not in have]):
+        for run in hour_runs([h for h in hours if h not in have]):
             df = fetch(run[0], run[-1] + HOUR)
             self.fetched_hours += len(run)
             empty = df.iloc[0:0]
             by_hour = dict(iter(df.groupby(df["time"].dt.floor("h")))) if len(df) else {}
-            settled = datetime.now(timezone.utc)
             for h in run:
-                part = by_hour.get(pd.Timestamp(h), empty)
-                have[h] = part
-                if h + HOUR <= settled:
-                    self._keep(key, h, part)
+                have[h] = by_hour.get(pd.Timestamp(h), empty)
+                self.keep(key, h, have[h])
         parts = [have[h] for h in hours if len(have[h])]
         if not parts:
             return empty if empty is not None else next(iter(have.values()))
         out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
         return out.sort_values(order, kind="stable").reset_index(drop=True)
 
-    def _keep(self, key: Hashable, hour: datetime, rows: pd.DataFrame) -> None:
+    def get(self, key: Hashable, hour: datetime) -> pd.DataFrame | None:
+        """The rows kept for `key` and `hour`, or None (call `refresh` first)."""
+        with self._lock:
+            return self._rows.get((key, _utc(hour)))
+
+    def keep(self, key: Hashable, hour: datetime, rows: pd.DataFrame) -> None:
+        """Keep the rows of `key` for `hour` if the hour has ended (a running hour still changes)."""
+        hour = _utc(hour)
+        if hour + HOUR > datetime.now(timezone.utc):
+            return
         with self._lock:
             self._rows[(key, hour)] = rows
-            oldest = hour - self.keep_hours * HOUR
-            for k in [k for k in self._rows if k[1] < oldest]:
-                del self._rows[k]
+            if self._newest is None or hour > self._newest:  # a new hour: drop those too old
+                self._newest = hour
+                oldest = hour - self.keep_hours * HOUR
+                for k in [k for k in self._rows if k[1] < oldest]:
+                    del self._rows[k]
 
 
 def whole_hours(start: datetime, end: datetime) -> bool:
@@ -114,8 +124,8 @@ def _utc(t: datetime) -> datetime:
     return pd.Timestamp(t).tz_convert("UTC").to_pydatetime()
 
 
-def _runs(hours: list[datetime]) -> list[list[datetime]]:
-    """Consecutive hours grouped: [[h0, h0+1], [h5], ...]."""
+def hour_runs(hours: list[Any]) -> list[list[Any]]:
+    """Consecutive hours (datetimes or Timestamps, sorted) grouped: [[h0, h0+1], [h5], ...]."""
     out: list[list[datetime]] = []
     for h in hours:
         if out and out[-1][-1] + HOUR == h:
@@ -125,4 +135,4 @@ def _runs(hours: list[datetime]) -> list[list[datetime]]:
     return out
 
 
-__all__ = ["SettledHours", "whole_hours"]
+__all__ = ["SettledHours", "hour_runs", "whole_hours"]

@@ -47,7 +47,10 @@ def test_constant_value_reads_each_hour_once_and_alerts_alike(one_station: Any) 
 
 
 def _so2(value: float) -> Any:
-    return lambda i: {SO2: {"zs_avg": value, "flag": "N"}, NOX: {"zs_avg": 5.0, "flag": "N"}}
+    """SO2 at `value`; NOx under maintenance one minute in three for the day's first 12 hours (too
+    few valid minutes: the station's hours are computed from its minutes, not the aggregate)."""
+    return lambda i: {SO2: {"zs_avg": value, "flag": "N"},
+                      NOX: {"zs_avg": 5.0, "flag": "M" if i < 12 * 60 and i % 3 == 0 else "N"}}
 
 
 def test_day_kinds_reuse_the_hours_and_forget_those_late_data_touched(influx_settings: InfluxSettings) -> None:
@@ -68,8 +71,11 @@ def test_day_kinds_reuse_the_hours_and_forget_those_late_data_touched(influx_set
             assert got == det.detect(day if det.period_s == 86400 else w, plain, lk), det.kind
     assert kept.fetched_hours == 24  # hourly_valid_means: each hour once for all three kinds
     assert DailyExceedance().detect(last, cached, lk) == []  # 29 < 30 mg/m3 daily limit
+    lacking = InsufficientValidData().detect(last, cached, lk)
+    assert [(a.pollutant, a.window_end - a.window_start) for a in lacking] == [(NOX, timedelta(days=1))]
     # Corrected readings for one closed hour arrive through ingest, which leaves a marker: only
-    # that hour is asked again, and the day's mean moves above the daily limit.
+    # that hour is asked again (the aggregate and the station's hour from minutes), and the day's
+    # mean moves above the daily limit.
     late = minute_lines(lk, "GAS01", DAY0 + timedelta(hours=5), 60, _so2(80.0))
     write(influx, late + marker_lines(late, day.end.timestamp() + 3600))
     before = kept.fetched_hours
