@@ -173,6 +173,7 @@ def _slow_rows(source: ReadingSource, lookup: Lookup, window: Window, exp: pd.Da
     if missing:
         need_mns, need_hours = sorted({mn for mn, _ in missing}), sorted({h for _, h in missing})
         span = Window(to_dt(need_hours[0]), to_dt(need_hours[-1] + HOUR))
+        since = kept.epoch
         got = _rows_from_minutes(source, lookup, span, want[want["mn"].isin(need_mns)], need_mns, codes,
                                  params_for, need_hours)
         parts = dict(iter(got.groupby(["mn", "time"], sort=False))) if len(got) else {}
@@ -180,7 +181,7 @@ def _slow_rows(source: ReadingSource, lookup: Lookup, window: Window, exp: pd.Da
         for mn in need_mns:
             for h in need_hours:
                 rows = parts.get((mn, h), empty)
-                kept.keep(keys[mn], h, rows)
+                kept.keep(keys[mn], h, rows, since)
                 if (mn, h) in have:
                     have[(mn, h)] = rows
     found = [v for v in have.values() if v is not None and len(v)]

@@ -38,6 +38,9 @@ class SettledHours:
         self._rows: dict[tuple[Hashable, datetime], pd.DataFrame] = {}
         self._cursor: int | None = None  # InfluxDB time (ns) of the newest marker seen
         self._newest: datetime | None = None  # the newest hour kept
+        # Forgetting is counted, so rows fetched before late data was forgotten are not kept after.
+        self.epoch = 0
+        self._forgotten: dict[datetime, int] = {}
         self._lock = threading.Lock()
         self.fetched_hours = 0  # hours asked of InfluxDB (tests and benchmarks read it)
 
@@ -49,6 +52,8 @@ class SettledHours:
         """Drop the kept rows of these hours (late data touched them)."""
         gone = {_utc(h) for h in hours}
         with self._lock:
+            self.epoch += 1
+            self._forgotten.update(dict.fromkeys(gone, self.epoch))
             for k in [k for k in self._rows if k[1] in gone]:
                 del self._rows[k]
 
@@ -83,13 +88,14 @@ class SettledHours:
             have = {h: self._rows[(key, h)] for h in hours if (key, h) in self._rows}
         empty: pd.DataFrame | None = None
         for run in hour_runs([h for h in hours if h not in have]):
+            since = self.epoch
             df = fetch(run[0], run[-1] + HOUR)
             self.fetched_hours += len(run)
             empty = df.iloc[0:0]
             by_hour = dict(iter(df.groupby(df["time"].dt.floor("h")))) if len(df) else {}
             for h in run:
                 have[h] = by_hour.get(pd.Timestamp(h), empty)
-                self.keep(key, h, have[h])
+                self.keep(key, h, have[h], since)
         parts = [have[h] for h in hours if len(have[h])]
         if not parts:
             return empty if empty is not None else next(iter(have.values()))
@@ -101,18 +107,23 @@ class SettledHours:
         with self._lock:
             return self._rows.get((key, _utc(hour)))
 
-    def keep(self, key: Hashable, hour: datetime, rows: pd.DataFrame) -> None:
-        """Keep the rows of `key` for `hour` if the hour has ended (a running hour still changes)."""
+    def keep(self, key: Hashable, hour: datetime, rows: pd.DataFrame, since: int) -> None:
+        """Keep the rows of `key` for `hour`, read when `epoch` was `since`, if the hour has ended
+        (a running hour still changes) and was not forgotten meanwhile (late data may be missing)."""
         hour = _utc(hour)
         if hour + HOUR > datetime.now(timezone.utc):
             return
         with self._lock:
+            if self._forgotten.get(hour, -1) > since:
+                return
             self._rows[(key, hour)] = rows
             if self._newest is None or hour > self._newest:  # a new hour: drop those too old
                 self._newest = hour
                 oldest = hour - self.keep_hours * HOUR
                 for k in [k for k in self._rows if k[1] < oldest]:
                     del self._rows[k]
+                for h in [h for h in self._forgotten if h < oldest]:
+                    del self._forgotten[h]
 
 
 def whole_hours(start: datetime, end: datetime) -> bool:

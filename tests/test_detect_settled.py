@@ -84,3 +84,18 @@ def test_day_kinds_reuse_the_hours_and_forget_those_late_data_touched(influx_set
     assert alerts == DailyExceedance().detect(last, plain, lk) and len(alerts) == 1
     assert alerts[0].value == round((23 * 29.0 + 80.0) / 24, 4)
     influx.close()
+
+
+def test_rows_read_before_late_data_was_forgotten_are_not_kept() -> None:
+    import pandas as pd
+
+    kept = SettledHours()
+    h = utc(2024, 3, 1, 2)
+    since = kept.epoch  # a fetch starts ...
+    kept.forget([h])  # ... another thread reads a late-data marker for that hour ...
+    kept.keep("screen", h, pd.DataFrame({"n": [1]}), since)  # ... the fetch may miss that data
+    assert kept.get("screen", h) is None
+    kept.keep("screen", h, pd.DataFrame({"n": [2]}), kept.epoch)
+    assert list(kept.get("screen", h)["n"]) == [2]
+    kept.keep("screen", utc(2999, 1, 1), pd.DataFrame({"n": [3]}), kept.epoch)  # not ended: not kept
+    assert kept.get("screen", utc(2999, 1, 1)) is None
