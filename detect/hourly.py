@@ -154,9 +154,56 @@ def _snap_interval(seconds: float) -> int:
 
 def _slow_rows(source: ReadingSource, lookup: Lookup, window: Window, exp: pd.DataFrame, mns: list[str],
                params_for: ParamsFor, hours: list[pd.Timestamp]) -> pd.DataFrame:
-    """Series-hours computed from minutes (flags, interval, O2 correction, flow weighting)."""
+    """Series-hours computed from minutes (flags, interval, O2 correction, flow weighting).
+
+    A station's rows of one hour depend only on that hour's minutes of the channels read, its
+    registry entry and parameters: with `source.settled`, they are kept per (station, hour) under
+    those, and only the (station, hour)s not kept are read (a day's table at its last tick reads
+    the stations that need it for the hours no earlier tick computed)."""
     want = exp[exp["mn"].isin(mns)]
     codes = sorted(set(want["pollutant"]) | {O2, WATER_FLOW})
+    kept = source.settled
+    if kept is None:
+        return _rows_from_minutes(source, lookup, window, want, mns, codes, params_for, hours)
+    kept.refresh()
+    keys = {mn: ("hourly_rows", tuple(codes), _station_key(lookup, rows, params_for))
+            for mn, rows in want.groupby("mn", sort=False)}
+    have = {(mn, h): kept.get(keys[mn], h) for mn in mns for h in hours}
+    missing = [k for k, v in have.items() if v is None]
+    if missing:
+        need_mns, need_hours = sorted({mn for mn, _ in missing}), sorted({h for _, h in missing})
+        span = Window(to_dt(need_hours[0]), to_dt(need_hours[-1] + HOUR))
+        since = kept.epoch
+        got = _rows_from_minutes(source, lookup, span, want[want["mn"].isin(need_mns)], need_mns, codes,
+                                 params_for, need_hours)
+        parts = dict(iter(got.groupby(["mn", "time"], sort=False))) if len(got) else {}
+        empty = got.iloc[0:0]
+        for mn in need_mns:
+            for h in need_hours:
+                rows = parts.get((mn, h), empty)
+                kept.keep(keys[mn], h, rows, since)
+                if (mn, h) in have:
+                    have[(mn, h)] = rows
+    found = [v for v in have.values() if v is not None and len(v)]
+    if not found:
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.concat(found, ignore_index=True)[COLUMNS]
+
+
+def _station_key(lookup: Lookup, want: pd.DataFrame, params_for: ParamsFor) -> tuple[Any, ...]:
+    """What a station's hourly rows depend on besides its minutes: registry entry and parameters."""
+    mn = want["mn"].iloc[0]
+    ref = lookup.station(mn)
+    series = tuple(zip(want["pollutant"], want["enterprise"], want["outlet"]))
+    if ref is None:
+        return (mn, series)
+    params = (params_for(ref.enterprise.id, ref.outlet.id, "")["minute_interval_s"],
+              tuple(params_for(ref.enterprise.id, ref.outlet.id, p)["o2_max"] for p in want["pollutant"]))
+    return (mn, series, ref.enterprise.id, ref.outlet.id, ref.outlet.medium, ref.outlet.reference_o2, params)
+
+
+def _rows_from_minutes(source: ReadingSource, lookup: Lookup, window: Window, want: pd.DataFrame, mns: list[str],
+                       codes: list[str], params_for: ParamsFor, hours: list[pd.Timestamp]) -> pd.DataFrame:
     m = source.minutes(window, mns=mns, pollutants=codes, fields=("avg", "zs_avg", "flag"))
     if m.empty:
         return pd.DataFrame(columns=COLUMNS)

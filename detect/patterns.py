@@ -216,7 +216,8 @@ class ConstantValue(PatternDetector):
         return alerts
 
     def _candidates(self, source: ReadingSource, span: Window) -> list[str]:
-        """Stations with min_hours consecutive hours in which a channel could be stuck, per InfluxDB.
+        """Stations with min_hours consecutive hours in which a channel could be stuck, per InfluxDB
+        (each hour's screen is kept once settled: the next windows read it again).
 
         A stuck hour has >= min_minutes minutes within tolerance of each other (the usable,
         operating ones: a subset). Values within t of each other fall into at most two buckets
@@ -226,11 +227,11 @@ class ConstantValue(PatternDetector):
         t, k = max(float(self.widest("tolerance")), 0.0), int(self.narrowest("min_minutes"))
         if t > 0:
             agg = source.aggregate(span, "count(b) AS n, count(distinct(b)) AS d", columns=["n", "d"],
-                                   inner=f"floor({ident('avg')} / {number(t)}) AS b")
+                                   inner=f"floor({ident('avg')} / {number(t)}) AS b", keep=True)
             slack = 3
         else:
             agg = source.aggregate(span, f"count({ident('avg')}) AS n, count(distinct({ident('avg')})) AS d",
-                                   columns=["n", "d"])
+                                   columns=["n", "d"], keep=True)
             slack = 1
         n, d = agg["n"].astype("int64"), agg["d"].astype("int64")
         process = {c for o in self.overrides or () for c in o.get("params", {}).get("process_channels", ())}
@@ -641,8 +642,9 @@ class FlagAbuse(PatternDetector):
         marks = {m for o in self.overrides or () for m in str(o.get("params", {}).get("marks", ""))} | set(self.marks)
         if not marks:
             return []
-        agg = source.aggregate(day, f"count({ident('flag')}) AS n", by=("mn",), every=None, columns=["n"],
-                               where=tag_in("flag", sorted(marks), ignore_case=True))
+        # Per hour (kept: the day's earlier hours were counted by earlier ticks), any hour counts.
+        agg = source.aggregate(day, f"count({ident('flag')}) AS n", by=("mn",), columns=["n"],
+                               where=tag_in("flag", sorted(marks), ignore_case=True), keep=True)
         return sorted(set(agg["mn"][agg["n"] > 0]))
 
     def _hour_marks(self, st: Station) -> pd.DataFrame:

@@ -37,6 +37,7 @@ from core.time import CHINA_ZONE
 from detect.base import Alert, Detector, Window
 from detect.frames import iso, r
 from detect.hourly import hourly_table
+from detect.settled import hour_runs
 from detect.params import Scoped
 from detect.source import ReadingSource
 from ingest.revisions import Revision, read_revisions
@@ -85,7 +86,7 @@ class DataRevision(Scoped, Detector):
         hours = hours[-int(self.max_hours):] if self.max_hours else []
         only = {rv.pollutant for rv in revs}
         out: dict[tuple, Any] = {}
-        for run in _runs(hours):
+        for run in hour_runs(hours):  # each run of consecutive hours: one hourly_table call
             table = hourly_table(source, lookup, Window(run[0].to_pydatetime(), (run[-1] + HOUR).to_pydatetime()),
                                  self.params_for, only=only)
             for row in table.itertuples(index=False):
@@ -157,17 +158,6 @@ def _by_hour(group: list[Revision]) -> dict[tuple[str, pd.Timestamp], list[Revis
     for rv in group:
         out[(rv.mn, pd.Timestamp(rv.time).floor("h"))].append(rv)
     return out
-
-
-def _runs(hours: list[pd.Timestamp]) -> list[list[pd.Timestamp]]:
-    """Consecutive hours grouped, so each run is one hourly_table call."""
-    runs: list[list[pd.Timestamp]] = []
-    for h in hours:
-        if runs and h - runs[-1][-1] == HOUR:
-            runs[-1].append(h)
-        else:
-            runs.append([h])
-    return runs
 
 
 __all__ = ["DataRevision"]

@@ -36,6 +36,7 @@ from config.schema import Settings
 from detect.base import Alert, Detector, Window
 from detect.parallel import detect_task, run_tasks
 from detect.registry import build_detectors
+from detect.settled import SettledHours
 from detect.source import ReadingSource
 from detect.store import AlertStore, Change
 from core.influx import Influx
@@ -91,7 +92,10 @@ class Runner:
         self.settings = settings
         self.lookup = Lookup(settings.registry)
         self.influx = influx or Influx(settings.influxdb)
-        self.source = ReadingSource(self.influx, cluster=settings.detect.cluster)
+        # Incremental: settled hours' aggregates are kept until ingest's markers say late data
+        # touched them (detect/settled.py); otherwise only within one evaluate_range.
+        kept = SettledHours(self.influx) if settings.detect.incremental else None
+        self.source = ReadingSource(self.influx, cluster=settings.detect.cluster, settled=kept)
         self.store = store or AlertStore(settings.store_url()).create()
         self.detectors = list(detectors) if detectors is not None else build_detectors(settings)
         self.publish = publish
@@ -102,9 +106,9 @@ class Runner:
 
     # -- evaluation ---------------------------------------------------------------------------
 
-    def evaluate(self, detector: Detector, window: Window) -> Report:
+    def evaluate(self, detector: Detector, window: Window, source: ReadingSource | None = None) -> Report:
         """Detect in one window, store, resolve what disappeared, publish the changes."""
-        return self.record(detector, window, detector.detect(window, self.source, self.lookup))
+        return self.record(detector, window, detector.detect(window, source or self.source, self.lookup))
 
     def record(self, detector: Detector, window: Window, alerts: list[Alert]) -> Report:
         """Store what one detector found in one window, resolve what disappeared, publish the changes."""
@@ -128,10 +132,13 @@ class Runner:
         reports = []
         plan = [(det, windows(start, end, det.period_s)) for det in self._selected(kinds)]
         found = self._detect_on_cluster(plan)
+        # One run's settled hours are computed once for every kind and window of the run.
+        source = self.source if self.source.settled is not None else \
+            ReadingSource(self.influx, cluster=self.settings.detect.cluster, settled=SettledHours())
         for det, wins in plan:
             report = Report(det.kind)
             for w in wins:
-                report.add(self.evaluate(det, w) if found is None else self.record(det, w, found[(det.kind, w)]))
+                report.add(self.evaluate(det, w, source) if found is None else self.record(det, w, found[(det.kind, w)]))
                 if on_window is not None:
                     on_window(det, w)
             reports.append(report)

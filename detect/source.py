@@ -22,13 +22,14 @@ Conventions (see ingest/schema.py for the measurements):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from detect.base import Window
+from detect.settled import SettledHours, whole_hours
 from core.influx import Influx, Series, ident, literal, tag_in, time_between
 from detect.readings import MOBILE_FIELDS, mobile_statement
 from ingest.schema import EVENT, measurement
@@ -58,6 +59,12 @@ def _chunks(values: Sequence[str] | None) -> list[list[str] | None]:
 
 def _is_clock_hour(window: Window) -> bool:
     return window.end - window.start == timedelta(hours=1) and window.start.timestamp() % 3600 == 0
+
+
+def _hour_buckets(every: str | None) -> bool:
+    """Whether GROUP BY time(every) buckets fall within whole hours (so hours can be fetched apart)."""
+    return every is not None and 3600 % max(int(pd.Timedelta(every).total_seconds()), 1) == 0 \
+        and pd.Timedelta(every) <= pd.Timedelta(hours=1)
 
 
 def _where(window: Window, mns: list[str] | None, pollutants: Sequence[str] | None, *extra: str) -> str:
@@ -103,10 +110,12 @@ def series_frame(series: list[Series], tags: Sequence[str], columns: Sequence[st
 class ReadingSource:
     """Read-only access to stored readings for detectors; one instance per detection run is fine."""
 
-    def __init__(self, influx: Influx, cluster: str | None = None) -> None:
+    def __init__(self, influx: Influx, cluster: str | None = None, settled: SettledHours | None = None) -> None:
         self.influx = influx
         # Where per-station model work may go (detect/parallel.py); None: this process.
         self.cluster = cluster
+        # Per-hour aggregates of settled hours, computed once (detect/settled.py); None: none kept.
+        self.settled = settled
 
     def _run(self, statements: list[str]) -> list[Series]:
         return self.influx.query(";".join(statements), epoch="s") if statements else []
@@ -118,7 +127,21 @@ class ReadingSource:
         Columns: mn, pollutant, time (hour start), mean, count (enterprise and outlet: from the
         registry by mn). Hours without a valid minute are absent. Computed by InfluxDB:
         SELECT mean(f), count(f) FROM station_minute WHERE flag = 'N' AND ... GROUP BY time(1h), mn, pollutant
+        Settled hours come from `settled` when it holds them (computed once, shared by every kind).
         """
+        def fetch(start: datetime, end: datetime) -> pd.DataFrame:
+            return self._hourly_valid_means(Window(start, end), field, mns)
+
+        if self.settled is not None and whole_hours(window.start, window.end):
+            key = ("hourly_valid_means", field, None if mns is None else tuple(sorted(set(mns))))
+            df = self.settled.rows(key, window.start, window.end, fetch, ["mn", "pollutant", "time"])
+        else:
+            df = fetch(window.start, window.end)
+        if pollutants is not None:
+            df = df[df["pollutant"].isin(set(pollutants))]
+        return df.reset_index(drop=True)
+
+    def _hourly_valid_means(self, window: Window, field: str, mns: Sequence[str] | None) -> pd.DataFrame:
         f = ident(field)
         # Measured on influxd 1.6: a tag regex in WHERE and grouping by more tags each cost more than
         # reading the rows we do not need, so pollutants are filtered here and other tags come from mn.
@@ -133,21 +156,29 @@ class ReadingSource:
         df = series_frame(self._run(stmts), ("mn", "pollutant"), ["time", "mean", "count"])
         if one_hour:
             df["time"] = pd.Timestamp(window.start).tz_convert("UTC") if len(df) else df["time"]
-        if pollutants is not None:
-            df = df[df["pollutant"].isin(set(pollutants))]
         df = df.assign(mean=df["mean"].astype(float), count=df["count"].astype("int64"))
         return df[["mn", "pollutant", "time", "mean", "count"]].reset_index(drop=True)
 
     def aggregate(self, window: Window, select: str, *, where: str = "", inner: str | None = None,
                   by: Sequence[str] = ("mn", "pollutant"), every: str | None = "1h", meas: str = MINUTE,
-                  inner_by: str = "", columns: Sequence[str] = (), mns: Sequence[str] | None = None) -> pd.DataFrame:
+                  inner_by: str = "", columns: Sequence[str] = (), mns: Sequence[str] | None = None,
+                  keep: bool = False) -> pd.DataFrame:
         """Any aggregate computed inside InfluxDB, per `by` tags (and `every` bucket): one row per group.
 
         `select` is the aggregate list (e.g. "count(avg) AS n"); `where` extra conditions ANDed to
         the time range; `inner`, when given, is the field list of a subquery over the raw points
         (e.g. "floor(avg / 0.001) AS b", grouped by `inner_by` when given), which `select` then
-        aggregates. Columns: *by, time, *columns.
+        aggregates. Columns: *by, time, *columns. `keep`: a screen later windows read again (a
+        lookback, a day): its settled hours are kept in `settled` and fetched only once.
         """
+        if keep and self.settled is not None and _hour_buckets(every) and whole_hours(window.start, window.end):
+            key = (select, where, inner, tuple(by), every, meas, inner_by, tuple(columns),
+                   None if mns is None else tuple(sorted(set(mns))))
+            return self.settled.rows(key, window.start, window.end,
+                                     lambda s, e: self.aggregate(Window(s, e), select, where=where, inner=inner, by=by,
+                                                                 every=every, meas=meas, inner_by=inner_by,
+                                                                 columns=columns, mns=mns),
+                                     [*by, "time"])
         cond = " AND ".join(p for p in (where,) if p)
         group = ", ".join([*([f"time({every})"] if every else []), *(ident(t) for t in by)])
         stmts = []
