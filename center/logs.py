@@ -19,8 +19,10 @@ from typing import Any, TextIO
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 _BASE_KEYS = ("ts", "level", "logger", "msg")
-# Libraries that log every HTTP request at INFO: at INFO the ingest would log each write.
-_CHATTY = ("httpx", "httpcore", "urllib3", "apscheduler.executors.default")
+# Libraries that log every HTTP request at INFO (at INFO the ingest would log each write), and
+# APScheduler, which logs every job run and every job added (detect/schedule.py); their warnings
+# (a run missed or skipped because the kind's previous run was still going) still show.
+_CHATTY = ("httpx", "httpcore", "urllib3", "apscheduler")
 _HANDLER_MARK = "_envwatch_handler"
 
 
