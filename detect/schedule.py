@@ -10,7 +10,8 @@ Each kind's job (`detect:{kind}`) fires when its windows settle: at every window
 (with `detect.incremental` a look at ingest's markers, without it a re-run of the recent windows);
 and once at start, to resume from the stored watermarks. A run is `Runner.run_job` for the kind,
 done only while this instance holds the lease (center/lease.py), checked at every run, and timed
-into the metrics (center/metrics.py) when given.
+into the metrics (center/metrics.py) when given: its wall time, and its CPU time on this thread
+(the live cost of detection; the process's other threads are not counted).
 
 Job settings, and why:
     coalesce            runs missed while the process stood still (a suspended host, a long run of
@@ -49,7 +50,7 @@ IsLeader = Callable[[], bool]
 
 
 class JobMetrics(Protocol):
-    def observe_job(self, job: str, seconds: float, ok: bool) -> None: ...
+    def observe_job(self, job: str, seconds: float, ok: bool, cpu_s: float = 0.0) -> None: ...
 
 
 def trigger_for(period_s: int, settle_s: int, recheck_s: float, now: datetime) -> BaseTrigger:
@@ -134,7 +135,7 @@ class DetectSchedule:
         if self._stopping.is_set() or not self.is_leader():
             return
         with self._busy:
-            started, ok = time.perf_counter(), False
+            started, cpu, ok = time.perf_counter(), time.thread_time(), False
             try:
                 # A re-run is due when the last one is half a recheck old: a recheck fires one
                 # interval after the previous, give or take the scheduler's latency.
@@ -146,4 +147,5 @@ class DetectSchedule:
                 log.exception("%s failed; the next run retries (its watermark stays)", job_name(detector))
             finally:
                 if self.metrics is not None:
-                    self.metrics.observe_job(job_name(detector), time.perf_counter() - started, ok)
+                    self.metrics.observe_job(job_name(detector), time.perf_counter() - started, ok,
+                                             time.thread_time() - cpu)

@@ -41,10 +41,13 @@ def fires(trigger: Any, after: datetime, until: datetime) -> list[datetime]:
     return out
 
 
+def sample(metric: Any, suffix: str, job: str) -> float:
+    return sum(s.value for m in metric.collect() for s in m.samples if s.name.endswith(suffix) and s.labels["job"] == job)
+
+
 def runs(metrics: Metrics, job: str) -> int:
     """How many scheduled runs of `job` the metrics timed."""
-    return int(sum(s.value for m in metrics.job_duration.collect() for s in m.samples
-                   if s.name.endswith("_count") and s.labels.get("job") == job))
+    return int(sample(metrics.job_duration, "_count", job))
 
 
 def wait_for(what: str, check: Any, timeout: float = 60) -> None:
@@ -89,6 +92,7 @@ def test_the_schedule_runs_each_kind_and_a_long_outage_gives_one_coalesced_run(s
     schedule = DetectSchedule(r, lambda: True, metrics, recheck_s=600).start()
     try:
         wait_for("a first run of each kind", lambda: all(runs(metrics, j) == 1 for j in jobs))
+        assert all(sample(metrics.job_cpu, "_total", j) > 0 for j in jobs)  # their CPU time, counted
         assert r.store.watermark("detect:exceedance") == H0 + timedelta(hours=3)
         # The process stands still for five hours (a suspended host): every hourly settle and
         # ten-minute look of that time is missed, then the scheduler wakes up.
@@ -193,3 +197,38 @@ def gas_offline(r: Runner) -> list[tuple[datetime, str]]:
     from tests.test_consumer import MN_GAS
 
     return sorted((s.alert.window_start, s.status) for s in r.store.alerts() if s.alert.station_mn == MN_GAS)
+
+
+def test_incremental_and_periodic_live_runs_end_with_the_same_alerts(settings_factory: Any, influx: Influx) -> None:
+    from ingest.late import marker_lines
+
+    lk = lookup()
+    # Six hours as they arrive: some hours above the limit, one short of valid minutes.
+    hourly = [so2(v) for v in (10.0, 50.0, 20.0, 60.0, 10.0, 45.0)]
+    detectors = lambda: [Exceedance(), InsufficientValidData()]  # noqa: E731 - a fresh pair per runner
+    clock = {"now": H0}
+    runners = {mode: Runner(settings_factory(registry(), detect={"settle_s": 300, "reevaluate_s": 4 * 3600,
+                                                                 "incremental": mode == "incremental"}),
+                            influx=influx, detectors=detectors(), clock=lambda: clock["now"])
+               for mode in ("periodic", "incremental")}
+    for h, values in enumerate(hourly):
+        count = 40 if h == 2 else 60
+        write(influx, minute_lines(lk, "GAS01", H0 + timedelta(hours=h), count, lambda i, v=values: v(i)))
+        if h == 4:  # the logger's buffered corrections of 01:00-02:00 come in late, through the ingest
+            late = minute_lines(lk, "GAS01", H0 + timedelta(hours=1), 60, so2(20.0))
+            write(influx, late + marker_lines(late, (H0 + timedelta(hours=h, minutes=30)).timestamp()))
+        for minute in range(0, 60, 20):
+            clock["now"] = H0 + timedelta(hours=h + 1, minutes=minute)
+            for r in runners.values():
+                for det in r.detectors:
+                    r.run_job(det, reevaluate_every_s=1800)
+    clock["now"] += timedelta(hours=1)
+    for r in runners.values():
+        for det in r.detectors:
+            r.run_job(det, reevaluate_every_s=0)
+    seen = {mode: sorted((s.alert.id, s.alert.window_start, s.status, s.alert.value) for s in r.store.alerts())
+            for mode, r in runners.items()}
+    assert seen["incremental"] == seen["periodic"]
+    assert [(w, st) for _, w, st, _v in seen["periodic"] if st == "open"] != []
+    exceeded = {(w, st) for _, w, st, _v in seen["periodic"]}
+    assert (H0 + timedelta(hours=1), "resolved") in exceeded  # the late correction was judged in both
