@@ -1,12 +1,12 @@
-"""Live detection cost for a city: the service's detect loop replayed over kept data, as CPU share.
+"""Live detection cost for a city: scheduled detection replayed over kept data, or the real service.
 
-Replays what `DetectLoop` does in `envwatch run` (every `--tick-s`, `Runner.run_job` for every
-detector) with a simulated clock over `--hours` of a city's data kept by
+Replays what the schedule (detect/schedule.py) does in `envwatch run` (`Runner.run_job` for every
+detector, here every `--tick-s`) with a simulated clock over `--hours` of a city's data kept by
 `bench/detect_quality.py --keep DIR` (the demo city: 78 stations), twice in the same run:
   - periodic:     detect.incremental off (re-evaluates the last reevaluate_s every reevaluate_every_s);
   - incremental:  detect.incremental on (each window once when it settles; late data by markers).
 Printed: this process's CPU seconds per simulated hour and as a share of one core, per mode and per
-kind; --profile adds a cProfile of the incremental replay (top functions by cumulative time).
+kind, and whether both modes end with the same alerts; --profile adds a cProfile of the incremental replay (top functions by cumulative time).
 
     .venv/bin/python -P bench/detect_live.py --keep DIR [--from 2024-05-03T01:00+08:00] [--hours 3]
         [--tick-s 60] [--reevaluate-every-s 3600] [--profile] [--without multivariate_anomaly]
@@ -49,7 +49,7 @@ from ingest.model import parse_time  # noqa: E402
 
 
 def replay(mapping: dict, start: datetime, hours: float, tick_s: int, every_s: int, incremental: bool,
-           profile: cProfile.Profile | None = None) -> tuple[float, Counter[str]]:
+           profile: cProfile.Profile | None = None) -> tuple[float, Counter[str], list[tuple]]:
     mapping = {**mapping, "detect": {**mapping.get("detect", {}), "incremental": incremental}}
     settings = from_mapping(mapping, env={})
     clock = {"now": start}
@@ -70,8 +70,9 @@ def replay(mapping: dict, start: datetime, hours: float, tick_s: int, every_s: i
             per_kind[job_name(det)] += used
             total += used
         clock["now"] += timedelta(seconds=tick_s)
+    alerts = sorted((s.alert.id, s.status, s.alert.value) for s in store.alerts())
     store.close()
-    return total, per_kind
+    return total, per_kind, alerts
 
 
 def main() -> None:
@@ -106,14 +107,17 @@ def main() -> None:
         prof = cProfile.Profile() if args.profile else None
         # A first pass so that both modes start warm (multivariate models fitted and cached).
         replay(mapping, start - timedelta(hours=1), 1.0, 3600, args.reevaluate_every_s, False)
+        found = []
         for incremental in (False, True):
-            total, per_kind = replay(mapping, start, args.hours, args.tick_s, args.reevaluate_every_s, incremental,
+            total, per_kind, alerts = replay(mapping, start, args.hours, args.tick_s, args.reevaluate_every_s, incremental,
                                      prof if incremental else None)
             share = total / (args.hours * 3600)
             print(f"{'incremental' if incremental else 'periodic':<12} {stations} stations, {args.hours:g} h, tick "
                   f"{args.tick_s} s: {total / args.hours:.1f} CPU s per hour = {100 * share:.2f} % of a core", flush=True)
             for kind, used in per_kind.most_common():
                 print(f"    {kind:<34} {used / args.hours:7.2f} s/h")
+            found.append(alerts)
+        print(f"same alerts in both modes (ids, states, values): {found[0] == found[1]} ({len(found[1])} alerts)")
         if prof is not None:
             pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
     finally:
@@ -176,14 +180,24 @@ def measure_service(seconds: float, catch_up_h: int, rate: int, out: Path | None
         print(f"sampling {seconds:g} s at {rate} Hz "
               f"from {datetime.now(timezone.utc):%H:%M:%S}Z", flush=True)
         samples = out / "py-spy.txt"
-        load0, cpu0, t0 = _loadavg(), _cpu_s(service.pid), time.monotonic()
+        influx_pid = influxd.pid or 0
+        load0, cpu0, jobs0, t0 = _loadavg(), _cpu_s(service.pid), _job_cpu(_get(httpx, url)), time.monotonic()
+        influx0 = _cpu_s(influx_pid)
         subprocess.run(["py-spy", "record", "--pid", str(service.pid), "--duration", str(int(seconds)),
                         "--rate", str(rate), "--format", "raw", "--threads", "--output", str(samples)],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu, wall, load1 = _cpu_s(service.pid) - cpu0, time.monotonic() - t0, _loadavg()
+        influx_cpu = _cpu_s(influx_pid) - influx0
+        jobs = _job_cpu(_get(httpx, url))
+        used = {k: v - jobs0.get(k, 0.0) for k, v in jobs.items()}
+        print(f"scheduled detection, CPU time of its runs (envwatch_detect_job_cpu_seconds_total): "
+              f"{sum(used.values()):.2f} s in {wall:.0f} s = {100 * sum(used.values()) / wall:.3f} % of a core")
+        for kind, v in sorted(used.items(), key=lambda kv: -kv[1]):
+            print(f"    {kind:<34} {v:7.3f} s")
         _report(samples, seconds, rate, settings)
         print(f"whole service (ingest, HTTP, loops, detection): {100 * cpu / wall:.2f} % of a core over {wall:.0f} s; "
               f"load average {load0} -> {load1}; samples kept in {samples}")
+        print(f"influxd (the ingest's writes and every query, detection's included): {100 * influx_cpu / wall:.2f} % of a core")
         print("\n".join(line for line in _get(httpx, url).splitlines()
                         if line.startswith("envwatch_detect_job_duration_seconds_count")))
     finally:
@@ -199,6 +213,14 @@ def _get(httpx: Any, url: str) -> str:
         return httpx.get(url, timeout=30).text
     except httpx.HTTPError:
         return ""
+
+
+def _job_cpu(metrics: str) -> dict[str, float]:
+    """job -> envwatch_detect_job_cpu_seconds_total from a /metrics page."""
+    import re
+
+    return {m[1]: float(m[2]) for m in re.finditer(r'^envwatch_detect_job_cpu_seconds_total\{job="([^"]+)"\} (\S+)$',
+                                                   metrics, re.MULTILINE)}
 
 
 def _loadavg() -> str:
