@@ -40,6 +40,7 @@ from apscheduler.executors.base import BaseExecutor, run_job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import OrTrigger
+from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from detect.base import Detector
@@ -53,13 +54,28 @@ class JobMetrics(Protocol):
     def observe_job(self, job: str, seconds: float, ok: bool, cpu_s: float = 0.0) -> None: ...
 
 
-def trigger_for(period_s: int, settle_s: int, recheck_s: float, now: datetime) -> BaseTrigger:
-    """Fire at every window end plus `settle_s`, and every `recheck_s` between (none if 0 or not
-    shorter than the period)."""
+def settle_trigger(period_s: int, settle_s: int, now: datetime) -> CronTrigger:
+    """Fire at every window end plus `settle_s`, on the clock: a cron trigger, not an interval one,
+    whose next fire would follow the previous fire (the first run at start, a new leader's run)
+    instead of the windows. Periods divide an hour or a day, as windows do (China midnight)."""
     first = align_down(now, period_s) + timedelta(seconds=settle_s)
-    settles = IntervalTrigger(seconds=period_s, start_date=first, timezone=timezone.utc)
+    utc = dict(second=first.second, timezone=timezone.utc)
+    if 3600 % period_s == 0 and period_s % 60 == 0:
+        step = period_s // 60
+        return CronTrigger(minute=f"{first.minute % step}-59/{step}" if step < 60 else first.minute, **utc)
+    if 86400 % period_s == 0 and period_s % 3600 == 0:
+        step = period_s // 3600
+        return CronTrigger(hour=f"{first.hour % step}-23/{step}" if step < 24 else first.hour, minute=first.minute, **utc)
+    raise ValueError(f"period_s {period_s}: a detector's period must divide an hour (in minutes) or a day (in hours)")
+
+
+def trigger_for(period_s: int, settle_s: int, recheck_s: float, now: datetime) -> BaseTrigger:
+    """Fire at every window end plus `settle_s`, and `recheck_s` after each fire (none if 0 or not
+    shorter than the period)."""
+    settles = settle_trigger(period_s, settle_s, now)
     if not recheck_s or recheck_s >= period_s:
         return settles
+    first = align_down(now, period_s) + timedelta(seconds=settle_s)
     return OrTrigger([settles, IntervalTrigger(seconds=recheck_s, start_date=first, timezone=timezone.utc)])
 
 

@@ -79,6 +79,10 @@ def test_each_kind_fires_as_its_windows_settle_and_looks_for_late_data_between(s
     got = fires(trigger_for(daily.period_s, r.settle_s(daily), 1200, now), now, now + timedelta(days=1))
     assert utc(2024, 3, 1, 16, 5) in got and utc(2024, 3, 2, 16, 5) not in got
     assert len(got) == 72 and all((b - a) == timedelta(minutes=20) for a, b in zip(got, got[1:]))
+    # On the clock, whenever the job last ran (at start, or when this instance became leader).
+    trigger = trigger_for(hourly.period_s, r.settle_s(hourly), 600, now)
+    assert trigger.get_next_fire_time(utc(2024, 3, 1, 10, 50, 43), utc(2024, 3, 1, 10, 50, 44)) == utc(2024, 3, 1, 11, 0, 43)
+    assert trigger.get_next_fire_time(utc(2024, 3, 1, 11, 0, 43), utc(2024, 3, 1, 11, 0, 44)) == utc(2024, 3, 1, 11, 5)
 
 
 def test_the_schedule_runs_each_kind_and_a_long_outage_gives_one_coalesced_run(settings_factory: Any,
