@@ -194,7 +194,7 @@ def measure_service(seconds: float, catch_up_h: int, rate: int, out: Path | None
               f"{sum(used.values()):.2f} s in {wall:.0f} s = {100 * sum(used.values()) / wall:.3f} % of a core")
         for kind, v in sorted(used.items(), key=lambda kv: -kv[1]):
             print(f"    {kind:<34} {v:7.3f} s")
-        _report(samples, seconds, rate, settings)
+        _report(samples, seconds, rate)
         print(f"whole service (ingest, HTTP, loops, detection): {100 * cpu / wall:.2f} % of a core over {wall:.0f} s; "
               f"load average {load0} -> {load1}; samples kept in {samples}")
         print(f"influxd (the ingest's writes and every query, detection's included): {100 * influx_cpu / wall:.2f} % of a core")
@@ -235,57 +235,44 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _report(samples: Path, seconds: float, rate: int, settings: Any) -> None:
-    """Share of a core in scheduled detection, per kind and per frame, from py-spy's raw samples."""
-    import inspect
-
+def _report(samples: Path, seconds: float, rate: int) -> None:
+    """Share of a core in scheduled detection, per kind and per frame, from py-spy's raw samples
+    (frames read `Class.function (path:line)`)."""
     from detect.registry import detector_classes
 
-    spans = []  # (file suffix, first line, last line, kind) of each class's detect()
-    for kind, cls in detector_classes().items():
-        lines, first = inspect.getsourcelines(cls.detect)
-        spans.append((Path(inspect.getsourcefile(cls.detect) or "").name, first, first + len(lines), kind))
+    kinds = {cls.__name__: kind for kind, cls in detector_classes().items()}
     total, per_kind, own, inclusive = 0, Counter[str](), Counter[str](), Counter[str]()
     for row in samples.read_text(encoding="utf-8").splitlines():
         stack, _, n = row.rpartition(" ")
         frames = stack.split(";")
-        if not any("detect/schedule.py" in f and f.startswith("run ") for f in frames):
+        top = next((i for i, f in enumerate(frames) if f.startswith("DetectSchedule.run (")), None)
+        if top is None:
             continue
+        frames = frames[top + 1:] or frames[top:]
         total += int(n)
-        per_kind[_kind_of(frames, spans)] += int(n)
+        kind = next((kinds[f.split(".", 1)[0]] for f in frames
+                     if f.split(" (", 1)[0].endswith(".detect") and f.split(".", 1)[0] in kinds), "(schedule, store)")
+        per_kind[kind] += int(n)
         own[_short(frames[-1])] += int(n)
         for f in {_short(f) for f in frames}:
             inclusive[f] += int(n)
     possible = seconds * rate
-    print(f"scheduled detection: {total} of {possible:.0f} possible samples = {100 * total / possible:.2f} % of a core")
+    print(f"py-spy: {total} samples in scheduled detection of {possible:.0f} possible = "
+          f"{100 * total / possible:.3f} % of a core")
     for kind, n in per_kind.most_common():
-        print(f"    {kind:<28} {100 * n / possible:6.3f} % of a core")
-    print("top frames by own samples (share of detection):")
+        print(f"    {kind:<34} {100 * n / possible:6.3f} % of a core")
+    print("top frames by own samples (share of detection's samples):")
     for f, n in own.most_common(12):
         print(f"    {100 * n / max(total, 1):5.1f} %  {f}")
-    print("top frames by inclusive samples (share of detection):")
-    for f, n in inclusive.most_common(20):
+    print("top frames by inclusive samples (share of detection's samples):")
+    for f, n in inclusive.most_common(25):
         print(f"    {100 * n / max(total, 1):5.1f} %  {f}")
 
 
 def _short(frame: str) -> str:
-    """`func (/long/path/pkg/mod.py:12)` -> `func (pkg/mod.py)`: one entry per function."""
+    """`Class.func (pkg/mod.py:12)` -> `Class.func (pkg/mod.py)`: one entry per function."""
     name, _, where = frame.partition(" (")
-    path = where.rstrip(")").rsplit(":", 1)[0]
-    return f"{name} ({'/'.join(Path(path).parts[-2:])})"
-
-
-def _kind_of(frames: list[str], spans: list[tuple[str, int, int, str]]) -> str:
-    for f in frames:
-        name, _, where = f.partition(" (")
-        if name != "detect":
-            continue
-        path, _, line = where.rstrip(")").rpartition(":")
-        for file, first, last, kind in spans:
-            if path.endswith("/" + file) and line.isdigit() and first <= int(line) < last:
-                return kind
-    return "(scheduling, store, watermarks)"
-
+    return f"{name} ({where.rstrip(')').rsplit(':', 1)[0]})" if where else name
 
 if __name__ == "__main__":
     main()
