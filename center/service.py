@@ -20,8 +20,9 @@ What runs, in order of start:
 Running two instances on one PostgreSQL store: give each its own broker.client_id and
 ingest.state_dir (the ingest's session and disk buffer are keyed by them) and its own center.port.
 
-Intervals are ServiceOptions; the environment can change them (ENVWATCH_RUN_REEVALUATE_EVERY_S, ENVWATCH_RUN_WORKFLOW_POLL_S, ENVWATCH_RUN_WORKFLOW_TICK_S,
-ENVWATCH_RUN_OUTBOX_INTERVAL_S, ENVWATCH_RUN_EVENTS_POLL_S), e.g. for a demo at high speed-up.
+Intervals are ServiceOptions; the environment can change them (ENVWATCH_RUN_REEVALUATE_EVERY_S,
+ENVWATCH_RUN_WORKFLOW_POLL_S, ENVWATCH_RUN_WORKFLOW_TICK_S, ENVWATCH_RUN_OUTBOX_INTERVAL_S,
+ENVWATCH_RUN_EVENTS_POLL_S), e.g. for a demo at high speed-up.
 """
 
 from __future__ import annotations
@@ -173,9 +174,9 @@ class Service:
     def _start_loops(self) -> None:
         from center.metrics import Metrics
         from center.service_loops import OutboxLoop, WorkflowLoop
-        from detect.schedule import DetectSchedule
         from detect.publish import AlertPublisher
         from detect.runner import Runner
+        from detect.schedule import DetectSchedule
         from detect.store import AlertStore
         from notify.channels import default_channels
         from notify.outbox import Dispatcher
