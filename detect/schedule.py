@@ -6,8 +6,9 @@
 
 Each kind's job (`detect:{kind}`) fires when its windows settle: at every window end (the class's
 `period_s`, aligned to China midnight) plus its settle time (`detect.settle_s`, or the class's
-`settle_s` when longer, e.g. offline's grace); between those, every `recheck_s` for late data
-(with `detect.incremental` a look at ingest's markers, without it a re-run of the recent windows);
+`settle_s` when longer, e.g. offline's grace), on the clock (a cron trigger); between those,
+`recheck_s` after each fire, for late data (with `detect.incremental` a look at ingest's
+markers, without it a re-run of the recent windows);
 and once at start, to resume from the stored watermarks. A run is `Runner.run_job` for the kind,
 done only while this instance holds the lease (center/lease.py), checked at every run, and timed
 into the metrics (center/metrics.py) when given: its wall time, and its CPU time on this thread
