@@ -241,7 +241,7 @@ def main() -> int:
             hours = (end - start).total_seconds() / 3600
             settings = settings_for(tmp, mosq.port, influxd.port, http_port, hours, pg.url)
             load_history(settings, start, end)
-            service = Service(settings, ServiceOptions(detect_tick_s=5, workflow_poll_s=1, outbox_interval_s=1,
+            service = Service(settings, ServiceOptions(workflow_poll_s=1, outbox_interval_s=1,
                                                        events_poll_s=1)).start()
             url = f"http://127.0.0.1:{http_port}"
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {OPERATOR}"}, timeout=60) as api, \

@@ -75,7 +75,7 @@ def run(settings: Settings, speedup: float = 0.0, seconds: float | None = None, 
     _catch_up(settings, console, start, end, speedup)
     detect_from(settings, start)
     # Short loop intervals, so that the board fills within a minute or two.
-    options = ServiceOptions(detect_tick_s=15, reevaluate_every_s=60, workflow_poll_s=2, workflow_tick_s=10)
+    options = ServiceOptions(reevaluate_every_s=60, workflow_poll_s=2, workflow_tick_s=10)
     service = Service(settings, options).start()
     _print_access(console, settings)
     # Unpaced but never ahead of the clock: the rest of the current hour at once, then minute by minute.

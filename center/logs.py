@@ -19,8 +19,13 @@ from typing import Any, TextIO
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 _BASE_KEYS = ("ts", "level", "logger", "msg")
-# Libraries that log every HTTP request at INFO: at INFO the ingest would log each write.
-_CHATTY = ("httpx", "httpcore", "urllib3", "apscheduler.executors.default")
+# Libraries that log every HTTP request at INFO (at INFO the ingest would log each write), and
+# APScheduler, which logs every job run and every job added (detect/schedule.py): each at the
+# level below which it is quieted. A run missed by more than its grace still warns
+# (apscheduler.executors); the scheduler's only warning, a fire skipped while the kind's previous
+# run still goes, is the schedule working as meant (one run per kind at a time, late ones coalesce).
+_CHATTY = {"httpx": logging.WARNING, "httpcore": logging.WARNING, "urllib3": logging.WARNING,
+           "apscheduler": logging.WARNING, "apscheduler.scheduler": logging.ERROR}
 _HANDLER_MARK = "_envwatch_handler"
 
 
@@ -78,7 +83,6 @@ def configure_logging(json: bool = False, level: int | str = "INFO", stream: Tex
     handler.setFormatter(JsonFormatter() if json else TextFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    quiet = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
-    for name in _CHATTY:
-        logging.getLogger(name).setLevel(quiet)
+    for name, quiet in _CHATTY.items():
+        logging.getLogger(name).setLevel(logging.DEBUG if root.level <= logging.DEBUG else quiet)
     return handler

@@ -12,6 +12,8 @@ Ingest (this instance's worker, from Ingest.counters(); absent when the app runs
     envwatch_ingest_disk_paused                 1 while the disk refuses writes (acks paused)
 Detection (timed by this instance's scheduler; lag read from the shared store):
     envwatch_detect_job_duration_seconds{job}   histogram of scheduled runs
+    envwatch_detect_job_cpu_seconds_total{job}  CPU time of the schedule's thread in those runs (the
+                                                live cost of detection: rate() of it is a share of a core)
     envwatch_detect_job_failures_total{job}     runs that raised
     envwatch_detect_job_lag_seconds{job}        now - the job's watermark (end of the last window evaluated)
 Store (shared by all instances, read at scrape time):
@@ -66,13 +68,16 @@ class Metrics:
                                       ["job"], buckets=JOB_BUCKETS, registry=self.registry)
         self.job_failures = Counter("envwatch_detect_job_failures", "scheduled detector runs that raised", ["job"],
                                     registry=self.registry)
+        self.job_cpu = Counter("envwatch_detect_job_cpu_seconds", "CPU time of scheduled detector runs", ["job"],
+                               registry=self.registry)
         self.registry.register(_StateCollector(engine, ingest_counters, is_leader))
         # CPU, memory and file descriptors of this process (from /proc), and the Python version.
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 
-    def observe_job(self, job: str, seconds: float, ok: bool) -> None:
+    def observe_job(self, job: str, seconds: float, ok: bool, cpu_s: float = 0.0) -> None:
         self.job_duration.labels(job).observe(seconds)
+        self.job_cpu.labels(job).inc(cpu_s)
         if not ok:
             self.job_failures.labels(job).inc()
         else:

@@ -10,8 +10,9 @@ What runs, in order of start:
                    that instances starting together do not race
     ingest         this instance's MQTT -> InfluxDB worker (shared subscription: instances split it)
     answers        enterprise answers over MQTT -> workflow.answer (every instance; idempotent)
-    lease          leadership (center/lease.py); the leader alone runs the three loops of
-                   center/service_loops.py: detection, case workflow, outbox
+    lease          leadership (center/lease.py); the leader alone runs detection (one APScheduler
+                   job per detector kind, detect/schedule.py) and the two loops of
+                   center/service_loops.py: case workflow, outbox
     warnings       the early warning (detect/warning.py) on the ingest's written topic; every
                    instance keeps its state, the leader alone stores and sends warnings
     http           uvicorn serving center.app.create_app on center.host:center.port
@@ -19,9 +20,9 @@ What runs, in order of start:
 Running two instances on one PostgreSQL store: give each its own broker.client_id and
 ingest.state_dir (the ingest's session and disk buffer are keyed by them) and its own center.port.
 
-Intervals are ServiceOptions; the environment can change them (ENVWATCH_RUN_DETECT_TICK_S,
-ENVWATCH_RUN_REEVALUATE_EVERY_S, ENVWATCH_RUN_WORKFLOW_POLL_S, ENVWATCH_RUN_WORKFLOW_TICK_S,
-ENVWATCH_RUN_OUTBOX_INTERVAL_S, ENVWATCH_RUN_EVENTS_POLL_S), e.g. for a demo at high speed-up.
+Intervals are ServiceOptions; the environment can change them (ENVWATCH_RUN_REEVALUATE_EVERY_S,
+ENVWATCH_RUN_WORKFLOW_POLL_S, ENVWATCH_RUN_WORKFLOW_TICK_S, ENVWATCH_RUN_OUTBOX_INTERVAL_S,
+ENVWATCH_RUN_EVENTS_POLL_S), e.g. for a demo at high speed-up.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ MIGRATION_LOCK = "envwatch:migrate"
 class ServiceOptions:
     """Timing of the service's loops (seconds)."""
 
-    detect_tick_s: float = 60.0  # how often each detector's due windows are evaluated
-    reevaluate_every_s: float = 600.0  # recent windows re-run at least this often (late data)
+    # Between the settles of its windows, each detector kind looks for late data this often
+    # (detect/schedule.py: its due windows are judged as they settle, not on a tick).
+    reevaluate_every_s: float = 600.0
     workflow_poll_s: float = 5.0  # new alerts -> cases
     workflow_tick_s: float = 60.0  # deadlines and verification windows
     outbox_interval_s: float = 2.0
@@ -171,9 +173,10 @@ class Service:
 
     def _start_loops(self) -> None:
         from center.metrics import Metrics
-        from center.service_loops import DetectLoop, OutboxLoop, WorkflowLoop
+        from center.service_loops import OutboxLoop, WorkflowLoop
         from detect.publish import AlertPublisher
         from detect.runner import Runner
+        from detect.schedule import DetectSchedule
         from detect.store import AlertStore
         from notify.channels import default_channels
         from notify.outbox import Dispatcher
@@ -187,13 +190,20 @@ class Service:
         self._closers.append(("channels", lambda: [c.close() for c in channels.values() if hasattr(c, "close")]))
         self.workflow_loop = WorkflowLoop(self.engine, s, self.broadcaster, leader, o.workflow_poll_s,
                                           o.workflow_tick_s)
-        loops = [DetectLoop(runner, self.metrics, leader, o.detect_tick_s, o.reevaluate_every_s),
-                 self.workflow_loop, OutboxLoop(Dispatcher(self.engine, s, channels), leader, o.outbox_interval_s)]
+        loops = [self.workflow_loop, OutboxLoop(Dispatcher(self.engine, s, channels), leader, o.outbox_interval_s)]
+        self.detect_schedule = DetectSchedule(runner, leader, self.metrics, o.reevaluate_every_s)
         if hasattr(self.lease, "on_change"):  # a new leader starts at once instead of at its next tick
-            self.lease.on_change = lambda now_leader: [lp.wake.set() for lp in loops] if now_leader else None
+            self.lease.on_change = lambda now_leader: self._lead_now(loops) if now_leader else None
+        self.detect_schedule.start()
+        self._closers.append(("detect schedule", self.detect_schedule.stop))
         for lp in loops:
             lp.start()
             self._closers.append((lp.name, lp.stop))
+
+    def _lead_now(self, loops: list[Any]) -> None:
+        self.detect_schedule.run_now()
+        for lp in loops:
+            lp.wake.set()
 
     def _start_warnings(self) -> None:
         """The early warning: fed by the ingest's written messages; only the leader emits."""

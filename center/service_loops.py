@@ -1,14 +1,18 @@
-"""The service's leader-only loops: scheduled detection, the case workflow, the outbox.
+"""The service's leader-only loops: the case workflow and the outbox (detection: detect/schedule.py).
 
 Each loop is a thread that runs on every instance but does its work only while the instance holds
 the lease (center/lease.py), checked before every pass; so a follower that becomes leader starts
 working at its next pass, without threads being started or stopped on leadership changes.
 
-    DetectLoop     every detect_tick_s: Runner.run_job for each detector (timed into the metrics)
     WorkflowLoop   open alerts not yet in a case -> workflow.process_alerts; every workflow_tick_s
                    workflow.tick (deadlines, verification). Reads the store rather than trusting an
                    in-memory queue, so a new leader takes over what the old one had not processed.
     OutboxLoop     Dispatcher.run_once, again at once while there is work
+
+Why these two are not APScheduler jobs like detection: they are wake-on-work loops (a pass that
+found a full batch runs again at once, a new leader is woken), with nothing to align to a clock.
+A job would need rescheduling from inside itself for "again at once" and a trip through the
+scheduler's job store for every wake-up, for the same behaviour as an Event.wait.
 """
 
 from __future__ import annotations
@@ -22,9 +26,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Engine
 
 from center.api_stream import Broadcaster
-from center.metrics import Metrics
 from config.schema import Settings
-from detect.runner import Runner, job_name
 from notify import inbox, workflow
 from notify.outbox import Dispatcher
 
@@ -70,31 +72,6 @@ class Loop:
     def step(self) -> bool:
         """One pass; True to run the next one at once."""
         raise NotImplementedError
-
-
-class DetectLoop(Loop):
-    name = "detect"
-
-    def __init__(self, runner: Runner, metrics: Metrics, is_leader: IsLeader, tick_s: float,
-                 reevaluate_every_s: float) -> None:
-        super().__init__(is_leader, tick_s)
-        self.runner, self.metrics, self.reevaluate_every_s = runner, metrics, reevaluate_every_s
-
-    def step(self) -> bool:
-        for det in self.runner.detectors:
-            if self.stopping.is_set() or not self.is_leader():
-                break
-            started, ok = time.perf_counter(), False
-            try:
-                report = self.runner.run_job(det, reevaluate_every_s=int(self.reevaluate_every_s))
-                ok = True
-                if report.windows:
-                    log.info("%s: %d windows, changes %s", job_name(det), report.windows, dict(report.changes))
-            except Exception:  # noqa: BLE001 - one failing detector must not keep the others from running
-                log.exception("%s failed; the next tick retries (its watermark stays)", job_name(det))
-            finally:
-                self.metrics.observe_job(job_name(det), time.perf_counter() - started, ok)
-        return False
 
 
 class WorkflowLoop(Loop):

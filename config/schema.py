@@ -294,8 +294,8 @@ class DetectSettings(_Model):
     cluster: str | None = None
     # Re-evaluate only the windows late data touched, told by ingest's markers (ingest/late.py),
     # instead of every recent window every reevaluate_every_s. For a service whose data all comes
-    # through envwatch's ingest (anything written around it is not seen as late data).
-    incremental: bool = False
+    # through envwatch's ingest (anything written around it is not seen as late data: turn it off).
+    incremental: bool = True
 
 
 class Officer(_Model):

@@ -1,7 +1,7 @@
 """Detection: detectors over stored readings -> alerts (stored, published), on a schedule or on demand.
 
     from detect import Runner, build_detectors, detect_range, export_alerts
-    Runner(settings).run_job(detector)            # one scheduled run (the service's detect loop)
+    Runner(settings).run_job(detector)            # one scheduled run (a job of detect/schedule.py)
     detect_range(settings, start, end)            # `envwatch detect --from --to`
 
 Heavy modules (pandas, sklearn, SQLAlchemy) load on first use of a name, not on `import detect`.

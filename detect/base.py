@@ -101,6 +101,10 @@ class Detector(BaseEstimator):
     lookback_s: ClassVar[int] = 0
     # The natural window length the scheduler uses for this detector.
     period_s: ClassVar[int] = 3600
+    # Seconds after a window ends before it is first judged, beyond detect.settle_s (offline: its
+    # grace, which a silence running over the window's end needs to show). The schedule
+    # (detect/schedule.py) fires each kind's job at every window end plus this settle time.
+    settle_s: ClassVar[int] = 0
 
     def detect(self, window: Window, source: "ReadingSource", lookup: "Lookup") -> list[Alert]:
         raise NotImplementedError

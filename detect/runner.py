@@ -6,7 +6,7 @@ UTC hours, days run 16:00Z..16:00Z. Evaluating a window means: detect, upsert th
 in (start, end]) that it no longer produces, and publish what changed. Evaluating the same
 window twice therefore changes nothing; evaluating it after late data updates it.
 
-Scheduled job (`run_job`, one per detector, called by the service's detect loop every tick):
+Scheduled job (`run_job`, one per detector kind, fired by the service's schedule, detect/schedule.py):
     horizon   = now - max(detect.settle_s, detector.settle_s if it has one)   (offline: its grace)
     due       = windows ending in (watermark, horizon]                 (first run: the last reevaluate_s)
     re-run    = windows ending in (horizon - reevaluate_s, watermark]  when something is due, or
@@ -165,9 +165,12 @@ class Runner:
 
     # -- scheduled jobs -----------------------------------------------------------------------
 
+    def settle_s(self, detector: Detector) -> int:
+        """Seconds after one of the detector's windows ends before it is first judged."""
+        return max(self.settings.detect.settle_s, int(detector.settle_s or 0))
+
     def horizon(self, detector: Detector, now: datetime) -> datetime:
-        settle = max(self.settings.detect.settle_s, int(getattr(detector, "settle_s", 0) or 0))
-        return now - timedelta(seconds=settle)
+        return now - timedelta(seconds=self.settle_s(detector))
 
     def run_job(self, detector: Detector, reevaluate_every_s: int = 3600) -> Report:
         """One scheduled run of one detector: due windows, then the recent ones again (see module doc)."""

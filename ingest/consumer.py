@@ -796,7 +796,7 @@ class Ingest:
             self._counters.add("readings_written", screened.dropped - screened.revisions)  # as if written
             # Late-data markers for detection (ingest/late.py); if this fails the batch is
             # retried, lines included (rewriting the same points is harmless).
-            self.influx.write(marker_lines(screened.lines, time.time()))
+            self.influx.write(marker_lines(screened.lines, time.time()), precision="ns")
         except InfluxUnavailable as exc:
             return f"InfluxDB unavailable ({exc})"
         except (sqlite3.Error, OSError) as exc:  # a refused line could not be dead-lettered

@@ -5,7 +5,10 @@ those lines fall in (an hour whose end is already past: its windows may have bee
 
     ingest_written  tags hour=<epoch seconds of the hour's start>  fields n=<lines>i  (time: InfluxDB's clock)
 
-(hour is a tag so that the markers of one request, all stamped alike by InfluxDB, stay apart.)
+(hour is a tag so that the markers of one request, all stamped alike by InfluxDB, stay apart. They
+are written with precision ns, so that InfluxDB stamps them to the nanosecond: stamped to the
+second, two writes within one second shared a time, and the detect job, which reads the markers
+after the time of the last one it saw, missed the second write's when it had looked in between.)
 
 Points of the current hour need no marker (no settled window contains them), so in steady
 operation markers appear only around hour boundaries and when a logger catches up. The detect

@@ -110,7 +110,7 @@ def serve(app: Any) -> ServedApp:
 # -- the service as a subprocess ------------------------------------------------------------------
 
 SERVICE_ENV = {  # fast loops for tests (center/service.py ServiceOptions.from_env)
-    "ENVWATCH_RUN_DETECT_TICK_S": "1", "ENVWATCH_RUN_REEVALUATE_EVERY_S": "1", "ENVWATCH_RUN_WORKFLOW_POLL_S": "0.5",
+    "ENVWATCH_RUN_REEVALUATE_EVERY_S": "1", "ENVWATCH_RUN_WORKFLOW_POLL_S": "0.5",
     "ENVWATCH_RUN_WORKFLOW_TICK_S": "5", "ENVWATCH_RUN_OUTBOX_INTERVAL_S": "0.5", "ENVWATCH_RUN_EVENTS_POLL_S": "0.5"}
 
 

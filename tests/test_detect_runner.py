@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from center.metrics import Metrics
-from center.service_loops import DetectLoop
+from detect.schedule import DetectSchedule
 from config.schema import InfluxSettings
 from core.time import parse_time
 from detect.cli import detect_range, export_alerts
@@ -89,7 +89,8 @@ def test_late_data_updates_the_hour_without_duplicating(settings_factory: Any, i
 
 
 def test_a_new_runner_resumes_from_the_stored_watermark(settings_factory: Any, influx: Influx) -> None:
-    settings = settings_factory(registry(), detect={"settle_s": 300, "reevaluate_s": 2 * 3600})
+    # Periodic re-evaluation (incremental runs: tests/test_detect_incremental.py).
+    settings = settings_factory(registry(), detect={"settle_s": 300, "reevaluate_s": 2 * 3600, "incremental": False})
     write(influx, minute_lines(lookup(), "GAS01", H0, 8 * 60, lambda i: so2(40.0)(i % 60)))
     clock = {"now": H0 + timedelta(hours=3, minutes=6)}
     a = runner(settings, influx, detectors=[Exceedance()], clock=lambda: clock["now"])
@@ -112,17 +113,17 @@ def test_a_new_runner_resumes_from_the_stored_watermark(settings_factory: Any, i
     assert len(list(b.store.alerts())) == 5
 
 
-def test_the_detect_loop_runs_every_detector_and_records_watermarks(settings_factory: Any, influx: Influx) -> None:
+def test_the_detect_schedule_runs_every_detector_and_records_watermarks(settings_factory: Any, influx: Influx) -> None:
     r = runner(settings_factory(registry()), influx)
     jobs = ("detect:exceedance", "detect:insufficient_valid_data")
     assert sorted(job_name(d) for d in r.detectors) == list(jobs)
-    loop = DetectLoop(r, Metrics(r.store.engine), lambda: True, 3600, 600).start()
+    schedule = DetectSchedule(r, lambda: True, Metrics(r.store.engine), 600).start()
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not all(r.store.watermark(j) for j in jobs):
             time.sleep(0.1)
     finally:
-        loop.stop()
+        schedule.stop()
     assert r.store.watermark("detect:exceedance") is not None
     assert r.store.watermark("detect:insufficient_valid_data") is not None
 

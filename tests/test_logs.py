@@ -70,6 +70,35 @@ def test_chatty_http_client_quiet_at_info(restore_root: None) -> None:
     assert logging.getLogger("httpx").isEnabledFor(logging.DEBUG)
 
 
+def test_apscheduler_says_only_what_an_operator_needs(restore_root: None) -> None:
+    """The schedule's runs and fires skipped while a kind still runs are quiet; a missed run warns."""
+    import threading
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from detect.schedule import SerialExecutor
+
+    out = io.StringIO()
+    configure_logging(json=True, level="INFO", stream=out)
+    release = threading.Event()
+    scheduler = BackgroundScheduler(executors={"default": SerialExecutor()}, timezone=timezone.utc)
+    scheduler.add_job(release.wait, "interval", seconds=0.2, args=[5], id="busy", max_instances=1, coalesce=True,
+                      misfire_grace_time=60)
+    scheduler.add_job(lambda: None, "interval", hours=1, id="late", misfire_grace_time=1,
+                      next_run_time=datetime.now(timezone.utc) - timedelta(seconds=30))
+    scheduler.start()
+    try:
+        time.sleep(1.5)  # "busy" fires about 7 times while its first run waits; "late" is seen missed
+    finally:
+        release.set()
+        scheduler.shutdown(wait=True)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["level"], r["logger"]) for r in lines] == [("WARNING", "apscheduler.executors.default")]
+    assert "was missed by" in lines[0]["msg"]
+
+
 def test_every_stderr_line_of_a_process_is_json() -> None:
     code = ("import logging; from center.logs import configure_logging; configure_logging(json=True);"
             "logging.getLogger('svc').info('up', extra={'port': 8080});"

@@ -18,7 +18,7 @@ from center.app import create_app
 from devtools.devservices import Service, free_port
 from center.metrics import Metrics
 from center.service import prepare_store
-from center.service_loops import DetectLoop
+from detect.schedule import DetectSchedule
 from detect.runner import Runner
 from detect.store import AlertStore
 from ingest.consumer import Ingest
@@ -88,7 +88,9 @@ def test_metrics_move_with_ingest_detection_and_the_store(running: dict[str, Any
     # A real detection pass, timed into the app's metrics; a case with notices; a failed delivery.
     metrics: Metrics = running["app"].state.metrics
     runner = Runner(s, store=AlertStore(engine))
-    DetectLoop(runner, metrics, lambda: True, 60, 600).step()
+    schedule = DetectSchedule(runner, lambda: True, metrics)
+    for det in runner.detectors:  # one scheduled run of every kind
+        schedule.run(det)
     seed_case(engine, s, "EA", T0)
     Dispatcher(engine, s, {"webhook": WebhookChannel(s, timeout_s=2)}, max_attempts=1).run_once()
 
