@@ -132,9 +132,10 @@ class Runner:
         reports = []
         plan = [(det, windows(start, end, det.period_s)) for det in self._selected(kinds)]
         found = self._detect_on_cluster(plan)
-        # One run's settled hours are computed once for every kind and window of the run.
-        source = self.source if self.source.settled is not None else \
-            ReadingSource(self.influx, cluster=self.settings.detect.cluster, settled=SettledHours())
+        # One run's settled hours are computed once for every kind and window of the run, and read
+        # afresh by the next run: a range asked for explicitly may follow writes that bypassed the
+        # ingest (a restore, an import), which no late-data marker announces.
+        source = ReadingSource(self.influx, cluster=self.settings.detect.cluster, settled=SettledHours())
         for det, wins in plan:
             report = Report(det.kind)
             for w in wins:
