@@ -330,6 +330,11 @@ class EscalationSettings(_Model):
     immediate_kinds: list[str] = Field(
         default_factory=lambda: ["constant_value", "zero_while_operating", "o2_anomaly", "flag_abuse",
                                  "data_revision"])
+    # The lowest alert severity at which an immediate kind escalates at once (kinds not listed: any).
+    # A revision that would clear an exceedance (critical) is falsification; a minor one goes
+    # through notice and answer like any first minor problem (助企: light or no penalty).
+    immediate_from: dict[str, Literal["info", "minor", "major", "critical"]] = Field(
+        default_factory=lambda: {"data_revision": "critical"})
     recurrence_escalates: bool = True
 
 

@@ -110,6 +110,7 @@ def kind_problems(settings: Settings) -> list[str]:
     known = detector_classes()
     n = settings.notify
     named = [("notify.escalation.immediate_kinds", k) for k in n.escalation.immediate_kinds]
+    named += [("notify.escalation.immediate_from", k) for k in n.escalation.immediate_from]
     named += [("notify.grouping.kinds", k) for k in n.grouping.kinds]
     named += [("notify.deadline_hours", k) for k in n.deadline_hours if k != "default"]
     named += [(f"detect.overrides.{i}.kind", o.kind) for i, o in enumerate(settings.detect.overrides) if o.kind]

@@ -176,8 +176,11 @@ class WarningEngine:
         self.likely_after = settings.detect.warning.likely_after_minutes
         self.settle = timedelta(seconds=settings.detect.settle_s)
         self._series: dict[str, list[Expected]] = {}
+        # (enterprise, outlet, pollutant) -> its stations: an outlet may have two analysers of one pollutant
+        self._stations: dict[tuple[str, str, str], list[str]] = {}
         for e in expected_series(self.lookup):
             self._series.setdefault(e.mn, []).append(e)
+            self._stations.setdefault((e.enterprise, e.outlet.id, e.pollutant), []).append(e.mn)
         self._minutes: dict[tuple[str, int], dict[tuple[str, int], Reading]] = {}
         # (mn, hour, code) -> [sum of max(avg, zs, 0), max of it, distinct minutes]: the cheap gate
         self._bound: dict[tuple[str, int, str], list[float]] = {}
@@ -326,7 +329,7 @@ class WarningEngine:
             if key is not None:
                 touched.add(key)
         candidates = [k for k in touched if self._worth_judging(k)]
-        changes = self._judge(self._rows(candidates), now, closing=False) if candidates else []
+        changes = self._judge(self._rows(candidates), now) if candidates else []
         complete = [k for k in touched if self._complete(k)]
         changes += self._close(complete, now) if complete else []
         return self._emit(changes)
@@ -394,7 +397,9 @@ class WarningEngine:
         hours = sorted({pd.Timestamp(h, unit="s", tz="UTC") for _, h in keys})
         return hours_from_minutes(m, self.lookup, want, self.hourly.params_for, hours)
 
-    def _judge(self, rows: pd.DataFrame, now: datetime, closing: bool) -> list[dict[str, Any]]:
+    def _judge(self, rows: pd.DataFrame, now: datetime) -> list[dict[str, Any]]:
+        """Each station's own hour so far (as `exceedance` judges each station's own mean); the
+        outlet's warning is raised by the first station whose exceedance becomes certain (likely)."""
         changes = []
         for row in rows.itertuples(index=False):
             limit = self.lookup.outlets[(row.enterprise, row.outlet)].limits[row.pollutant]
@@ -403,9 +408,6 @@ class WarningEngine:
             p = self.hourly.params_for(row.enterprise, row.outlet, row.pollutant)
             start = pd.Timestamp(row.time)
             wid = warning_id("hourly", row.enterprise, row.outlet, row.pollutant, to_dt(start))
-            if closing:
-                changes += self._settle(wid, row, limit.hourly, p, now)
-                continue
             h = SoFar(float(row.sum_cq), float(row.sum_q), int(row.n_usable), int(row.points),
                       bool(np.isfinite(row.weight)))
             iv = _interval_min(p)
@@ -426,6 +428,8 @@ class WarningEngine:
 
     def _raise(self, wid: str, kind: str, level: str, row: Any, start: pd.Timestamp, end: pd.Timestamp, value: float,
                limit: float, unit: str, ev: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+        if kind == "hourly" and level == "certain":  # this station needs no more judging this hour
+            self._certain.add((row.mn, int(start.timestamp()), row.pollutant))
         old = self._active.get(wid)
         if old is not None and (old["level"] == "certain" or level == old["level"]):
             return []  # no news: a certain warning stays certain; a likely one is news only when it becomes certain
@@ -434,35 +438,65 @@ class WarningEngine:
              "window_start": iso(start), "window_end": iso(end), "value": r(value), "limit": limit, "unit": unit,
              "evidence": ev, "first_seen": old["first_seen"] if old else iso(now), "updated_at": iso(now)}
         self._active[wid] = w
-        if kind == "hourly" and level == "certain":
-            self._certain.add((row.mn, int(start.timestamp()), row.pollutant))
         return [w]
 
-    def _settle(self, wid: str, row: Any, limit: float, p: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
-        """The hour closed: its active warning is confirmed (mean above the limit) or withdrawn."""
-        w = self._active.pop(wid, None)
-        if w is None:
-            return []
-        judged = row.valid_minutes >= p["min_valid_minutes"] and np.isfinite(row.mean)
-        exceeded = bool(judged and row.mean > limit)
-        w = w | {"status": "confirmed" if exceeded else "withdrawn", "updated_at": iso(now),
-                 "evidence": w["evidence"] | {"final_mean": r(float(row.mean)) if judged else None,
-                                              "final_valid_minutes": r(float(row.valid_minutes), 1)}}
-        return [w]
+    def _settle(self, rows: pd.DataFrame, closing: set[tuple[str, int]], now: datetime) -> list[dict[str, Any]]:
+        """Closed station-hours settle their outlet's active warning. Like `exceedance` (each
+        station's own mean, the worst one reported for the outlet), the warning is confirmed as
+        soon as one station's closed hour is above the limit, and withdrawn only when none is and
+        no other station of the outlet measuring the pollutant still has the hour open."""
+        by_wid: dict[str, list[tuple[Any, float]]] = {}
+        for row in rows.itertuples(index=False):
+            limit = self.lookup.outlets[(row.enterprise, row.outlet)].limits[row.pollutant]
+            wid = warning_id("hourly", row.enterprise, row.outlet, row.pollutant, to_dt(pd.Timestamp(row.time)))
+            if limit.hourly is not None and wid in self._active:
+                p = self.hourly.params_for(row.enterprise, row.outlet, row.pollutant)
+                judged = row.valid_minutes >= p["min_valid_minutes"] and np.isfinite(row.mean)
+                by_wid.setdefault(wid, []).append((row, float(row.mean) if judged else math.nan))
+        changes = []
+        for wid, finals in by_wid.items():
+            w = self._active[wid]
+            limit = float(w["limit"])
+            over = [(m, row) for row, m in finals if m > limit]
+            if not over and self._open_elsewhere(w, closing):
+                continue  # another station's hour may still end above the limit
+            mean, row = max(over, key=lambda x: (x[0], x[1].mn)) if over else max(
+                ((m, row) for row, m in finals), key=lambda x: (-math.inf if math.isnan(x[0]) else x[0], x[1].mn))
+            del self._active[wid]
+            ev = {"final_mean": None if math.isnan(mean) else r(mean),
+                  "final_valid_minutes": r(float(row.valid_minutes), 1)}
+            if len(self._stations[(w["enterprise_id"], w["outlet_id"], w["pollutant"])]) > 1:
+                ev |= {"final_station_mn": row.mn,
+                       "final_by_station": {rw.mn: None if math.isnan(m) else r(m) for rw, m in finals}}
+            changes.append(w | {"status": "confirmed" if over else "withdrawn", "updated_at": iso(now),
+                                "evidence": w["evidence"] | ev})
+        return changes
+
+    def _open_elsewhere(self, w: dict[str, Any], closing: set[tuple[str, int]]) -> bool:
+        """Whether another station of the warning's outlet and pollutant holds minutes of its hour
+        that are not closing now."""
+        hour = int(_dt(w["window_start"]).timestamp())
+        return any((mn, hour) in self._minutes and (mn, hour) not in closing
+                   for mn in self._stations[(w["enterprise_id"], w["outlet_id"], w["pollutant"])])
 
     def _close(self, keys: list[tuple[str, int]], now: datetime) -> list[dict[str, Any]]:
-        # Only station-hours with a warning to settle or a daily limit to feed need the hourly rule.
-        warned = {(w["station_mn"], w["window_start"]) for w in self._active.values() if w["kind"] == "hourly"}
-        needed = [k for k in keys if (k[0], iso(_utc(k[1]))) in warned
-                  or any(e.outlet.limits[e.pollutant].daily is not None for e in self._series[k[0]])]
+        # Only station-hours with a warning to settle (their outlet's: any of its stations may
+        # have raised it) or a daily limit to feed need the hourly rule.
+        closing = set(keys)
+        warned = {(w["enterprise_id"], w["outlet_id"], w["window_start"]) for w in self._active.values()
+                  if w["kind"] == "hourly"}
+        needed = [k for k in keys if any((e.enterprise, e.outlet.id, iso(_utc(k[1]))) in warned
+                                         or e.outlet.limits[e.pollutant].daily is not None for e in self._series[k[0]])]
         rows = self._rows(needed) if needed else pd.DataFrame(columns=["mn"])
-        changes = self._judge(rows, now, closing=True)
-        # Active warnings of a closed hour without any row (no reading kept): withdrawn.
+        changes = self._settle(rows, closing, now)
+        # Active warnings of a closed hour without any row (no reading kept): withdrawn, unless
+        # another station of the outlet still has the hour open.
         for mn, hour in keys:
             for e in self._series[mn]:
                 wid = warning_id("hourly", e.enterprise, e.outlet.id, e.pollutant, _utc(hour))
-                w = self._active.pop(wid, None)
-                if w is not None:
+                w = self._active.get(wid)
+                if w is not None and not self._open_elsewhere(w, closing):
+                    del self._active[wid]
                     changes.append(w | {"status": "withdrawn", "updated_at": iso(now)})
         changes += self._add_day_rows(rows, now)
         for key in keys:

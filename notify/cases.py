@@ -310,10 +310,16 @@ def case_id_for(alert: Alert) -> str:
 
 
 def alert_facts(alert: Alert) -> dict[str, Any]:
-    """What an event records about an alert (the full alert is kept in case_alerts)."""
-    return {"alert_id": alert.id, "kind": alert.kind, "severity": alert.severity, "value": alert.value,
-            "limit": alert.limit, "unit": alert.unit, "pollutant": alert.pollutant,
-            "window_start": alert.window_start, "window_end": alert.window_end}
+    """What an event records about an alert (the full alert is kept in case_alerts).
+
+    `confidence` where the detector states one (multivariate_anomaly: "low" from a cold start), so
+    the notice, the board and the ticket can say how far the finding can be trusted."""
+    facts = {"alert_id": alert.id, "kind": alert.kind, "severity": alert.severity, "value": alert.value,
+             "limit": alert.limit, "unit": alert.unit, "pollutant": alert.pollutant,
+             "window_start": alert.window_start, "window_end": alert.window_end}
+    if alert.evidence.get("confidence") is not None:
+        facts["confidence"] = alert.evidence["confidence"]
+    return facts
 
 
 def attach(conn: Connection, case_id: str, alert: Alert, at: datetime) -> None:

@@ -5,7 +5,11 @@
 
 A package is one folder (and a .zip of it) holding:
     readings.csv     raw readings of the windows concerned (each alert's window +- MARGIN), every
-                     measurement (rtd/minute/hour/day), all fields including the data flags
+                     measurement (rtd/minute/hour/day), all fields including the data flags; the
+                     values received first (the ingest keeps those)
+    revisions.csv    re-sends that differed (the `revisions` measurement) of the alerts' stations in
+                     those windows, and those a data_revision alert reports (received in its window):
+                     the first-received value and the re-sent one side by side, with when it came
     payloads.jsonl   raw payloads where kept; envwatch keeps none of accepted readings (InfluxDB holds
                      the decoded values), so it is empty and the manifest says so
     chart.png        readings against the limit, the alert windows shaded
@@ -43,6 +47,7 @@ from config.schema import Settings
 from core.time import CHINA_ZONE, as_utc
 from core.influx import Influx
 from detect import readings
+from ingest.revisions import Revision, read_revisions
 from ingest.schema import FLOAT_FIELDS, STRING_FIELDS, measurement
 from notify import events
 from notify.notices import pollutant_label, problem_label
@@ -145,6 +150,38 @@ def _readings(influx: Influx, windows: list[tuple[str, str, datetime, datetime]]
     cols = [c for c in known if c in df.columns] + sorted(c for c in df.columns if c not in known)
     keys = [c for c in ("measurement", "mn", "pollutant", "time") if c in df.columns]
     return df[cols].drop_duplicates(subset=keys).sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+REVISION_COLUMNS = ("interval", "time", "time_utc", "mn", "enterprise", "outlet", "pollutant", "field", "first",
+                    "revised", "received_at")
+
+
+def _revisions(influx: Influx, alerts: list[dict[str, Any]],
+               windows: list[tuple[str, str, datetime, datetime]]) -> list[Revision]:
+    """The stored revisions the case rests on: its alerts' stations' readings in the windows read
+    (by DataTime), and for a data_revision alert those received in its window (its windows are
+    receipt hours: the readings it reports may be older)."""
+    found: dict[tuple, Revision] = {}
+    for ent, outlet, start, end in windows:
+        mns = {a["station_mn"] for a in alerts if a.get("station_mn")
+               and (a["enterprise_id"], a.get("outlet_id") or "") == (ent, outlet)}
+        for rv in read_revisions(influx, start, end, by="time", mns=mns) if mns else []:
+            found[(rv.interval, rv.mn, rv.pollutant, rv.time, rv.field, rv.received_at)] = rv
+    for a in alerts:
+        if a["kind"] == "data_revision" and a.get("station_mn"):
+            start, end = (datetime.fromisoformat(a[k]) for k in ("window_start", "window_end"))
+            for rv in read_revisions(influx, start, end, by="received", mns=[a["station_mn"]]):
+                found[(rv.interval, rv.mn, rv.pollutant, rv.time, rv.field, rv.received_at)] = rv
+    return sorted(found.values(), key=lambda rv: (rv.mn, rv.pollutant, rv.interval, rv.time, rv.received_at, rv.field))
+
+
+def _revisions_csv(revs: list[Revision]) -> bytes:
+    """One row per revised field: the first-received value and the re-sent one, Beijing time beside UTC."""
+    rows = [{"interval": rv.interval, "time": pd.Timestamp(rv.time).tz_convert(CHINA_ZONE).isoformat(),
+             "time_utc": _iso(rv.time), "mn": rv.mn, "enterprise": rv.enterprise, "outlet": rv.outlet,
+             "pollutant": rv.pollutant, "field": rv.field, "first": rv.first, "revised": rv.revised,
+             "received_at": _iso(rv.received_at)} for rv in revs]
+    return pd.DataFrame(rows, columns=list(REVISION_COLUMNS)).to_csv(index=False, lineterminator="\n").encode()
 
 
 CHART_WORDS: dict[str, dict[str, str]] = {
@@ -259,10 +296,12 @@ def _history(c: _Case) -> dict[str, Any]:
     return {"case_id": c.case["id"], "genesis": events.GENESIS, "events": rows}
 
 
-def _files(c: _Case, df: pd.DataFrame, language: str = "zh-CN", names: dict[str, str] | None = None) -> dict[str, bytes]:
+def _files(c: _Case, df: pd.DataFrame, language: str = "zh-CN", names: dict[str, str] | None = None,
+           revs: list[Revision] | None = None) -> dict[str, bytes]:
     case = {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in c.case.items()}
     ans = [{k: (_iso(v) if isinstance(v, datetime) else v) for k, v in a.items()} for a in c.answers]
-    return {"readings.csv": _readings_csv(df, language), "payloads.jsonl": b"",
+    return {"readings.csv": _readings_csv(df, language), "revisions.csv": _revisions_csv(revs or []),
+            "payloads.jsonl": b"",
             "chart.png": _chart(df, c.alerts, c.case, language, names),
             "alerts.json": _json(c.alerts), "case.json": _json(case), "answers.json": _json(ans),
             "history.json": _json(_history(c))}
@@ -303,10 +342,11 @@ def build(engine_or_conn: Engine | Connection, settings: Settings, case_id: str,
     influx = influx or Influx(settings.influxdb)
     try:
         df = _readings(influx, windows)
+        revs = _revisions(influx, c.alerts, windows)
     finally:
         if own:
             influx.close()
-    files = _files(c, df, settings.notify.language, {e.id: e.name for e in settings.registry.enterprises})
+    files = _files(c, df, settings.notify.language, {e.id: e.name for e in settings.registry.enterprises}, revs)
     manifest = _json(_manifest(c, files, created, settings, windows, len(df)))
     digest = sha256(manifest)
     files |= {MANIFEST: manifest, MANIFEST_DIGEST: f"{digest}  {MANIFEST}\n".encode()}

@@ -193,7 +193,7 @@ def _finding(alert: Mapping[str, Any], language: str) -> dict[str, Any]:
         "window_local": _local_range(start, end),
         "value": alert.get("value"), "limit": alert.get("limit"), "unit": alert.get("unit", ""),
         "factor": ev.get("factor"), "basis": ev.get("basis"), "standard": ev.get("standard"),
-        "valid_minutes": ev.get("valid_minutes"),
+        "valid_minutes": ev.get("valid_minutes"), "confidence": ev.get("confidence"),
     }
 
 

@@ -95,7 +95,7 @@ def factor(alert: Mapping[str, Any]) -> float | None:
 def immediate_reason(alert: Mapping[str, Any], ctx: Context) -> str | None:
     """Why this alert escalates at once, if it does: falsification, severe, or emergency (C/D)."""
     esc = ctx.settings.escalation
-    if alert.get("kind") in esc.immediate_kinds:
+    if falsification(alert.get("kind"), alert.get("severity"), ctx):
         return "falsification"
     f = factor(alert)
     # value/limit means "times over the permit" only for exceedances: an offline alert's value is
@@ -107,6 +107,16 @@ def immediate_reason(alert: Mapping[str, Any], ctx: Context) -> str | None:
     return None
 
 
+def falsification(kind: str | None, severity: str | None, ctx: Context) -> bool:
+    """A falsification pattern that escalates at once: an immediate kind, at or above its
+    `immediate_from` severity where one is set (a minor data revision is not one)."""
+    esc = ctx.settings.escalation
+    if kind not in esc.immediate_kinds:
+        return False
+    floor = esc.immediate_from.get(kind)
+    return floor is None or SEVERITY_RANK.get(severity or "", 0) >= SEVERITY_RANK[floor]
+
+
 def is_exceedance(alert: Mapping[str, Any]) -> bool:
     """An emission above its permit limit (what emergency measures are about)."""
     return alert.get("kind") in kinds_in("exceedance")
@@ -114,7 +124,7 @@ def is_exceedance(alert: Mapping[str, Any]) -> bool:
 
 def is_minor(case: Mapping[str, Any], ctx: Context) -> bool:
     """A minor problem: low severity and not a falsification pattern."""
-    return case.get("severity") in MINOR and case.get("problem") not in ctx.settings.escalation.immediate_kinds
+    return case.get("severity") in MINOR and not falsification(case.get("problem"), case.get("severity"), ctx)
 
 
 # -- occurrences ----------------------------------------------------------------------------------

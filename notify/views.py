@@ -35,9 +35,9 @@ ENTERPRISE_CASE_FIELDS = (
 ENTERPRISE_ALERT_FIELDS = (
     "id", "kind", "severity", "enterprise_id", "outlet_id", "station_mn", "pollutant", "window_start", "window_end",
     "value", "limit", "unit", "status", "first_seen", "last_seen", "updated_at", "resolved_at", "case_id")
-ENTERPRISE_EVIDENCE_FIELDS = ("factor", "basis", "standard", "valid_minutes")
+ENTERPRISE_EVIDENCE_FIELDS = ("factor", "basis", "standard", "valid_minutes", "confidence")
 _ALERT_FACTS = ("alert_id", "kind", "severity", "value", "limit", "unit", "pollutant", "window_start", "window_end",
-                "emergency_level")
+                "emergency_level", "confidence")
 _MOVE = ("from", "to")
 # event type -> the keys of its data the enterprise sees. A type not named here is not shown at all.
 ENTERPRISE_EVENTS: dict[str, tuple[str, ...]] = {
@@ -67,7 +67,7 @@ ENTERPRISE_PAYLOAD_FIELDS = (
 ENTERPRISE_PAYLOAD_CASE_FIELDS = ("case_id", "event_seq", "outlet_id", "problem", "deadline", "findings")
 ENTERPRISE_FINDING_FIELDS = (
     "alert_id", "kind", "severity", "problem_label", "station_mn", "pollutant", "window_start", "window_end",
-    "window_local", "value", "limit", "unit", "factor", "basis", "standard", "valid_minutes")
+    "window_local", "value", "limit", "unit", "factor", "basis", "standard", "valid_minutes", "confidence")
 ATTACHMENT_FIELDS = ("name", "sha256", "size")  # never `path`: where the server keeps the file
 ANSWER_FIELDS = ("id", "type", "text", "attachments", "received_at")
 # Event data keys that are server file paths (evidence_locked's package, attachments' files).

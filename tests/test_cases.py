@@ -474,3 +474,35 @@ def test_ticket_gets_its_evidence_package_once_influxdb_answers(tmp_path: Path, 
     workflow.tick(engine, up, T0 + 3 * H)
     assert queries.get_case(engine, cid)["ticket"]["evidence_path"] == t["evidence_path"]  # built once
     engine.dispose()
+
+
+# -- what a case records of its alerts ------------------------------------------------------------
+
+def test_a_cold_start_confidence_reaches_the_case_facts_the_notice_and_the_enterprise(store_engine: Engine,
+                                                                                      settings) -> None:
+    from sqlalchemy import select
+
+    from notify import views
+
+    cold = alert(T0, kind="multivariate_anomaly", severity="major", value=None, limit=None, pollutant="",
+                 confidence="low", cold_start=True, history_hours=15.0, channels=["a21002"])
+    cid = _open(store_engine, settings, cold)
+    case = workflow.get_case(store_engine, cid)
+    opened = next(e for e in case["events"] if e["type"] == "opened")
+    assert opened["data"]["confidence"] == "low"
+    assert "history_hours" not in opened["data"] and "channels" not in opened["data"]  # facts, not the workings
+    assert views.enterprise_event(opened, "E1")["data"]["confidence"] == "low"
+    with store_engine.connect() as conn:
+        notice = conn.execute(select(notices).where(notices.c.case_id == cid)).mappings().one()
+    assert "置信度低" in notice["body"]  # zh-CN by default
+    finding = views.enterprise_payload(notice["payload"])["findings"][0]
+    assert finding["confidence"] == "low"
+    # A later alert with two days of history says so too; an alert without one records none.
+    workflow.process_alerts(store_engine, settings, [alert(T0 + H, kind="multivariate_anomaly", severity="major",
+                                                           value=None, limit=None, pollutant="",
+                                                           confidence="normal")], T0 + 2 * H, evidence=False)
+    attached = [e for e in workflow.get_case(store_engine, cid)["events"] if e["type"] == "alert_attached"]
+    assert attached[-1]["data"]["confidence"] == "normal"
+    plain = _open(store_engine, settings, alert(T0, outlet="O2"))
+    opened = next(e for e in workflow.get_case(store_engine, plain)["events"] if e["type"] == "opened")
+    assert "confidence" not in opened["data"]

@@ -53,8 +53,9 @@ def test_package_holds_the_readings_and_verifies(package: tuple[Path, str]) -> N
     path, digest = package
     assert path.name == "evidence-C1-20250303T020000Z" and path.with_suffix(".zip").is_file()
     names = {p.name for p in path.iterdir()}
-    assert names == {"readings.csv", "payloads.jsonl", "chart.png", "alerts.json", "case.json", "answers.json",
-                     "history.json", "manifest.json", "manifest.sha256"}
+    assert names == {"readings.csv", "revisions.csv", "payloads.jsonl", "chart.png", "alerts.json", "case.json",
+                     "answers.json", "history.json", "manifest.json", "manifest.sha256"}
+    assert pd.read_csv(path / "revisions.csv").empty  # nothing was re-sent
     readings = pd.read_csv(path / "readings.csv")
     # The alert hour +- 1 h, minute by minute, both pollutants of the outlet, flags included; no E2.
     assert len(readings) == 2 * 180 and set(readings["enterprise"]) == {"E1"}
@@ -124,3 +125,67 @@ def test_zip_with_a_changed_file_or_extra_file_fails(package: tuple[Path, str], 
     assert "extra.txt is not in the manifest" in problems
     assert any(p.startswith("alerts.json changed") for p in problems)
     assert verify(tmp_path / "missing.zip").ok is False
+
+
+# -- revisions: the first-received value kept, the re-sent one beside it -------------------------------
+
+RECEIVED = T0 + timedelta(days=1, hours=3)  # when the station re-sent its history
+
+
+def _resend(influx: Influx, minutes: dict[int, float], mn: str = "MN0001", enterprise: str = "E1",
+            outlet: str = "DA001") -> None:
+    """The station re-sends SO2 minutes (offset from the alert hour -> Zs value) through the ingest's screen."""
+    from ingest.revisions import RevisionGuard
+
+    head = f"station_minute,mn={mn},enterprise={enterprise},outlet={outlet},medium=gas"
+    lines = [f'{head},pollutant=a21026,code=a21026 avg={zs * 0.8},zs_avg={zs},flag="N" '
+             f'{int((ALERT_START + timedelta(minutes=m)).timestamp())}' for m, zs in minutes.items()]
+    screened = RevisionGuard(influx).screen(lines, now=RECEIVED)
+    influx.write(screened.lines)
+
+
+def _revision_world(settings_factory: Callable[..., Settings]) -> tuple[Settings, Influx]:
+    settings = settings_factory(registry())
+    influx = Influx(settings.influxdb)
+    _write_readings(influx)
+    # In the alert hour (minute 10), and far outside any window read (5 h before); another enterprise's too.
+    _resend(influx, {10: 30.0, -170: 5.0})
+    influx.write([f'station_minute,mn=MN9,enterprise=E2,outlet=X,medium=gas,pollutant=a21026,code=a21026 '
+                  f'avg=999 {int((ALERT_START + timedelta(minutes=10)).timestamp())}'])
+    _resend(influx, {10: 1.0}, mn="MN9", enterprise="E2", outlet="X")
+    return settings, influx
+
+
+def test_package_lists_the_revisions_of_its_windows_beside_the_first_values(
+        settings_factory: Callable[..., Settings], tmp_path: Path) -> None:
+    settings, influx = _revision_world(settings_factory)
+    with influx:
+        engine = make_store()
+        open_case(engine, alerts=[alert_json(61.0, ALERT_START)])
+        path, digest = build(engine, settings, "C1", tmp_path / "evidence", influx=influx, now=T0 + timedelta(days=2))
+    revs = pd.read_csv(path / "revisions.csv")
+    # Minute 10 of the alert hour: first 61 (what was judged) and the re-sent 30, for avg and zs_avg.
+    # The re-send of 170 minutes before lies outside the window read (alert hour +- 1 h); E2's is not the case's.
+    assert [(r.field, r.first, r.revised) for r in revs.itertuples()] == [("avg", 48.8, 24.0), ("zs_avg", 61.0, 30.0)]
+    assert set(revs["mn"]) == {"MN0001"} and set(revs["time"]) == {"2025-03-01T09:10:00+08:00"}
+    assert set(revs["received_at"]) == {"2025-03-02T05:00:00Z"}
+    readings = pd.read_csv(path / "readings.csv")
+    first = readings[(readings["pollutant"] == "a21026") & (readings["time"] == "2025-03-01T09:10:00+08:00")]
+    assert list(first["zs_avg"]) == [61.0]  # the first value stays the reading
+    assert verify(path, expected_digest=digest).ok
+
+
+def test_a_data_revision_case_carries_the_revisions_it_reports_whatever_their_reading_time(
+        settings_factory: Callable[..., Settings], tmp_path: Path) -> None:
+    settings, influx = _revision_world(settings_factory)
+    receipt = RECEIVED.replace(minute=0)
+    alert = alert_json(61.0, receipt, case_kind="data_revision")  # its window is the receipt hour
+    with influx:
+        engine = make_store()
+        open_case(engine, alerts=[alert], problem="data_revision")
+        path, digest = build(engine, settings, "C1", tmp_path / "evidence", influx=influx, now=T0 + timedelta(days=2))
+    revs = pd.read_csv(path / "revisions.csv")
+    # Both re-sent minutes of MN0001 (received in that hour, readings a day older), not E2's.
+    assert set(revs["mn"]) == {"MN0001"} and len(revs) == 4
+    assert set(revs["time_utc"]) == {"2025-03-01T01:10:00Z", "2025-02-28T22:10:00Z"}
+    assert verify(path, expected_digest=digest).ok

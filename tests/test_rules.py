@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
+from config.loader import ConfigError
 from config.schema import NotifySettings
 from notify import queries, rules, workflow
 from core.db import make_engine, migrate
@@ -157,6 +158,61 @@ def test_falsification_patterns_escalate_immediately(store_engine: Engine, setti
     cid = run(store_engine, settings, alert(T0, kind=kind, severity="major", value=None, limit=None))[0]["case_id"]
     esc = escalations(store_engine, cid)
     assert state(store_engine, cid) == "escalated" and esc[0]["reason"] == "falsification" and esc[0]["priority"] == "P1"
+
+
+def _revision(start: datetime, severity: str, **kw: Any):
+    return alert(start, kind="data_revision", severity=severity, **{"value": 30.0, **kw})
+
+
+def test_a_revision_that_would_clear_an_exceedance_escalates_at_once(store_engine: Engine, settings) -> None:
+    cid = run(store_engine, settings, _revision(T0, "critical", value=40.0))[0]["case_id"]
+    esc = escalations(store_engine, cid)
+    assert state(store_engine, cid) == "escalated" and esc[0]["reason"] == "falsification" and esc[0]["priority"] == "P1"
+
+
+@pytest.mark.parametrize("severity", ["minor", "major"])
+def test_a_revision_that_clears_no_exceedance_goes_through_notice_and_answer(store_engine: Engine, settings,
+                                                                              severity: str) -> None:
+    cid = run(store_engine, settings, _revision(T0, severity))[0]["case_id"]
+    assert state(store_engine, cid) == "notified" and escalations(store_engine, cid) == []
+    assert decided(store_engine, cid) == ["rectification_notice"]
+    rectify_and_verify(store_engine, settings, cid, T0 + 3 * H)  # answered and fixed in time: no ticket
+    assert escalations(store_engine, cid) == []
+
+
+def test_a_first_minor_revision_fixed_in_time_on_the_positive_list_is_minor_and_not_escalated(
+        store_engine: Engine, settings) -> None:
+    cid = run(store_engine, settings, _revision(T0, "minor", enterprise="EP"))[0]["case_id"]
+    ack_due = workflow.get_case(store_engine, cid)["ack_due_at"]
+    workflow.tick(store_engine, settings, ack_due + S, evidence=False)  # late acknowledgement: a reminder
+    assert decided(store_engine, cid) == ["rectification_notice", "reminder"]
+    rectify_and_verify(store_engine, settings, cid, ack_due + 3 * H)
+    assert escalations(store_engine, cid) == []
+
+
+def test_a_self_reported_minor_revision_fixed_in_time_gets_no_penalty(store_engine: Engine, settings) -> None:
+    cid = run(store_engine, settings, _revision(T0, "minor", self_reported=True))[0]["case_id"]
+    rectify_and_verify(store_engine, settings, cid, T0 + 3 * H)
+    case = workflow.get_case(store_engine, cid)
+    assert case["recommendation"] == "no_penalty"
+    rec = [e for e in case["events"] if e["type"] == "recommendation"][0]
+    assert rec["data"]["basis"]["minor"] and all(rec["data"]["basis"].values())
+
+
+def test_a_critical_revision_joining_a_minor_revision_case_escalates_it(store_engine: Engine, settings) -> None:
+    cid = run(store_engine, settings, _revision(T0, "minor"))[0]["case_id"]
+    assert state(store_engine, cid) == "notified"
+    again = run(store_engine, settings, _revision(T0 + H, "critical", value=40.0))[0]["case_id"]
+    assert again == cid and state(store_engine, cid) == "escalated"
+    assert escalations(store_engine, cid)[0]["reason"] == "falsification"
+
+
+def test_immediate_from_is_configurable(store_engine: Engine, tmp_path: Path) -> None:
+    s = make_settings(tmp_path, escalation={"immediate_from": {}})  # every revision at once, as before
+    cid = run(store_engine, s, _revision(T0, "minor"))[0]["case_id"]
+    assert state(store_engine, cid) == "escalated"
+    with pytest.raises(ConfigError, match="immediate_from"):
+        make_settings(tmp_path, escalation={"immediate_from": {"data_revision": "huge"}})
 
 
 def test_a_pattern_not_listed_as_immediate_follows_normal_rules(store_engine: Engine, settings) -> None:
@@ -446,6 +502,9 @@ def test_immediate_reasons() -> None:
     assert rules.immediate_reason(ex, CTX) is None
     assert rules.immediate_reason({**ex, "value": 70.0}, CTX) == "severe"
     assert rules.immediate_reason({"kind": "flag_abuse"}, CTX) == "falsification"
+    assert rules.immediate_reason({"kind": "data_revision", "severity": "critical"}, CTX) == "falsification"
+    assert rules.immediate_reason({"kind": "data_revision", "severity": "major"}, CTX) is None
+    assert rules.immediate_reason({"kind": "data_revision", "severity": "minor"}, CTX) is None
     emergency = rules.Context(settings=NotifySettings(), emergency_level="red", grade="D")
     assert rules.immediate_reason(ex, emergency) == "emergency"
     assert rules.immediate_reason({"kind": "offline"}, emergency) is None

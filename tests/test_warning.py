@@ -254,3 +254,101 @@ def test_a_daily_exceedance_is_warned_once_its_closed_hours_make_it_certain(tmp_
                                                                              "2026-01-10T16:00:00Z")
     assert w["value"] == pytest.approx(20 * 101 / 24) and w["evidence"]["hours_left"] == 4
     assert w["evidence"]["local_day"] == "2026-01-10"
+
+
+# -- an outlet with two stations measuring the same pollutant ------------------------------------------
+# Like `exceedance` (each station's own hourly mean; the worst stands for the outlet), each station is
+# judged on its own minutes: the outlet's warning is confirmed when any station's hour ends above the
+# limit, and withdrawn only when none does and no station of it still has the hour open.
+
+
+def _twin_settings(tmp_path: Path, **detect: Any) -> Any:
+    reg = registry()
+    reg["enterprises"][0]["outlets"].append(
+        {"id": "O3", "medium": "gas", "limits": {"a21026": {"hourly": 35, "standard": "GB"}},
+         "stations": [{"mn": "MN-A-31", "pollutants": ["a21026"]}, {"mn": "MN-A-32", "pollutants": ["a21026"]}]})
+    return from_mapping({"registry": reg, "ingest": {"state_dir": str(tmp_path)},
+                         "detect": {"settle_s": 300, **detect}}, source="test", env={})
+
+
+def _twin_engine(tmp_path: Path, **detect: Any) -> tuple[WarningEngine, Any]:
+    store = create_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    return WarningEngine(_twin_settings(tmp_path, **detect), store), store
+
+
+def test_a_second_station_closing_within_the_limit_does_not_withdraw_the_first_ones_warning(
+        tmp_path: Path, hour: datetime) -> None:
+    eng, store = _twin_engine(tmp_path)
+    now = hour + timedelta(minutes=50)
+    [w] = eng.handle([_minute("MN-A-31", hour, i, 50.0) for i in range(45)], now)  # certain on station 31
+    assert (w["outlet_id"], w["station_mn"], w["level"]) == ("O3", "MN-A-31", "certain")
+    # Station 32 measures the same SO2 at 10 and completes its hour first: its own mean is within the
+    # limit (the outlet's two means averaged, 30, would be too), but station 31's hour is still open.
+    assert eng.handle([_minute("MN-A-32", hour, i, 10.0) for i in range(60)], now) == []
+    assert [x["status"] for x in list_warnings(store, "EA")] == ["active"]
+    [done] = eng.handle([_minute("MN-A-31", hour, i, 50.0) for i in range(45, 60)], now)
+    assert done["id"] == w["id"] and done["status"] == "confirmed"
+    assert done["evidence"]["final_mean"] == 50.0 and done["evidence"]["final_station_mn"] == "MN-A-31"
+    assert done["evidence"]["final_by_station"] == {"MN-A-31": 50.0}
+
+
+def test_the_other_station_ending_above_confirms_a_warning_the_first_station_would_withdraw(
+        tmp_path: Path, hour: datetime) -> None:
+    eng, _ = _twin_engine(tmp_path, warning={"likely_after_minutes": 20})
+    now = hour + timedelta(minutes=50)
+    [w] = eng.handle([_minute("MN-A-31", hour, i, 40.0) for i in range(20)], now)
+    assert (w["station_mn"], w["level"]) == ("MN-A-31", "likely")
+    assert eng.handle([_minute("MN-A-32", hour, i, 36.0) for i in range(30)], now) == []  # likely too: no news
+    # Station 31 ends within the limit while 32 is still open: nothing settled yet.
+    assert eng.handle([_minute("MN-A-31", hour, i, 10.0) for i in range(20, 60)], now) == []
+    # Station 32's hour ends at 36 > 35 (just above): certain on the way, then confirmed.
+    up, done = eng.handle([_minute("MN-A-32", hour, i, 36.0) for i in range(30, 60)], now)
+    assert (up["id"], up["level"], up["station_mn"], up["status"]) == (w["id"], "certain", "MN-A-32", "active")
+    assert done["id"] == w["id"] and done["status"] == "confirmed"
+    assert done["evidence"]["final_station_mn"] == "MN-A-32" and done["evidence"]["final_mean"] == 36.0
+
+
+def test_both_stations_within_withdraw_once_when_the_last_closes(tmp_path: Path, hour: datetime) -> None:
+    eng, store = _twin_engine(tmp_path, warning={"likely_after_minutes": 20})
+    now = hour + timedelta(minutes=50)
+    [w] = eng.handle([_minute("MN-A-32", hour, i, 40.0) for i in range(20)]
+                     + [_minute("MN-A-31", hour, i, 34.0) for i in range(40)], now)
+    assert w["station_mn"] == "MN-A-32"
+    # Both close at the settle tick (neither complete): one change, withdrawn, each station's final mean.
+    [done] = eng.tick(hour + timedelta(minutes=65, seconds=1))
+    assert done["status"] == "withdrawn"
+    assert done["evidence"]["final_by_station"] == {"MN-A-31": None, "MN-A-32": None}  # < 45 valid minutes
+    assert [x["status"] for x in list_warnings(store, "EA")] == ["withdrawn"]
+
+
+def test_a_station_that_sent_nothing_this_hour_does_not_hold_the_warning_open(tmp_path: Path, hour: datetime) -> None:
+    eng, _ = _twin_engine(tmp_path, warning={"likely_after_minutes": 20})
+    now = hour + timedelta(minutes=50)
+    [w] = eng.handle([_minute("MN-A-31", hour, i, 40.0) for i in range(20)], now)
+    [done] = eng.handle([_minute("MN-A-31", hour, i, 10.0) for i in range(20, 60)], now)
+    assert done["id"] == w["id"] and done["status"] == "withdrawn"
+    assert done["evidence"]["final_mean"] == pytest.approx((20 * 40 + 40 * 10) / 60)
+
+
+def test_the_exceedance_detector_and_the_warning_agree_on_twin_stations(tmp_path: Path, hour: datetime) -> None:
+    """Same minutes, the closed hour judged by detect.hourly (the exceedance rule): only station
+    31's own mean is above the limit, so the outlet exceeds, as the warning confirmed."""
+    import pandas as pd
+
+    from config.lookup import Lookup
+    from detect.hourly import expected_series, hours_from_minutes
+
+    eng, _ = _twin_engine(tmp_path)
+    now = hour + timedelta(minutes=50)
+    recs = [_minute("MN-A-31", hour, i, 50.0) for i in range(60)] + [_minute("MN-A-32", hour, i, 10.0) for i in range(60)]
+    changes = eng.handle(recs, now)
+    assert [c["status"] for c in changes] == ["active", "confirmed"]
+    lookup = Lookup(eng.settings.registry)
+    m = pd.DataFrame([(r.ts, r.mn, "EA", "O3", "gas", r.pollutant, r.fields["avg"], r.fields["zs_avg"], "N")
+                      for r in recs], columns=["time", "mn", "enterprise", "outlet", "medium", "pollutant", "avg",
+                                               "zs_avg", "flag"])
+    m["time"] = pd.to_datetime(m["time"], unit="s", utc=True)
+    want = pd.DataFrame([{"mn": e.mn, "pollutant": e.pollutant, "enterprise": e.enterprise, "outlet": e.outlet.id}
+                         for e in expected_series(lookup) if e.outlet.id == "O3"])
+    table = hours_from_minutes(m, lookup, want, eng.hourly.params_for, [pd.Timestamp(hour)])
+    assert {row.mn: round(float(row.mean), 3) for row in table.itertuples()} == {"MN-A-31": 50.0, "MN-A-32": 10.0}

@@ -206,6 +206,7 @@ function eventDetail(d) {
   if (d.kind && !d.alert_id) parts.push(label('notice_kind', d.kind));
   if (d.reason && S.dict[`reason.${d.reason}`]) parts.push(label('reason', d.reason));
   if (d.alert_id) parts.push(`${pollutantName(d.pollutant)} ${fmtNum(d.value)}${d.limit ? ` / ${fmtNum(d.limit)}` : ''} ${d.unit || ''}`);
+  if (d.confidence === 'low') parts.push(label('confidence', d.confidence)); // a cold-start model's finding
   if (d.reason && !S.dict[`reason.${d.reason}`]) parts.push(String(d.reason)); // a person's words
   for (const k of ['assignee', 'priority', 'text', 'recommendation', 'outcome', 'emergency_level']) {
     if (d[k] && typeof d[k] !== 'object') parts.push(String(d[k]));
