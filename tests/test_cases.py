@@ -487,7 +487,7 @@ def test_a_cold_start_confidence_reaches_the_case_facts_the_notice_and_the_enter
     cold = alert(T0, kind="multivariate_anomaly", severity="major", value=None, limit=None, pollutant="",
                  confidence="low", cold_start=True, history_hours=15.0, channels=["a21002"])
     cid = _open(store_engine, settings, cold)
-    case = workflow.get_case(store_engine, cid)
+    case = queries.get_case(store_engine, cid)
     opened = next(e for e in case["events"] if e["type"] == "opened")
     assert opened["data"]["confidence"] == "low"
     assert "history_hours" not in opened["data"] and "channels" not in opened["data"]  # facts, not the workings
@@ -501,8 +501,8 @@ def test_a_cold_start_confidence_reaches_the_case_facts_the_notice_and_the_enter
     workflow.process_alerts(store_engine, settings, [alert(T0 + H, kind="multivariate_anomaly", severity="major",
                                                            value=None, limit=None, pollutant="",
                                                            confidence="normal")], T0 + 2 * H, evidence=False)
-    attached = [e for e in workflow.get_case(store_engine, cid)["events"] if e["type"] == "alert_attached"]
+    attached = [e for e in queries.get_case(store_engine, cid)["events"] if e["type"] == "alert_attached"]
     assert attached[-1]["data"]["confidence"] == "normal"
     plain = _open(store_engine, settings, alert(T0, outlet="O2"))
-    opened = next(e for e in workflow.get_case(store_engine, plain)["events"] if e["type"] == "opened")
+    opened = next(e for e in queries.get_case(store_engine, plain)["events"] if e["type"] == "opened")
     assert "confidence" not in opened["data"]

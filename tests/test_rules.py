@@ -183,7 +183,7 @@ def test_a_revision_that_clears_no_exceedance_goes_through_notice_and_answer(sto
 def test_a_first_minor_revision_fixed_in_time_on_the_positive_list_is_minor_and_not_escalated(
         store_engine: Engine, settings) -> None:
     cid = run(store_engine, settings, _revision(T0, "minor", enterprise="EP"))[0]["case_id"]
-    ack_due = workflow.get_case(store_engine, cid)["ack_due_at"]
+    ack_due = queries.get_case(store_engine, cid)["ack_due_at"]
     workflow.tick(store_engine, settings, ack_due + S, evidence=False)  # late acknowledgement: a reminder
     assert decided(store_engine, cid) == ["rectification_notice", "reminder"]
     rectify_and_verify(store_engine, settings, cid, ack_due + 3 * H)
@@ -193,7 +193,7 @@ def test_a_first_minor_revision_fixed_in_time_on_the_positive_list_is_minor_and_
 def test_a_self_reported_minor_revision_fixed_in_time_gets_no_penalty(store_engine: Engine, settings) -> None:
     cid = run(store_engine, settings, _revision(T0, "minor", self_reported=True))[0]["case_id"]
     rectify_and_verify(store_engine, settings, cid, T0 + 3 * H)
-    case = workflow.get_case(store_engine, cid)
+    case = queries.get_case(store_engine, cid)
     assert case["recommendation"] == "no_penalty"
     rec = [e for e in case["events"] if e["type"] == "recommendation"][0]
     assert rec["data"]["basis"]["minor"] and all(rec["data"]["basis"].values())
