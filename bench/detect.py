@@ -145,7 +145,7 @@ def loaded(influx: Influx, n: int) -> bool:
     return bool(rows) and rows[0][1] == n and rows[0][2] == DATA_VERSION
 
 
-def mv_params(hours: int, models: Path) -> dict[str, Any]:
+def mv_params(models: Path) -> dict[str, Any]:
     """multivariate_anomaly fitted on the data there is: its defaults want days of history before a
     refit at China midnight, the benchmark has `hours`. Refit every hour on the hours before it
     (at least one), no cold start (the first fit is measured apart), models kept in `models`."""
@@ -184,7 +184,7 @@ def measure(url: str, n: int, hours: int, repeat: int, reuse: bool, kinds: list[
               f"({n * hours * 300 / took:,.0f}/s)", flush=True)
     source, lookup = ReadingSource(influx), Lookup(registry(n))
     models = Path(tempfile.mkdtemp(prefix="bench-detect-models-"))
-    detectors = build_detectors(DetectSettings(detectors={MV: {"params": mv_params(hours, models)}}), kinds)
+    detectors = build_detectors(DetectSettings(detectors={MV: {"params": mv_params(models)}}), kinds)
     back = min(hours, backfill_hours or hours)
     spans = {"hourly": Window(END - timedelta(hours=1), END), "backfill": Window(END - timedelta(hours=back), END)}
     out: dict[str, dict[str, float]] = {}
