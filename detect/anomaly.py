@@ -38,11 +38,17 @@ detector's job (the exceedance detectors have them), so the trade favours fewer 
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import joblib
 import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
@@ -118,7 +124,9 @@ class MultivariateAnomaly(ScopedAt, Detector):
     and hours above a limit (O2-corrected where the outlet has a reference O2), or in a China day
     whose mean is above the daily limit, to the exceedance detectors. An hour needs >= min_minutes
     scored minutes; alert when its mean score > threshold and so is its mean without its
-    spike_minutes highest minute scores (a short spike is not an anomalous hour). Evidence: per channel contribution (drop of the hour's mean score when
+    spike_minutes highest minute scores (a short spike is not an anomalous hour). With model_dir,
+    each station's model (fitted once per refit point) is also kept on disk there, so hourly runs
+    of another process or after a restart score without refitting (_ModelStore). Evidence: per channel contribution (drop of the hour's mean score when
     that channel alone is set to its history median: leave-one-channel-out without refitting),
     robust z-score of the hour's median, and the top `top_channels`.
 
@@ -146,7 +154,7 @@ class MultivariateAnomaly(ScopedAt, Detector):
                  whiten: bool = True, n_estimators: int = 100, max_samples: int = 256,
                  random_state: int = 0, exclude_flags: str = "FMCDB", top_channels: int = 3,
                  defer_to_patterns: bool = True, cold_start_minutes: int = 720, cold_clip_components: int = 1,
-                 spike_minutes: int = 15, overrides: tuple = ()) -> None:
+                 spike_minutes: int = 15, model_dir: str | None = None, overrides: tuple = ()) -> None:
         self.history_days = history_days
         self.refit_hours = refit_hours
         self.min_history_minutes = min_history_minutes
@@ -163,6 +171,7 @@ class MultivariateAnomaly(ScopedAt, Detector):
         self.cold_start_minutes = cold_start_minutes
         self.cold_clip_components = cold_clip_components
         self.spike_minutes = spike_minutes
+        self.model_dir = model_dir
         self.overrides = overrides
 
     def detect(self, window: Window, source: ReadingSource, lookup: Lookup) -> list[Alert]:
@@ -189,13 +198,17 @@ class MultivariateAnomaly(ScopedAt, Detector):
         over_day = {day: d.defer_to_patterns and _over_limit(x[(x.index >= day) & (x.index < day + DAY)],
                                                              limits.daily, limits.reference_o2)
                     for day in {fr.china_day_start(h) for h in hours}}
+        before: pd.DataFrame | None = None  # the station's minutes before its hours, read once for cold starts
         for anchor, anchored in _group_by(hours, d._anchor).items():
             model = d._model(source, mn, anchor)
             for h in anchored:
                 if over_day[fr.china_day_start(h)]:
                     continue
+                if model is None and before is None and d.cold_start_minutes:
+                    before = d._clean(fetch_minutes(source, hours[0] - pd.Timedelta(days=d.history_days),
+                                                    fr.to_dt(hours[-1]), mns=[mn]))
                 # Too little history before the refit point: a cold start on what precedes the hour.
-                m = model if model is not None else d._model(source, mn, h, cold=True)
+                m = model if model is not None else d._model(source, mn, h, cold=True, before=before)
                 if m is None:
                     continue
                 alert = d._judge(m, x, h, mn, ent, out, limits)
@@ -217,19 +230,29 @@ class MultivariateAnomaly(ScopedAt, Detector):
 
     # -- model -------------------------------------------------------------------------------
 
-    def _model(self, source: ReadingSource, mn: str, anchor: pd.Timestamp, cold: bool = False) -> _Model | None:
-        """The model fitted on the history before `anchor` (a refit point; the hour itself when cold)."""
+    def _model(self, source: ReadingSource, mn: str, anchor: pd.Timestamp, cold: bool = False,
+               before: pd.DataFrame | None = None) -> _Model | None:
+        """The model fitted on the history before `anchor` (a refit point; the hour itself when cold).
+        `before`: the station's cleaned minutes covering that history, else they are read here."""
         if cold and not self.cold_start_minutes:
             return None
-        params = {k: v for k, v in self.get_params().items() if k != "overrides"}
+        params = {k: v for k, v in self.get_params().items() if k not in ("overrides", "model_dir")}
         key = (mn, anchor, cold, source.influx.settings.url, source.influx.settings.database,
                repr(sorted(params.items())))
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-        start = anchor - pd.Timedelta(days=self.history_days)
-        hist = fetch_minutes(source, start, fr.to_dt(anchor), mns=[mn])
-        model = self._fit(self._clean(hist), (start, anchor), cold) if not hist.empty else None
+        store = _ModelStore(self.model_dir) if self.model_dir and not cold else None
+        found, model = store.load(key) if store is not None else (False, None)
+        if not found:
+            start = anchor - pd.Timedelta(days=self.history_days)
+            if before is not None:  # the same minutes a read of [start, anchor) returns, cleaned
+                x = before[(before.index >= start) & (before.index < anchor)]
+            else:
+                x = self._clean(fetch_minutes(source, start, fr.to_dt(anchor), mns=[mn]))
+            model = self._fit(x, (start, anchor), cold) if not x.empty else None
+            if store is not None:
+                store.save(key, model, keep_from=anchor - pd.Timedelta(hours=self.refit_hours))
         _CACHE[key] = model
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
@@ -365,6 +388,48 @@ def _spike(rows: pd.DataFrame, limits: dict[str, float], reference_o2: float | N
     """A limited pollutant above its limit in some minute (legal basis): the exceedance detectors
     judge that hour (a violation, or a near miss if its mean stays within the limit)."""
     return any(bool((values > lim).any()) for values, lim in _legal_values(rows, limits, reference_o2))
+
+
+class _ModelStore:
+    """Fitted models on disk, one file per (station, refit point, parameters, database): what lets
+    an hourly run over 20,000 stations score with the models of the day's first run instead of
+    refitting (the memory cache holds _CACHE_SIZE). Writing a station's model removes its files of
+    refit points before `keep_from` (the previous refit point stays: a re-evaluation just after a
+    refit still scores hours of the one before). Files are named by digests: a station id is data."""
+
+    def __init__(self, directory: str) -> None:
+        self.dir = Path(directory)
+
+    def _path(self, key: tuple[Any, ...]) -> tuple[Path, str]:
+        mn, anchor = key[0], key[1]
+        station = hashlib.sha256(str(mn).encode()).hexdigest()[:24]
+        rest = hashlib.sha256(repr(key[2:]).encode()).hexdigest()[:16]
+        return self.dir / f"{station}-{pd.Timestamp(anchor):%Y%m%dT%H%M}-{rest}.joblib", station
+
+    def load(self, key: tuple[Any, ...]) -> tuple[bool, _Model | None]:
+        """(found, model); a missing or unreadable file is not found (the model is refitted)."""
+        path, _ = self._path(key)
+        try:
+            stored_key, model = joblib.load(path)
+        except (OSError, EOFError, ValueError, TypeError, AttributeError, ImportError, pickle.UnpicklingError):
+            return False, None
+        return (True, model) if stored_key == _plain(key) else (False, None)
+
+    def save(self, key: tuple[Any, ...], model: _Model | None, keep_from: pd.Timestamp) -> None:
+        path, station = self._path(key)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")  # Dask workers run threads
+        joblib.dump((_plain(key), model), tmp, compress=3)
+        os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
+        stamp = slice(len(station) + 1, len(station) + 14)  # the refit point, %Y%m%dT%H%M
+        for old in self.dir.glob(f"{station}-*.joblib"):
+            if old.name[stamp] < f"{keep_from:%Y%m%dT%H%M}":
+                old.unlink(missing_ok=True)
+
+
+def _plain(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The cache key with plain values (what is compared after loading a stored model)."""
+    return tuple(str(k) if isinstance(k, pd.Timestamp) else k for k in key)
 
 
 def clear_cache() -> None:

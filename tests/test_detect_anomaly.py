@@ -262,3 +262,53 @@ def test_a_short_spike_is_not_an_anomalous_hour(influx_settings: InfluxSettings)
     raw["enterprises"][0]["outlets"][0]["limits"] = {"a21002": {"hourly": 180.0, "standard": "test"}}
     limited = Lookup(Registry.model_validate(raw))
     assert hour not in {a.window_start for a in run(MultivariateAnomaly(spike_minutes=0), source, limited)}
+
+
+# -- models kept on disk (issue 12) ---------------------------------------------------------------
+
+
+def test_models_kept_on_disk_score_the_next_runs_without_refitting(
+        week: tuple[ReadingSource, Lookup, datetime], tmp_path: Any) -> None:
+    """With model_dir, a run in a fresh process (memory cache cleared) scores with the stored
+    models: MN1's alert the same even once the history its model was fitted on is gone from
+    InfluxDB (so nothing was refitted), while a detector without stored models no longer finds it.
+    Cold starts (fitted per hour, not kept) are off here."""
+    source, lookup, bad = week
+    stored = MultivariateAnomaly(model_dir=str(tmp_path / "models"), cold_start_minutes=0)
+    first = [a.to_json() for a in run(stored, source, lookup)]
+    assert [a["station_mn"] for a in first] == ["MN1"]
+    files = sorted(p.name for p in (tmp_path / "models").iterdir())
+    # The day's hours fall on both sides of a refit point (16:00Z): two warm models per station.
+    assert len(files) == 6 and all(name.endswith(".joblib") for name in files)
+    source.influx.query(f"DELETE FROM station_minute WHERE time < '{TEST_DAY:%Y-%m-%dT%H:%M:%SZ}'")
+    clear_cache()
+    assert [a.to_json() for a in run(stored, source, lookup)] == first
+    clear_cache()
+    assert run(MultivariateAnomaly(cold_start_minutes=0), source, lookup) == []
+
+
+def test_stored_model_files_are_named_by_digest_and_an_older_refit_point_is_replaced(
+        influx_settings: InfluxSettings, tmp_path: Any) -> None:
+    """A station id is data: a hostile one (path separators, dots) names no file outside
+    model_dir. Writing a refit point's model removes the station's files older than the one before."""
+    clear_cache()
+    mn = "../../evil/MN1"
+    times, values, flags = load_plant(mn, "E1", 4, seed=11)
+    head = "station_minute,mn=../../evil/MN1,enterprise=E1,outlet=O1,medium=gas"
+    lines = [f'{head},pollutant={c},code={c} avg={float(v[i])!r},flag="N" {int(ts.timestamp())}'
+             for c, v in values.items() for i, ts in enumerate(times)]
+    influx = Influx(influx_settings)
+    for i in range(0, len(lines), 50000):
+        influx.write(lines[i:i + 50000])
+    lookup = Lookup(registry(("E1", "O1", mn)))
+    source = ReadingSource(influx)
+    models = tmp_path / "models"
+    det = MultivariateAnomaly(model_dir=str(models), min_history_minutes=1440)
+    day2 = DAY0 + timedelta(days=1, hours=16)  # China midnights: one refit point per daily window
+    days = [day2 + timedelta(days=k) for k in range(3)]
+    for k, day in enumerate(days):
+        det.detect(Window(day, day + timedelta(days=1)), source, lookup)
+        files = sorted(models.iterdir())
+        assert all(f.parent == models and "evil" not in f.name for f in files)
+        assert [f.name.split("-")[1] for f in files] == [f"{d:%Y%m%dT%H%M}" for d in days[max(0, k - 1):k + 1]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
