@@ -20,7 +20,7 @@ from config.schema import AnswerLimits
 from notify import workflow
 from notify.answers_mqtt import Attachment, decode_attachments
 from notify.attachments import LimitExceeded, check_count, check_size, check_text
-from notify.cases import TransitionError
+from notify.events import TransitionError
 
 router = APIRouter(tags=["cases"])
 

@@ -12,7 +12,7 @@ from center.api_cases import engine_of, names_of
 from center.api_models import TicketAction, TicketDetail, TicketOut
 from center.auth import Principal, officer_user, operator_or_officer
 from notify import views, workflow
-from notify.cases import TransitionError
+from notify.events import TransitionError
 
 router = APIRouter(tags=["tickets"])
 ACTIONS = {"accept": "accept", "findings": "record_findings", "close": "close"}

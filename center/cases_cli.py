@@ -311,11 +311,12 @@ def tickets_route(ticket_id: str, officer: Annotated[str, typer.Option("--office
     from datetime import timezone
 
     from notify import workflow
+    from notify.ticketing import TicketError
 
     settings, engine = _settings_engine(config)
     try:
         t = workflow.route_ticket(engine, settings, ticket_id, officer, datetime.now(timezone.utc), cli_actor(by))
-    except workflow.tickets.TicketError as exc:
+    except TicketError as exc:
         _fail(exc)
     Console().print(f"ticket {t['id']} -> {t['officer']}")
 
@@ -327,11 +328,12 @@ def cases_escalate(case_id: str, priority: Annotated[str, typer.Option("--priori
     from datetime import timezone
 
     from notify import queries, workflow
+    from notify.events import TransitionError
 
     settings, engine = _settings_engine(config)
     try:
         workflow.act(engine, settings, case_id, "escalate", datetime.now(timezone.utc), cli_actor(by), priority=priority)
-    except workflow.cases.TransitionError as exc:
+    except TransitionError as exc:
         _fail(exc)
     t = queries.get_case(engine, case_id)["ticket"]
     Console().print(f"case {case_id} escalated: ticket {t['id']} {t['priority']} -> {t['officer'] or '-'}")

@@ -30,7 +30,8 @@ from rich.console import Console
 
 from config.lookup import Lookup
 from config.schema import Settings
-from ingest.consumer import DATA_REFUSED, INFLUX_TOPIC, Batch, Message, Pipeline
+from ingest.consumer import DATA_REFUSED, INFLUX_TOPIC
+from ingest.pipeline import Batch, Message, Pipeline
 from ingest.deadletter import DeadLetters, deadletter_path, escape_raw
 from core.influx import Influx, InfluxRejected, InfluxUnavailable
 from ingest.revisions import RevisionGuard

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 from config.lookup import Lookup
 from config.schema import Settings
-from ingest.consumer import Batch, Message, Pipeline
+from ingest.pipeline import Batch, Message, Pipeline
 
 log = logging.getLogger("envwatch.ingest")
 

@@ -39,9 +39,10 @@ from config.schema import Settings
 from detect.base import Alert
 from notify import rules
 from notify.context import build_context, emergency_at
-from notify.events import append_event, events_of, jsonable
+from notify.events import SYSTEM, TransitionError, append_event, events_of, jsonable
 from notify.notices import enqueue as enqueue_notice
 from core.time import as_utc, utc, with_utc_times
+from notify.ticketing import open_ticket
 from notify.tables import CASE_STATES, CLOSED_STATES, case_alerts, case_events, case_groups, cases, notices
 
 # States a notice or an answer still moves (neither closed nor handed to enforcement).
@@ -63,13 +64,6 @@ EVENT_TYPES = {"notify": "notified", "acknowledge": "acknowledged", "contest": "
                "report_rectification": "rectification_reported", "verify": "verified", "reopen": "reopened",
                "escalate": "escalated", "dismiss": "dismissed", "assign": "assigned",
                "close_enforcement": "enforcement_closed"}
-SYSTEM = "system"
-
-
-class TransitionError(ValueError):
-    """An action not allowed in the case's current state (or a case that does not exist)."""
-
-
 class ConcurrentUpdate(RuntimeError):
     """The case changed under us (another writer); reload and retry."""
 
@@ -200,7 +194,7 @@ def dismiss(conn: Connection, case_id: str, at: datetime, actor: str, reason: st
 
 def assign(conn: Connection, case_id: str, at: datetime, actor: str, assignee: str) -> dict[str, Any]:
     """Name the center staff member responsible for the case (never the ticket's addressee: tickets are
-    routed to officers, notify.tickets.route_officer)."""
+    routed to officers, notify.ticketing.route_officer)."""
     if not assignee:
         raise TransitionError(f"case {case_id}: assign needs an assignee")
     return transition(conn, case_id, "assign", at, actor, {"assignee": assignee}, assignee=assignee)[0]
@@ -530,8 +524,6 @@ def _escalate(conn: Connection, settings: Settings, case_id: str, d: rules.Escal
               actor: str = SYSTEM) -> None:
     """Escalate and open the ticket, addressed to the routed officer. The ticket notice is decided
     once the evidence package is locked (notify.tickets.send_ticket_notice), so it can carry it."""
-    from notify.tickets import open_ticket
-
     if load_case(conn, case_id)["state"] == "escalated":
         return  # one escalation per case; later reasons are in the events already
     case = escalate(conn, case_id, at, d.reason, d.priority, actor=actor, detail=d.detail)

@@ -20,6 +20,12 @@ from core.time import as_utc, utc
 from notify.tables import case_events
 
 GENESIS = "0" * 64
+SYSTEM = "system"  # the actor of what envwatch does by itself (rules, deadlines, escalation)
+
+
+class TransitionError(ValueError):
+    """A case or ticket change not allowed in its current state (or one that does not exist)."""
+
 DIGESTED = ("case_id", "seq", "at", "recorded_at", "actor", "type", "data")
 
 

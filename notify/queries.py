@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, Select, case, func, or
 from detect.queries import alert_dict
 from detect.store import alerts_table as alerts_t
 from config.schema import Settings
-from notify import cases, context, filings, groups, tickets, views
+from notify import cases, context, filings, groups, ticketing, views
 from notify.events import events_of
 from core.db import reading
 from core.time import as_utc
@@ -256,7 +256,7 @@ def get_case(engine: Engine, case_id: str) -> dict[str, Any] | None:
         out["notices"] += _listed_in(conn, out)
         out["answers"] = [{**r, "received_at": as_utc(r["received_at"])} for r in conn.execute(
             select(answers).where(answers.c.case_id == case_id).order_by(answers.c.received_at)).mappings()]
-        out["ticket"] = tickets.ticket_of_case(conn, case_id)
+        out["ticket"] = ticketing.ticket_of_case(conn, case_id)
         return out
 
 
@@ -335,13 +335,13 @@ def list_tickets(engine: Engine, officer: str | None, status: str | None = None,
         if val:
             q = q.where(col == val)
     with reading(engine).connect() as conn:
-        return [tickets.ticket_dict(m) for m in conn.execute(q).mappings()]
+        return [ticketing.ticket_dict(m) for m in conn.execute(q).mappings()]
 
 
 def ticket_row(engine: Engine, ticket_id: str, officer: str | None) -> dict[str, Any] | None:
     with reading(engine).connect() as conn:
         m = conn.execute(_ticket_select(officer).where(tickets_t.c.id == ticket_id)).mappings().first()
-    return tickets.ticket_dict(m) if m else None
+    return ticketing.ticket_dict(m) if m else None
 
 
 def get_ticket(engine: Engine, ticket_id: str) -> dict[str, Any] | None:

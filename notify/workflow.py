@@ -28,9 +28,10 @@ from config import ids
 from config.schema import Settings
 from detect.base import Alert
 from notify import attachments as attachment_files
-from notify import cases, context, filings, rules, tickets
+from notify import cases, context, filings, rules, ticketing, tickets
 from notify import groups as groups_mod
 from core.time import utc
+from notify.events import TransitionError
 from notify.tables import answers
 from notify.tables import tickets as tickets_t
 
@@ -184,7 +185,7 @@ def _stored(item: Mapping[str, Any]) -> dict[str, Any]:
 def _case_of(conn: Connection, case_id: str, enterprise_id: str) -> dict[str, Any]:
     try:
         case = cases.load_case(conn, case_id)
-    except cases.TransitionError as exc:
+    except TransitionError as exc:
         raise AnswerError(str(exc)) from exc
     if case["enterprise_id"] != enterprise_id:
         raise AnswerError(f"case {case_id} is not a case of enterprise {enterprise_id}")
@@ -229,9 +230,9 @@ def act(engine: Engine, settings: Settings, case_id: str, action: str, at: datet
             cases.apply_decisions(conn, settings, case_id, [rules.Escalate("manual", kw.get("priority", "P2"),
                                                                            detail={"by": actor})], at, actor=actor)
         elif action == "route":
-            t = tickets.ticket_of_case(conn, case_id)
+            t = ticketing.ticket_of_case(conn, case_id)
             if t is None:
-                raise cases.TransitionError(f"case {case_id} has no ticket to route; escalate it first")
+                raise TransitionError(f"case {case_id} has no ticket to route; escalate it first")
             tickets.route(conn, settings, t["id"], kw["officer"], at, actor)
         elif action == "self_reported":
             cases.mark_self_reported(conn, case_id, at, actor)
@@ -240,7 +241,7 @@ def act(engine: Engine, settings: Settings, case_id: str, action: str, at: datet
         elif action in cases.CENTER_MARKS:
             cases.mark(conn, case_id, at, actor, action, kw.get("text", ""))
         else:
-            raise cases.TransitionError(f"unknown center action {action!r}")
+            raise TransitionError(f"unknown center action {action!r}")
         return cases.load_case(conn, case_id)
 
     return _retrying(engine, work)
@@ -256,7 +257,7 @@ def officer_action(engine: Engine, settings: Settings, ticket_id: str, action: s
             return tickets.record_findings(conn, ticket_id, officer, kw["findings"], at)
         if action == "close":
             return tickets.close(conn, ticket_id, officer, kw["outcome"], at)
-        raise tickets.TicketError(f"unknown ticket action {action!r}")
+        raise ticketing.TicketError(f"unknown ticket action {action!r}")
 
     return _retrying(engine, work)
 

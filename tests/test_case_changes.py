@@ -10,7 +10,7 @@ from typing import Any, Callable
 import pytest
 from sqlalchemy import Engine, Connection
 
-from notify import cases, queries, rules, workflow
+from notify import cases, events, queries, rules, workflow
 from tests.casekit import H, T0, alert, make_settings, pg_cluster, store_engine  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def test_every_center_action_appends_its_event_and_bumps_the_version(store_engin
 def test_an_unknown_center_action_changes_nothing(store_engine: Engine, settings) -> None:
     cid = _open(store_engine, settings)
     before = _snapshot(store_engine, cid)
-    with pytest.raises(cases.TransitionError, match="unknown center action"):
+    with pytest.raises(events.TransitionError, match="unknown center action"):
         workflow.act(store_engine, settings, cid, "approve", T0 + 2 * H, "center:wang")
     assert _snapshot(store_engine, cid) == before
 

@@ -222,7 +222,7 @@ def test_the_operator_routes_to_another_officer_never_to_anyone_else(served: tup
 
 
 def test_the_officer_rule_can_route_by_industry_or_enterprise(settings_factory: Callable[..., Settings]) -> None:
-    from notify.tickets import route_officer
+    from notify.ticketing import route_officer
 
     officers = [{"id": "OFF1", "name": "a", "industries": ["steel"], "enterprises": ["EA"]},
                 {"id": "OFF2", "name": "b", "industries": ["coal power"]}]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, update
 
-from notify import cases, events, queries, tickets, workflow
+from notify import cases, events, queries, ticketing, workflow
 from notify.tables import CASE_STATES, case_events, notices
 from tests.casekit import (D, H, S, T0, alert, all_cases, count, decided, event_types, make_settings,  # noqa: F401
                            pg_cluster, store_engine)
@@ -212,7 +212,7 @@ def test_every_action_in_every_state_is_allowed_or_refused_clearly(store_engine:
             _try(store_engine, settings, fresh, action)
             assert _state(store_engine, fresh) == state
         else:
-            with pytest.raises(cases.TransitionError, match=f"cannot {action} a case that is {state}"):
+            with pytest.raises(events.TransitionError, match=f"cannot {action} a case that is {state}"):
                 _try(store_engine, settings, cid, action)
             assert len(event_types(store_engine, cid)) == seq_before  # refused: nothing recorded
             assert _state(store_engine, cid) == state
@@ -244,11 +244,11 @@ def test_allowed_transition(store_engine: Engine, settings, state: str, action: 
 
 def test_dismiss_needs_a_reason_and_unknown_case_is_an_error(store_engine: Engine, settings) -> None:
     cid = _open(store_engine, settings)
-    with pytest.raises(cases.TransitionError, match="needs a reason"):
+    with pytest.raises(events.TransitionError, match="needs a reason"):
         _do(store_engine, cases.dismiss, cid, T0 + 2 * H, "center:wang", "  ")
-    with pytest.raises(cases.TransitionError, match="no case"):
+    with pytest.raises(events.TransitionError, match="no case"):
         _do(store_engine, cases.acknowledge, "nope", T0, "enterprise:E1")
-    with pytest.raises(cases.TransitionError, match="unknown action"):
+    with pytest.raises(events.TransitionError, match="unknown action"):
         _do(store_engine, cases.transition, cid, "approve", T0, "x")
 
 
@@ -302,18 +302,18 @@ def test_ticket_lifecycle_closes_the_case(store_engine: Engine, settings) -> Non
     assert decided(store_engine, cid)[-1] == "rectification_notice"
     workflow.tick(store_engine, settings, T0 + 5 * H, evidence=False)
     assert decided(store_engine, cid)[-1] == "ticket"
-    with pytest.raises(tickets.TicketError, match="cannot record_findings a ticket that is open"):
+    with pytest.raises(ticketing.TicketError, match="cannot record_findings a ticket that is open"):
         workflow.officer_action(store_engine, settings, t["id"], "record_findings", "zhao", T0 + D, findings="x")
     workflow.officer_action(store_engine, settings, t["id"], "accept", "zhao", T0 + D)
-    with pytest.raises(tickets.TicketError, match="handled by officer zhao"):
+    with pytest.raises(ticketing.TicketError, match="handled by officer zhao"):
         workflow.officer_action(store_engine, settings, t["id"], "record_findings", "qian", T0 + D, findings="x")
-    with pytest.raises(tickets.TicketError, match="cannot close a ticket that is accepted"):
+    with pytest.raises(ticketing.TicketError, match="cannot close a ticket that is accepted"):
         workflow.officer_action(store_engine, settings, t["id"], "close", "zhao", T0 + D, outcome="penalized")
-    with pytest.raises(tickets.TicketError, match="must not be empty"):
+    with pytest.raises(ticketing.TicketError, match="must not be empty"):
         workflow.officer_action(store_engine, settings, t["id"], "record_findings", "zhao", T0 + D, findings=" ")
     workflow.officer_action(store_engine, settings, t["id"], "record_findings", "zhao", T0 + 2 * D,
                             findings="bypass valve open during inspection")
-    with pytest.raises(tickets.TicketError, match="outcome"):
+    with pytest.raises(ticketing.TicketError, match="outcome"):
         workflow.officer_action(store_engine, settings, t["id"], "close", "zhao", T0 + 3 * D, outcome="meh")
     t = workflow.officer_action(store_engine, settings, t["id"], "close", "zhao", T0 + 3 * D, outcome="penalized")
     assert t["status"] == "closed" and t["closed_at"] == T0 + 3 * D and t["officer"] == "zhao"
@@ -321,7 +321,7 @@ def test_ticket_lifecycle_closes_the_case(store_engine: Engine, settings) -> Non
     assert case["state"] == "verified"
     assert [e["type"] for e in case["events"]][-4:] == ["ticket_accepted", "ticket_findings_recorded",
                                                          "ticket_closed", "enforcement_closed"]
-    with pytest.raises(tickets.TicketError, match="cannot accept a ticket that is closed"):
+    with pytest.raises(ticketing.TicketError, match="cannot accept a ticket that is closed"):
         workflow.officer_action(store_engine, settings, t["id"], "accept", "zhao", T0 + 4 * D)
 
 

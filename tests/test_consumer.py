@@ -27,7 +27,8 @@ import yaml
 from config import Lookup
 from config.schema import Settings
 from ingest import hj212
-from ingest.consumer import Batch, Ingest, Message, Pipeline, status_line
+from ingest.consumer import Ingest, status_line
+from ingest.pipeline import Batch, Message, Pipeline
 from ingest.deadletter import DeadLetters, deadletter_path
 from core.influx import Influx
 from core.time import CHINA_TZ
@@ -377,7 +378,7 @@ def test_incomplete_split_parts_do_not_hold_other_stations(
 def test_held_parts_are_bounded_in_all_and_expire_on_their_own(settings_factory: Callable[..., Settings]) -> None:
     """Without a broker: parts of many stations held past a quarter of receive_maximum push out
     the oldest group; the rest expire after the timeout; each part is a dead letter once."""
-    from ingest.consumer import Batch, Message, Pipeline
+    from ingest.pipeline import Batch, Message, Pipeline
     from config.lookup import Lookup
 
     settings = settings_factory(REGISTRY, ingest={"receive_maximum": 8, "accept_unknown_stations": True})

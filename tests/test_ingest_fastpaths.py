@@ -24,7 +24,7 @@ from config.schema import Registry
 from config.tables import pollutants
 from ingest import hj212, schema
 from ingest.buffer import DiskBuffer
-from ingest.consumer import Batch, Message, Pipeline
+from ingest.pipeline import Batch, Message, Pipeline
 from core.time import CHINA_TZ
 from ingest.model import Packet, Reason
 

@@ -30,9 +30,11 @@ def _modules(*packages: str) -> Iterator[tuple[Path, ast.Module]]:
             yield f.relative_to(ROOT), ast.parse(f.read_text(encoding="utf-8"))
 
 
-def _imports(tree: ast.Module) -> Iterator[tuple[int, str, list[str]]]:
-    """(line, module, names) of every import, function-level ones included."""
+def _imports(tree: ast.Module, skip: set[int] = frozenset()) -> Iterator[tuple[int, str, list[str]]]:  # type: ignore[assignment]
+    """(line, module, names) of every import, function-level ones included (but those in `skip`)."""
     for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             yield node.lineno, node.module, [a.name for a in node.names]
         elif isinstance(node, ast.Import):
@@ -89,3 +91,33 @@ def test_shared_infrastructure_comes_from_core() -> None:
                     if CORE_NAMES & listed:
                         wrong.append(f"{path}:{node.lineno} lists {sorted(CORE_NAMES & listed)} in __all__")
     assert wrong == []
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.with_suffix("").parts).removesuffix(".__init__")
+
+
+def test_no_import_cycle_between_modules() -> None:
+    """Within and across packages the modules import one way, function-level imports included:
+    an import moved into a function (to load it later) must not hide a cycle."""
+    from graphlib import CycleError, TopologicalSorter
+
+    graph: dict[str, set[str]] = {}
+    trees = dict(_modules(*ORDER, "devtools"))
+    known = {_module_name(p) for p in trees}
+    for path, tree in trees.items():
+        deps = graph.setdefault(_module_name(path), set())
+        typing_only = {id(n) for block in ast.walk(tree) if _is_type_checking(block)
+                       for n in ast.walk(block)}  # annotations only: never run
+        for line, module, names in _imports(tree, skip=typing_only):
+            for target in [module, *(f"{module}.{n}" for n in names)]:
+                if target in known and target != _module_name(path):
+                    deps.add(target)
+    try:
+        TopologicalSorter(graph).prepare()
+    except CycleError as exc:
+        raise AssertionError(f"import cycle: {' -> '.join(exc.args[1])}") from None
