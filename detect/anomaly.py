@@ -15,7 +15,10 @@ anomalous hours in the history (the max of history hours is not: one bad hour th
 Cold start: a station with less than min_history_minutes (two days) of complete history before the
 refit point (a new station, or one back from a long gap) is scored with what it has, from
 cold_start_minutes (12 h): a model fitted per hour on the minutes before that hour. Its alerts say
-"confidence": "low" and how much history they used. With hours of history the station's load
+"confidence": "low" and how much history they used. Its threshold's margin is wider by
+sqrt(min_history_minutes / history minutes) (2x at 12 h of a 48 h minimum): the q90 of a few
+hourly scores is a rough estimate, and on an untuned seed a clean new station's first scored hour
+(12 h of history) crossed the plain margin at 1.04x its threshold. With hours of history the station's load
 range is not known yet, and an afternoon peak first seen after a night of history would stand out
 on the load axis alone: a cold model clips the leading whitened component (the shared load) to the
 range of its history, so it judges how the channels move together, not how far the load goes.
@@ -39,6 +42,7 @@ detector's job (the exceedance detectors have them), so the trade favours fewer 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 import threading
@@ -105,6 +109,7 @@ class _Model:
     history_minutes: int
     history: tuple[pd.Timestamp, pd.Timestamp]
     cold: bool = False
+    margin: float = 4.0  # the margin its threshold was set with (wider on a short history)
 
     def score(self, x: pd.DataFrame) -> np.ndarray:
         """Anomaly score per row, higher = more anomalous (negated sklearn score_samples)."""
@@ -279,8 +284,16 @@ class MultivariateAnomaly(ScopedAt, Detector):
         hourly = pd.Series(model.score(train), index=train.index).groupby(train.index.floor("h"))
         per_hour = hourly.mean()[hourly.count() >= self.min_minutes]
         med, q90 = float(per_hour.median()), float(per_hour.quantile(0.9))
-        model.threshold, model.hours_median = med + self.margin * (q90 - med), med
+        model.margin = self.margin_for(len(train))
+        model.threshold, model.hours_median = med + model.margin * (q90 - med), med
         return model
+
+    def margin_for(self, history_minutes: int) -> float:
+        """The margin for a model fitted on this much history: `margin` from min_history_minutes on;
+        below it (a cold start), wider by sqrt(min_history_minutes / history_minutes), because the
+        q90 of n hourly scores is known only to within about 1/sqrt(n): 2x at 12 hours of a 48-hour
+        minimum, 1.41x at 24 hours."""
+        return self.margin * math.sqrt(max(1.0, self.min_history_minutes / max(history_minutes, 1)))
 
     # -- judging -----------------------------------------------------------------------------
 
@@ -305,7 +318,7 @@ class MultivariateAnomaly(ScopedAt, Detector):
         evidence = self._explain(model, rows, score)
         low = model.history_minutes < self.min_history_minutes
         evidence.update({"score": fr.r(score), "score_without_spike": fr.r(sustained),
-                         "threshold": fr.r(model.threshold),
+                         "threshold": fr.r(model.threshold), "margin": fr.r(model.margin),
                          "confidence": "low" if low else "normal", "cold_start": model.cold,
                          "history_hours": round(model.history_minutes / 60, 1),
                          "history_hours_median": fr.r(model.hours_median), "minutes": len(rows),

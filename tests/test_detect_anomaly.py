@@ -227,6 +227,7 @@ def test_new_stations_clean_raise_nothing_and_a_first_day_anomaly_is_found(
     assert [(a.station_mn, a.window_start) for a in alerts] == [("NEW2", bad)]
     ev = alerts[0].evidence
     assert (ev["confidence"], ev["cold_start"], ev["history_hours"]) == ("low", True, 14.0)
+    assert ev["margin"] == pytest.approx(4.0 * (48 / 14) ** 0.5, abs=1e-3)  # wider on 14 h than on two days
     assert "a21002" in ev["channels"]
     # More history asked for: the same anomaly is not scored (10 h of it before the hour, too few).
     assert run(MultivariateAnomaly(cold_start_minutes=15 * 60), source, lookup) == []
@@ -312,3 +313,13 @@ def test_stored_model_files_are_named_by_digest_and_an_older_refit_point_is_repl
         assert all(f.parent == models and "evil" not in f.name for f in files)
         assert [f.name.split("-")[1] for f in files] == [f"{d:%Y%m%dT%H%M}" for d in days[max(0, k - 1):k + 1]]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+
+
+def test_the_margin_widens_as_the_history_shortens() -> None:
+    """The q90 of n hourly scores is known to about 1/sqrt(n): below min_history_minutes the margin
+    grows by sqrt(min_history / history), so 12 h of a 48 h minimum doubles it; two days or more
+    keep the configured margin."""
+    d = MultivariateAnomaly(margin=4.0, min_history_minutes=48 * 60)
+    assert d.margin_for(12 * 60) == pytest.approx(8.0)
+    assert d.margin_for(24 * 60) == pytest.approx(4.0 * 2 ** 0.5)
+    assert d.margin_for(48 * 60) == d.margin_for(7 * 24 * 60) == 4.0
