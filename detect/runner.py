@@ -39,6 +39,7 @@ from detect.registry import build_detectors
 from detect.settled import SettledHours
 from detect.source import ReadingSource
 from detect.store import AlertStore, Change
+from ingest.late import written_since
 from core.influx import Influx
 
 log = logging.getLogger(__name__)
@@ -209,15 +210,5 @@ class Runner:
     def _touched(self, job: str) -> list[datetime] | None:
         """Closed hours ingest wrote into since this job last looked (ingest/late.py); None on
         the job's first look (then the caller re-evaluates the recent windows as without markers)."""
-        from ingest.late import MEASUREMENT
-
-        cursor = self._marker_cursor.get(job)
-        if cursor is None:
-            last = [v for s in self.influx.query(f'SELECT last("n") FROM "{MEASUREMENT}"', epoch="ns") for v in s.values]
-            self._marker_cursor[job] = int(last[0][0]) if last else 0
-            return None
-        rows = [v for s in self.influx.query(f'SELECT "n", "hour" FROM "{MEASUREMENT}" WHERE time > {cursor}', epoch="ns")
-                for v in s.values]
-        if rows:
-            self._marker_cursor[job] = max(int(r[0]) for r in rows)
-        return sorted({datetime.fromtimestamp(int(r[2]), timezone.utc) for r in rows if r[2] is not None})
+        self._marker_cursor[job], touched = written_since(self.influx, self._marker_cursor.get(job))
+        return touched

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from core.influx import Influx
+from ingest.late import written_since
 
 HOUR = timedelta(hours=1)
 Fetch = Callable[[datetime, datetime], pd.DataFrame]
@@ -64,18 +65,11 @@ class SettledHours:
         before cannot be known to be complete."""
         if self.influx is None:
             return
-        from ingest.late import MEASUREMENT
-
-        if self._cursor is None:
-            last = [v for s in self.influx.query(f'SELECT last("n") FROM "{MEASUREMENT}"', epoch="ns") for v in s.values]
-            self._cursor = int(last[0][0]) if last else 0
+        self._cursor, touched = written_since(self.influx, self._cursor)
+        if touched is None:
             self.clear()
-            return
-        rows = [v for s in self.influx.query(f'SELECT "n", "hour" FROM "{MEASUREMENT}" WHERE time > {self._cursor}',
-                                             epoch="ns") for v in s.values]
-        if rows:
-            self._cursor = max(int(r[0]) for r in rows)
-            self.forget(datetime.fromtimestamp(int(r[2]), timezone.utc) for r in rows if r[2] is not None)
+        elif touched:
+            self.forget(touched)
 
     def rows(self, key: Hashable, start: datetime, end: datetime, fetch: Fetch, order: list[str]) -> pd.DataFrame:
         """The aggregate `key` over whole hours [start, end): kept hours from memory, the others

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from datetime import datetime, timezone
+
+from core.influx import Influx, ident
 
 MEASUREMENT = "ingest_written"
 HOUR_S = 3600
@@ -42,3 +45,17 @@ def touched_hours(lines: Iterable[str], now_s: float) -> Counter[int]:
 def marker_lines(lines: Iterable[str], now_s: float) -> list[str]:
     """The marker points for a written batch (no timestamp: InfluxDB stamps them on arrival)."""
     return [f"{MEASUREMENT},hour={h} n={n}i" for h, n in sorted(touched_hours(lines, now_s).items())]
+
+
+def written_since(influx: Influx, cursor: int | None) -> tuple[int, list[datetime] | None]:
+    """What the markers say since `cursor` (InfluxDB time, ns, of the newest marker a reader has
+    seen): (the new cursor, the closed hours written into since, sorted). A first look (`cursor`
+    None) only notes where the markers stand: (the newest marker's time or 0, None)."""
+    table = ident(MEASUREMENT)
+    if cursor is None:
+        last = [v for s in influx.query(f"SELECT last({ident('n')}) FROM {table}", epoch="ns") for v in s.values]
+        return (int(last[0][0]) if last else 0), None
+    rows = [v for s in influx.query(f"SELECT {ident('n')}, {ident('hour')} FROM {table} WHERE time > {int(cursor)}",
+                                    epoch="ns") for v in s.values]
+    new_cursor = max([cursor, *(int(r[0]) for r in rows)])
+    return new_cursor, sorted({datetime.fromtimestamp(int(r[2]), timezone.utc) for r in rows if r[2] is not None})
