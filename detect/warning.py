@@ -457,11 +457,11 @@ class WarningEngine:
         for wid, finals in by_wid.items():
             w = self._active[wid]
             limit = float(w["limit"])
-            over = [(m, row) for row, m in finals if m > limit]
+            over = [(row, m) for row, m in finals if m > limit]
             if not over and self._open_elsewhere(w, closing):
                 continue  # another station's hour may still end above the limit
-            mean, row = max(over, key=lambda x: (x[0], x[1].mn)) if over else max(
-                ((m, row) for row, m in finals), key=lambda x: (-math.inf if math.isnan(x[0]) else x[0], x[1].mn))
+            # The station reported: the worst above the limit, else the highest judged mean.
+            row, mean = max(over or finals, key=lambda f: (-math.inf if math.isnan(f[1]) else f[1], f[0].mn))
             del self._active[wid]
             ev = {"final_mean": None if math.isnan(mean) else r(mean),
                   "final_valid_minutes": r(float(row.valid_minutes), 1)}
