@@ -161,17 +161,16 @@ def _revisions(influx: Influx, alerts: list[dict[str, Any]],
     """The stored revisions the case rests on: its alerts' stations' readings in the windows read
     (by DataTime), and for a data_revision alert those received in its window (its windows are
     receipt hours: the readings it reports may be older)."""
-    found: dict[tuple, Revision] = {}
+    reads = []
     for ent, outlet, start, end in windows:
         mns = {a["station_mn"] for a in alerts if a.get("station_mn")
                and (a["enterprise_id"], a.get("outlet_id") or "") == (ent, outlet)}
-        for rv in read_revisions(influx, start, end, by="time", mns=mns) if mns else []:
-            found[(rv.interval, rv.mn, rv.pollutant, rv.time, rv.field, rv.received_at)] = rv
+        reads += read_revisions(influx, start, end, by="time", mns=mns) if mns else []
     for a in alerts:
         if a["kind"] == "data_revision" and a.get("station_mn"):
             start, end = (datetime.fromisoformat(a[k]) for k in ("window_start", "window_end"))
-            for rv in read_revisions(influx, start, end, by="received", mns=[a["station_mn"]]):
-                found[(rv.interval, rv.mn, rv.pollutant, rv.time, rv.field, rv.received_at)] = rv
+            reads += read_revisions(influx, start, end, by="received", mns=[a["station_mn"]])
+    found = {(rv.interval, rv.mn, rv.pollutant, rv.time, rv.field, rv.received_at): rv for rv in reads}
     return sorted(found.values(), key=lambda rv: (rv.mn, rv.pollutant, rv.interval, rv.time, rv.received_at, rv.field))
 
 
@@ -196,7 +195,6 @@ CHART_WORDS: dict[str, dict[str, str]] = {
 def _readings_csv(df: pd.DataFrame, language: str = "zh-CN") -> bytes:
     """The readings with `time` in Beijing time (ISO 8601, +08:00), `time_utc` beside it, and the
     pollutant's name next to its code."""
-
     out = df.copy()
     if len(out):
         out.insert(list(out.columns).index("time") + 1, "time_utc", out["time"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
@@ -256,7 +254,6 @@ def _series(df: pd.DataFrame, code: str) -> tuple[pd.DataFrame, str]:
 def _plot_pollutant(ax: Any, df: pd.DataFrame, alerts: list[dict[str, Any]], code: str, case: dict[str, Any],
                     language: str = "zh-CN", enterprise: str = "") -> None:
     from matplotlib.dates import DateFormatter
-
 
     w = CHART_WORDS[language]
     data, label = _series(df, code)
